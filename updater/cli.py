@@ -1,0 +1,85 @@
+"""Command-line entry point: global options, subcommand dispatch, errors to exit codes.
+
+Exit codes: 0 success, 1 an operation failed or was refused, 2 bad usage. Errors are one line on
+stderr; tracebacks only with ``--debug``. This module does no disk I/O of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from updater import __version__
+from updater.commands import slots as slot_commands
+from updater.errors import UpdaterError
+from updater.run import set_debug
+
+DESCRIPTION = """\
+A/B image-based OS updater. A disk holds two /usr slots (USR-A, USR-B, Flatcar's usr partition
+type); GPT attribute bits say which slot boots next (priority 48-51, tries 52-55, successful 56).
+This tool reads and changes that state exactly as Flatcar's GRUB (gptprio.next) and cgpt do.
+"""
+
+EPILOG = """\
+PART is a partition number (3), a label (USR-B) or a slot letter (B).
+Without --disk the disk holding the booted /usr is used (from mount.usr= / verity.usr=PARTUUID= on
+the kernel command line). Examples:
+  updater status --json
+  updater --disk disk.img --booted A set-active B
+  updater --disk disk.img next --dry-run
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="updater",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"updater {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show commands run and tracebacks")
+    parser.add_argument(
+        "--disk",
+        metavar="PATH",
+        help="disk or disk image file (default: the disk holding the booted /usr)",
+    )
+    parser.add_argument(
+        "--booted",
+        metavar="PART",
+        help="treat PART as the booted slot (for image files; default: from /proc/cmdline)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+COMMAND_MODULES = [slot_commands]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    set_debug(args.debug)
+    try:
+        status: int = args.func(args)
+        return status
+    except UpdaterError as exc:
+        if args.debug:
+            raise
+        line = f"updater: error: {exc.message}"
+        if exc.hint:
+            line += f" ({exc.hint})"
+        sys.stderr.write(line + "\n")
+        return exc.exit_code
+    except OSError as exc:
+        if args.debug:
+            raise
+        sys.stderr.write(f"updater: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ") + "\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("updater: interrupted\n")
+        return 130

@@ -1,0 +1,51 @@
+"""Typed errors by cause. The CLI maps each class to an exit code and one line for the user.
+
+This module does not print anything and does not decide exit codes for flows; it only names causes.
+"""
+
+from __future__ import annotations
+
+
+class UpdaterError(Exception):
+    """Base class. ``hint`` is an optional second sentence telling the user what to do."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class UsageError(UpdaterError):
+    """The command line or a configuration value is wrong."""
+
+    exit_code = 2
+
+
+class DeviceError(UpdaterError):
+    """A disk, partition table or file cannot be read or written as required."""
+
+
+class GptError(DeviceError):
+    """The GUID partition table is missing or both copies are invalid."""
+
+
+class SlotError(UpdaterError):
+    """An A/B transition was refused because it would be unsafe or is impossible."""
+
+
+class NoBootableSlot(SlotError):
+    """No partition is a boot candidate (GRUB's "no such partition")."""
+
+
+class VerificationError(UpdaterError):
+    """Data did not match what was signed or expected (hash, signature, length)."""
+
+
+class TransportError(UpdaterError):
+    """Fetching something over the network failed."""
+
+
+class ToolMissing(UpdaterError):
+    """An external program the operation needs is not installed."""
