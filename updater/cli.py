@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from updater import __version__
 from updater.commands import slots as slot_commands
+from updater.commands import verity as verity_commands
 from updater.errors import UpdaterError
 from updater.run import set_debug
 
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMAND_MODULES = [slot_commands]
+COMMAND_MODULES = [slot_commands, verity_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

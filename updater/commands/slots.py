@@ -1,0 +1,238 @@
+"""Slot commands: status, next, prioritize, set-active, mark-good, mark-bad, rollback, repair,
+create-disk. Each parses arguments, asks ``updater.state`` to read or change the disk with a
+decision from ``updater.slots``, and prints the result for humans or as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from updater import gpt, jsonout, layout, slots, state
+from updater.errors import SlotError, UsageError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text)
+
+
+def _format_slots(st: state.DiskState, after: tuple[slots.Slot, ...] | None = None) -> str:
+    rows = after if after is not None else st.slots
+    nxt = slots.choose_next(rows)
+    lines = [f"{'PART':<5}{'LABEL':<10}{'PRIO':>4}{'TRIES':>7}{'GOOD':>6}  BOOTED NEXT  PARTUUID"]
+    for s in rows:
+        lines.append(
+            f"{s.partition:<5}{s.label:<10}{s.priority:>4}{s.tries:>7}"
+            f"{'yes' if s.successful else 'no':>6}  {'*' if s.partition == st.booted else '':<7}"
+            f"{'*' if nxt and s.partition == nxt.partition else '':<6}{s.partuuid}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    st = state.load(args.disk, args.booted)
+    if args.json:
+        _out(jsonout.dumps(st.to_json()))
+        return 0
+    t = st.table
+    backup = t.backup.problem or ("stale" if t.backup_stale else "valid")
+    _out(f"disk {st.disk}  (GPT primary: {t.primary.problem or 'valid'}; backup: {backup})\n")
+    _out(_format_slots(st))
+    if st.next is None:
+        _out("no slot is bootable\n")
+    return 0
+
+
+def cmd_next(args: argparse.Namespace) -> int:
+    chosen: list[slots.Slot] = []
+
+    def decide(st: state.DiskState) -> slots.Transition:
+        slot, transition = slots.next_boot(st.slots)
+        chosen.append(slot)
+        return transition
+
+    outcome = state.change(args.disk, args.booted, decide, dry_run=args.dry_run)
+    slot = chosen[0]
+    if args.json:
+        _out(jsonout.dumps({"partition": slot.partition, "partuuid": str(slot.partuuid),
+                            "label": slot.label}))
+    else:
+        left = slots.tries_of(outcome.transition.changes.get(slot.partition, slot.attributes))
+        verb = "would boot" if args.dry_run else "boot"
+        _out(f"{verb} partition {slot.partition} ({slot.label}) hd0,gpt{slot.partition} "
+             f"{slot.partuuid}; tries left {left}{', proven good' if slot.successful else ''}\n")
+    return 0
+
+
+def _transition_command(
+    decide_for: Callable[[argparse.Namespace, state.DiskState], slots.Transition],
+) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        outcome = state.change(
+            args.disk,
+            args.booted,
+            lambda st: decide_for(args, st),
+            dry_run=getattr(args, "dry_run", False),
+        )
+        _report(args, outcome)
+        return 0
+
+    return handler
+
+
+def _report(args: argparse.Namespace, o: state.Outcome) -> None:
+    dry = getattr(args, "dry_run", False)
+    t = o.transition
+    if args.json:
+        nxt = slots.choose_next(o.after)
+        doc: dict[str, Any] = {
+            "action": t.action,
+            "target": t.target,
+            "dry_run": dry,
+            "changed": sorted(t.changes),
+            "sectors_written": o.sectors_written,
+            "next": nxt.partition if nxt else None,
+            "slots": [state.slot_json(s, o.before.booted) for s in o.after],
+        }
+        _out(jsonout.dumps(doc))
+        return
+    if t.empty:
+        _out(f"{t.action}: nothing to change\n")
+    for s in o.before.slots:
+        if s.partition in t.changes:
+            new = s.with_attributes(t.changes[s.partition])
+            _out(f"{'would change' if dry else 'changed'} {s.label or s.partition}: "
+                 f"priority {s.priority}->{new.priority} tries {s.tries}->{new.tries} "
+                 f"successful {int(s.successful)}->{int(new.successful)}\n")
+    _out(_format_slots(o.before, o.after))
+
+
+def _part(st: state.DiskState, spec: str | None) -> int:
+    if spec is None:
+        if st.booted is None:
+            raise UsageError("no PART given and the booted slot is unknown", hint="name a PART")
+        return st.booted
+    return slots.resolve(st.slots, spec).partition
+
+
+def _decide_prioritize(args: argparse.Namespace, st: state.DiskState) -> slots.Transition:
+    part = _part(st, args.part)
+    wanted = slots.prioritize(st.slots, part)
+    changes = {p: a for p, a in wanted.items() if st.slot(p).attributes != a}
+    return slots.Transition("prioritize", part, changes)
+
+
+def _decide_set_active(args: argparse.Namespace, st: state.DiskState) -> slots.Transition:
+    return slots.set_active(
+        st.slots, _part(st, args.part), tries=args.tries, booted=st.booted, force=args.force
+    )
+
+
+def _decide_mark_good(args: argparse.Namespace, st: state.DiskState) -> slots.Transition:
+    return slots.mark_good(st.slots, _part(st, args.part))
+
+
+def _decide_mark_bad(args: argparse.Namespace, st: state.DiskState) -> slots.Transition:
+    return slots.mark_bad(st.slots, _part(st, args.part), force=args.force)
+
+
+def _decide_rollback(args: argparse.Namespace, st: state.DiskState) -> slots.Transition:
+    if st.booted is None:
+        raise SlotError("the booted slot is unknown", hint="pass --booted PART for an image file")
+    other = slots.other_slot(st.slots, st.booted)
+    return slots.rollback(
+        st.slots, st.booted, has_image=state.holds_image(st, other.partition), force=args.force
+    )
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    path = state.resolve_disk(args.disk)
+    written = gpt.repair(path)
+    if args.json:
+        _out(jsonout.dumps({"disk": path, "sectors_written": written}))
+    else:
+        _out(f"{path}: {'repaired, ' + str(written) + ' sectors written' if written else 'both GPT copies valid, nothing to do'}\n")
+    return 0
+
+
+def cmd_create_disk(args: argparse.Namespace) -> int:
+    lay = layout.flatcar_layout(usr_size=args.usr_size * layout.MiB)
+    layout.create_disk(lay, args.image, overwrite=args.force)
+    st = state.load(args.image)
+    if args.json:
+        _out(jsonout.dumps(st.to_json()))
+    else:
+        _out(f"created {args.image} ({lay.size // layout.MiB} MiB, Flatcar layout)\n")
+        _out(_format_slots(st))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def add(name: str, func: Handler, help_text: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=description,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--json", action="store_true", help="print a JSON document (README)")
+        p.set_defaults(func=func)
+        return p
+
+    add("status", cmd_status, "show the A/B state of the disk",
+        "Show each slot's priority, tries, successful flag, which one is booted and which one\n"
+        "boots next, and the health of both GPT copies.")
+
+    p = add("next", cmd_next, "choose the slot to boot and consume one try (as GRUB does)",
+            "Choose the slot GRUB's gptprio.next would boot: the highest priority among slots with\n"
+            "tries left or marked successful, lowest partition number on ties. If it has tries\n"
+            "left, one is consumed and written durably (backup GPT first). Exit 1 if no slot\n"
+            "can boot.")
+    p.add_argument("--dry-run", action="store_true", help="decide but write nothing")
+
+    p = add("prioritize", _transition_command(_decide_prioritize),
+            "give PART the top priority, keep the order of the rest (cgpt prioritize)",
+            "Put PART on top; other slots keep their relative order; priority 0 stays 0.")
+    p.add_argument("part", metavar="PART")
+    p.add_argument("--dry-run", action="store_true", help="decide but write nothing")
+
+    p = add("set-active", _transition_command(_decide_set_active),
+            "make a freshly written slot boot next, on trial",
+            "Mark PART not successful with N tries (default 1) and prioritize it, as after writing\n"
+            "a new image. Refused for the booted slot, and when no other slot would remain\n"
+            "marked good to fall back to (unless --force).")
+    p.add_argument("part", metavar="PART")
+    p.add_argument("--tries", type=int, default=slots.DEFAULT_TRIES, metavar="N",
+                   help="boot attempts before falling back (1-15, default 1)")
+    p.add_argument("--force", action="store_true", help="skip the safety checks")
+    p.add_argument("--dry-run", action="store_true", help="decide but write nothing")
+
+    p = add("mark-good", _transition_command(_decide_mark_good),
+            "mark a slot (default: the booted one) as proven good",
+            "Set successful, clear tries and prioritize the slot (default: the booted one).")
+    p.add_argument("part", metavar="PART", nargs="?")
+    p.add_argument("--dry-run", action="store_true", help="decide but write nothing")
+
+    p = add("mark-bad", _transition_command(_decide_mark_bad),
+            "never boot PART again (priority 0, tries 0, not successful)",
+            "Refused when no other slot could boot afterwards, unless --force.")
+    p.add_argument("part", metavar="PART")
+    p.add_argument("--force", action="store_true", help="allow leaving no bootable slot")
+    p.add_argument("--dry-run", action="store_true", help="decide but write nothing")
+
+    p = add("rollback", _transition_command(_decide_rollback),
+            "boot the other slot next (manual rollback)",
+            "Prioritize the slot that is not booted. Refused when it holds no image or never\n"
+            "booted successfully, unless --force (which gives a never-good slot one try).")
+    p.add_argument("--force", action="store_true", help="skip the checks on the other slot")
+    p.add_argument("--dry-run", action="store_true", help="decide but write nothing")
+
+    add("repair", cmd_repair, "rewrite an invalid or stale GPT copy from the valid one",
+        "Like cgpt repair: when one GPT copy is damaged, rebuild it from the other.")
+
+    p = add("create-disk", cmd_create_disk, "create a sparse disk image with the Flatcar layout",
+            "Create IMAGE with EFI-SYSTEM, BIOS-BOOT, USR-A (P1 T0 S1), USR-B (empty), OEM,\n"
+            "OEM-CONFIG and ROOT partitions. Filesystems are not created.")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--usr-size", type=int, default=2048, metavar="MIB",
+                   help="size of each USR partition in MiB (default 2048)")
+    p.add_argument("--force", action="store_true", help="overwrite IMAGE if it exists")
