@@ -79,7 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         if args.debug:
             raise
-        sys.stderr.write(f"updater: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ") + "\n")
+        sys.stderr.write(
+            f"updater: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ") + "\n"
+        )
         return 1
     except KeyboardInterrupt:
         sys.stderr.write("updater: interrupted\n")

@@ -1,9 +1,9 @@
 """The GUID partition table as bytes: parse, validate, choose a copy, and plan durable writes.
 
-Pure: this module never opens a file. Reading goes through a ``SectorReader`` the caller supplies
-(``updater.gpt`` for real disks, an in-memory disk in tests); writing is returned as a ``WritePlan``,
-a plain value of sectors to write in order with sync barriers between phases, that ``updater.gpt``
-applies. It does not know what slots or attribute bits mean (see ``updater.slots``).
+Pure: this module never opens a file. Reading goes through a ``SectorReader`` the caller
+supplies (``updater.gpt`` for real disks, an in-memory disk in tests); writing is returned as a
+``WritePlan``, a plain value of sectors to write in order with sync barriers between phases, that
+``updater.gpt`` applies. It does not know what slots or attribute bits mean (see ``updater.slots``).
 
 Rules followed (UEFI spec, GRUB's gpt code, cgpt):
 - a copy is valid when its header has the signature, revision 1.0, a sane size, a matching header
@@ -68,11 +68,18 @@ class GptHeader:
     def entries_sectors(self, sector_size: int) -> int:
         return -(-self.entries_bytes // sector_size)
 
-    def rebuilt(self, *, my_lba: int, alternate_lba: int, entries_lba: int, entries_crc: int) -> bytes:
+    def rebuilt(
+        self, *, my_lba: int, alternate_lba: int, entries_lba: int, entries_crc: int
+    ) -> bytes:
         """The header sector with new location fields and entries CRC, and a fresh header CRC."""
         fields = list(HEADER_FORMAT.unpack_from(self.raw))
         fields[3] = 0  # header CRC is computed with its own field zeroed
-        fields[5], fields[6], fields[10], fields[13] = my_lba, alternate_lba, entries_lba, entries_crc
+        fields[5], fields[6], fields[10], fields[13] = (
+            my_lba,
+            alternate_lba,
+            entries_lba,
+            entries_crc,
+        )
         sector = bytearray(self.raw)
         HEADER_FORMAT.pack_into(sector, 0, *fields)
         crc = zlib.crc32(bytes(sector[: self.header_size]))
@@ -222,7 +229,9 @@ def parse_entries(raw: bytes, entry_size: int, count: int) -> list[GptEntry]:
     return out
 
 
-def _read_copy(reader: SectorReader, header_lba: int, fallback_entries_lba: int | None) -> CopyState:
+def _read_copy(
+    reader: SectorReader, header_lba: int, fallback_entries_lba: int | None
+) -> CopyState:
     ss, total = reader.sector_size, reader.total_sectors
     sector = reader.read(header_lba, 1)
     try:
@@ -261,7 +270,12 @@ def read_table(reader: SectorReader) -> GptTable:
     backup = _read_copy(reader, backup_lba, fallback)
     # The backup's entries region, when its header is unreadable, is where a rebuilt backup would
     # put it; read it so a later plan can tell which sectors really change.
-    if backup.header is None and primary.header is not None and fallback is not None and fallback > 1:
+    if (
+        backup.header is None
+        and primary.header is not None
+        and fallback is not None
+        and fallback > 1
+    ):
         n = primary.header.entries_sectors(reader.sector_size)
         backup = replace(backup, entries_lba=fallback, entries_raw=reader.read(fallback, n))
     for good in (primary, backup):
@@ -328,7 +342,10 @@ def plan_write(table: GptTable, entries: bytes) -> WritePlan:
     primary_entries_lba = p_hdr.entries_lba if p_hdr is not None else 2
     b_hdr = table.backup.header
     backup_entries_lba = b_hdr.entries_lba if b_hdr is not None else backup_lba - n_sectors
-    if primary_entries_lba + n_sectors > h.first_usable_lba or backup_entries_lba <= h.last_usable_lba:
+    if (
+        primary_entries_lba + n_sectors > h.first_usable_lba
+        or backup_entries_lba <= h.last_usable_lba
+    ):
         raise GptError("entry arrays would overlap the usable area; repair the table first")
     backup_header = h.rebuilt(
         my_lba=backup_lba, alternate_lba=1, entries_lba=backup_entries_lba, entries_crc=crc

@@ -255,7 +255,9 @@ def mark_bad(slots: Sequence[Slot], partition: int, *, force: bool = False) -> T
 def other_slot(slots: Sequence[Slot], booted: int) -> Slot:
     others = [s for s in slots if s.partition != booted]
     if len(others) != 1:
-        raise SlotError(f"expected exactly one slot besides partition {booted}, found {len(others)}")
+        raise SlotError(
+            f"expected exactly one slot besides partition {booted}, found {len(others)}"
+        )
     return others[0]
 
 

@@ -57,13 +57,18 @@ def cmd_next(args: argparse.Namespace) -> int:
     outcome = state.change(args.disk, args.booted, decide, dry_run=args.dry_run)
     slot = chosen[0]
     if args.json:
-        _out(jsonout.dumps({"partition": slot.partition, "partuuid": str(slot.partuuid),
-                            "label": slot.label}))
+        _out(
+            jsonout.dumps(
+                {"partition": slot.partition, "partuuid": str(slot.partuuid), "label": slot.label}
+            )
+        )
     else:
         left = slots.tries_of(outcome.transition.changes.get(slot.partition, slot.attributes))
         verb = "would boot" if args.dry_run else "boot"
-        _out(f"{verb} partition {slot.partition} ({slot.label}) hd0,gpt{slot.partition} "
-             f"{slot.partuuid}; tries left {left}{', proven good' if slot.successful else ''}\n")
+        _out(
+            f"{verb} partition {slot.partition} ({slot.label}) hd0,gpt{slot.partition} "
+            f"{slot.partuuid}; tries left {left}{', proven good' if slot.successful else ''}\n"
+        )
     return 0
 
 
@@ -104,9 +109,11 @@ def _report(args: argparse.Namespace, o: state.Outcome) -> None:
     for s in o.before.slots:
         if s.partition in t.changes:
             new = s.with_attributes(t.changes[s.partition])
-            _out(f"{'would change' if dry else 'changed'} {s.label or s.partition}: "
-                 f"priority {s.priority}->{new.priority} tries {s.tries}->{new.tries} "
-                 f"successful {int(s.successful)}->{int(new.successful)}\n")
+            _out(
+                f"{'would change' if dry else 'changed'} {s.label or s.partition}: "
+                f"priority {s.priority}->{new.priority} tries {s.tries}->{new.tries} "
+                f"successful {int(s.successful)}->{int(new.successful)}\n"
+            )
     _out(_format_slots(o.before, o.after))
 
 
@@ -153,8 +160,10 @@ def cmd_repair(args: argparse.Namespace) -> int:
     written = gpt.repair(path)
     if args.json:
         _out(jsonout.dumps({"disk": path, "sectors_written": written}))
+    elif written:
+        _out(f"{path}: repaired, {written} sectors written\n")
     else:
-        _out(f"{path}: {'repaired, ' + str(written) + ' sectors written' if written else 'both GPT copies valid, nothing to do'}\n")
+        _out(f"{path}: both GPT copies valid, nothing to do\n")
     return 0
 
 
@@ -172,67 +181,112 @@ def cmd_create_disk(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     def add(name: str, func: Handler, help_text: str, description: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=description,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.add_argument("--json", action="store_true", help="print a JSON document (README)")
         p.set_defaults(func=func)
         return p
 
-    add("status", cmd_status, "show the A/B state of the disk",
+    add(
+        "status",
+        cmd_status,
+        "show the A/B state of the disk",
         "Show each slot's priority, tries, successful flag, which one is booted and which one\n"
-        "boots next, and the health of both GPT copies.")
+        "boots next, and the health of both GPT copies.",
+    )
 
-    p = add("next", cmd_next, "choose the slot to boot and consume one try (as GRUB does)",
-            "Choose the slot GRUB's gptprio.next would boot: the highest priority among slots with\n"
-            "tries left or marked successful, lowest partition number on ties. If it has tries\n"
-            "left, one is consumed and written durably (backup GPT first). Exit 1 if no slot\n"
-            "can boot.")
+    p = add(
+        "next",
+        cmd_next,
+        "choose the slot to boot and consume one try (as GRUB does)",
+        "Choose the slot GRUB's gptprio.next would boot: the highest priority among slots with\n"
+        "tries left or marked successful, lowest partition number on ties. If it has tries\n"
+        "left, one is consumed and written durably (backup GPT first). Exit 1 if no slot\n"
+        "can boot.",
+    )
     p.add_argument("--dry-run", action="store_true", help="decide but write nothing")
 
-    p = add("prioritize", _transition_command(_decide_prioritize),
-            "give PART the top priority, keep the order of the rest (cgpt prioritize)",
-            "Put PART on top; other slots keep their relative order; priority 0 stays 0.")
+    p = add(
+        "prioritize",
+        _transition_command(_decide_prioritize),
+        "give PART the top priority, keep the order of the rest (cgpt prioritize)",
+        "Put PART on top; other slots keep their relative order; priority 0 stays 0.",
+    )
     p.add_argument("part", metavar="PART")
     p.add_argument("--dry-run", action="store_true", help="decide but write nothing")
 
-    p = add("set-active", _transition_command(_decide_set_active),
-            "make a freshly written slot boot next, on trial",
-            "Mark PART not successful with N tries (default 1) and prioritize it, as after writing\n"
-            "a new image. Refused for the booted slot, and when no other slot would remain\n"
-            "marked good to fall back to (unless --force).")
+    p = add(
+        "set-active",
+        _transition_command(_decide_set_active),
+        "make a freshly written slot boot next, on trial",
+        "Mark PART not successful with N tries (default 1) and prioritize it, as after writing\n"
+        "a new image. Refused for the booted slot, and when no other slot would remain\n"
+        "marked good to fall back to (unless --force).",
+    )
     p.add_argument("part", metavar="PART")
-    p.add_argument("--tries", type=int, default=slots.DEFAULT_TRIES, metavar="N",
-                   help="boot attempts before falling back (1-15, default 1)")
+    p.add_argument(
+        "--tries",
+        type=int,
+        default=slots.DEFAULT_TRIES,
+        metavar="N",
+        help="boot attempts before falling back (1-15, default 1)",
+    )
     p.add_argument("--force", action="store_true", help="skip the safety checks")
     p.add_argument("--dry-run", action="store_true", help="decide but write nothing")
 
-    p = add("mark-good", _transition_command(_decide_mark_good),
-            "mark a slot (default: the booted one) as proven good",
-            "Set successful, clear tries and prioritize the slot (default: the booted one).")
+    p = add(
+        "mark-good",
+        _transition_command(_decide_mark_good),
+        "mark a slot (default: the booted one) as proven good",
+        "Set successful, clear tries and prioritize the slot (default: the booted one).",
+    )
     p.add_argument("part", metavar="PART", nargs="?")
     p.add_argument("--dry-run", action="store_true", help="decide but write nothing")
 
-    p = add("mark-bad", _transition_command(_decide_mark_bad),
-            "never boot PART again (priority 0, tries 0, not successful)",
-            "Refused when no other slot could boot afterwards, unless --force.")
+    p = add(
+        "mark-bad",
+        _transition_command(_decide_mark_bad),
+        "never boot PART again (priority 0, tries 0, not successful)",
+        "Refused when no other slot could boot afterwards, unless --force.",
+    )
     p.add_argument("part", metavar="PART")
     p.add_argument("--force", action="store_true", help="allow leaving no bootable slot")
     p.add_argument("--dry-run", action="store_true", help="decide but write nothing")
 
-    p = add("rollback", _transition_command(_decide_rollback),
-            "boot the other slot next (manual rollback)",
-            "Prioritize the slot that is not booted. Refused when it holds no image or never\n"
-            "booted successfully, unless --force (which gives a never-good slot one try).")
+    p = add(
+        "rollback",
+        _transition_command(_decide_rollback),
+        "boot the other slot next (manual rollback)",
+        "Prioritize the slot that is not booted. Refused when it holds no image or never\n"
+        "booted successfully, unless --force (which gives a never-good slot one try).",
+    )
     p.add_argument("--force", action="store_true", help="skip the checks on the other slot")
     p.add_argument("--dry-run", action="store_true", help="decide but write nothing")
 
-    add("repair", cmd_repair, "rewrite an invalid or stale GPT copy from the valid one",
-        "Like cgpt repair: when one GPT copy is damaged, rebuild it from the other.")
+    add(
+        "repair",
+        cmd_repair,
+        "rewrite an invalid or stale GPT copy from the valid one",
+        "Like cgpt repair: when one GPT copy is damaged, rebuild it from the other.",
+    )
 
-    p = add("create-disk", cmd_create_disk, "create a sparse disk image with the Flatcar layout",
-            "Create IMAGE with EFI-SYSTEM, BIOS-BOOT, USR-A (P1 T0 S1), USR-B (empty), OEM,\n"
-            "OEM-CONFIG and ROOT partitions. Filesystems are not created.")
+    p = add(
+        "create-disk",
+        cmd_create_disk,
+        "create a sparse disk image with the Flatcar layout",
+        "Create IMAGE with EFI-SYSTEM, BIOS-BOOT, USR-A (P1 T0 S1), USR-B (empty), OEM,\n"
+        "OEM-CONFIG and ROOT partitions. Filesystems are not created.",
+    )
     p.add_argument("image", metavar="IMAGE")
-    p.add_argument("--usr-size", type=int, default=2048, metavar="MIB",
-                   help="size of each USR partition in MiB (default 2048)")
+    p.add_argument(
+        "--usr-size",
+        type=int,
+        default=2048,
+        metavar="MIB",
+        help="size of each USR partition in MiB (default 2048)",
+    )
     p.add_argument("--force", action="store_true", help="overwrite IMAGE if it exists")
