@@ -148,8 +148,9 @@ class Superblock:
         values = struct.unpack(_SB_FORMAT, bytes(raw[:SUPERBLOCK_SIZE]))
         magic, version, hash_type, uuid_bytes, algorithm, data_bs, hash_bs = values[:7]
         data_blocks, salt_size, salt = values[7:]
+        if magic != SUPERBLOCK_MAGIC:
+            raise VerificationError("no verity superblock (the signature is missing)")
         fields = [
-            ("signature", magic, SUPERBLOCK_MAGIC),
             ("version", version, SUPERBLOCK_VERSION),
             ("hash type", hash_type, HASH_TYPE),
             ("algorithm", algorithm.rstrip(b"\0").decode(errors="replace"), ALGORITHM),

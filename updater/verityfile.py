@@ -132,6 +132,8 @@ def compute_tree(
     """
     workers = workers or default_workers()
     total = params.data_size
+    if device_size(path) < total:
+        raise DeviceError(f"{path} is {device_size(path)} bytes, shorter than {total} of data")
     ranges = [(start, min(RANGE_SIZE, total - start)) for start in range(0, total, RANGE_SIZE)]
     builder = VerityTreeBuilder(params)
 
