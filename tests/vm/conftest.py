@@ -1,0 +1,102 @@
+"""Fixtures for the VM tier: capability checks that skip with the missing piece named, machines
+that are always killed in teardown, and the project's built A/B disk image."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.vm import harness
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO / "images" / "build.py"
+
+MachineFactory = Callable[..., harness.Machine]
+
+
+def missing_qemu() -> list[str]:
+    missing = harness.missing_tools([harness.QEMU, "qemu-img"])
+    if harness.QEMU not in missing and not os.access("/dev/null", os.W_OK):
+        missing.append("/dev/null")
+    return missing
+
+
+def missing_ovmf() -> list[str]:
+    return [str(p) for p in (harness.OVMF_CODE, harness.OVMF_VARS) if not p.is_file()]
+
+
+def host_kernels() -> list[Path]:
+    """The host's installed kernels, newest name last; only readable ones count."""
+    return sorted(p for p in Path("/boot").glob("vmlinuz-*") if os.access(p, os.R_OK))
+
+
+def _skip_unless(missing: list[str], what: str) -> None:
+    if missing:
+        pytest.skip(f"{what}: missing {', '.join(missing)} (run .ci/setup)")
+
+
+@pytest.fixture(scope="session")
+def qemu() -> None:
+    _skip_unless(missing_qemu(), "QEMU")
+
+
+@pytest.fixture(scope="session")
+def ovmf(qemu: None) -> harness.Firmware:
+    _skip_unless(missing_ovmf(), "OVMF firmware")
+    return harness.Firmware()
+
+
+@pytest.fixture(scope="session")
+def host_kernel(qemu: None) -> Path:
+    kernels = host_kernels()
+    _skip_unless([] if kernels else ["/boot/vmlinuz-* (linux-image-amd64)"], "host kernel")
+    return kernels[-1]
+
+
+@pytest.fixture
+def machines(tmp_path: Path, qemu: None) -> Iterator[MachineFactory]:
+    """Make machines under the test's tmp dir; every one is killed when the test ends."""
+    made: list[harness.Machine] = []
+
+    def make(config: harness.VmConfig, name: str = "vm") -> harness.Machine:
+        m = harness.Machine(config, tmp_path / name)
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        m.kill()
+    if made:
+        print("vm: logs kept under", tmp_path)
+
+
+def _load_build_module() -> ModuleType:
+    # images/ is not a package: load the builder by path, under a private module name.
+    spec = importlib.util.spec_from_file_location("updater_images_build", BUILD_SCRIPT)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {BUILD_SCRIPT}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def built_image(qemu: None) -> Any:
+    """The project's A/B disk image (``images/build.py``'s BuildResult), built once and cached."""
+    if not BUILD_SCRIPT.is_file():
+        pytest.skip(f"{BUILD_SCRIPT.relative_to(REPO)} does not exist yet")
+    module = _load_build_module()
+    from updater.errors import ToolMissing
+
+    try:
+        return module.build_all()
+    except ToolMissing as e:
+        pytest.skip(f"image build tools missing: {e}")
