@@ -318,11 +318,13 @@ class Machine:
             if c.boot.initrd is not None:
                 args += ["-initrd", str(c.boot.initrd)]
         if self.overlay is not None:
+            # Direct kernel boot claims boot index 0 itself; firmware boots from the disk.
+            boot_index = ",bootindex=0" if isinstance(c.boot, Firmware) else ""
             args += [
                 "-drive",
                 f"if=none,id=disk0,format=qcow2,file={self.overlay}",
                 "-device",
-                f"{c.disk_interface},drive=disk0,bootindex=0",
+                f"{c.disk_interface},drive=disk0" + boot_index,
             ]
         return args + list(c.extra_args)
 

@@ -55,6 +55,14 @@ def newc(entries: Iterable[Entry]) -> bytes:
     return bytes(out)
 
 
+def directory(name: str) -> Entry:
+    return Entry(name, stat.S_IFDIR | 0o755)
+
+
+def file(name: str, source: Path) -> Entry:
+    return Entry(name, stat.S_IFREG | 0o644, source.read_bytes())
+
+
 def busybox_applets(busybox: Path = BUSYBOX) -> list[str]:
     listed = subprocess.run(
         [str(busybox), "--list"],
@@ -66,13 +74,17 @@ def busybox_applets(busybox: Path = BUSYBOX) -> list[str]:
     return [a for a in listed.stdout.split() if a != "busybox"]
 
 
-def busybox_initramfs(init_script: str, busybox: Path = BUSYBOX) -> bytes:
-    """An initramfs whose /init is ``init_script`` (run by busybox sh) with every applet in /bin."""
+def busybox_initramfs(
+    init_script: str, busybox: Path = BUSYBOX, extra: Iterable[Entry] = ()
+) -> bytes:
+    """An initramfs whose /init is ``init_script`` (run by busybox sh) with every applet in /bin,
+    plus ``extra`` entries (their parent directories must be among them)."""
     entries = [Entry(d, stat.S_IFDIR | 0o755) for d in ("bin", "dev", "proc", "sys", "tmp", "run")]
     entries.append(Entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)))
     entries.append(Entry("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes()))
     entries += [
         Entry(f"bin/{a}", stat.S_IFLNK | 0o777, b"busybox") for a in busybox_applets(busybox)
     ]
+    entries += extra
     entries.append(Entry("init", stat.S_IFREG | 0o755, init_script.encode()))
     return newc(entries)
