@@ -11,8 +11,9 @@ Rules followed (UEFI spec, GRUB's gpt code, cgpt):
 - the primary copy is preferred; the backup is used when the primary is invalid; only when both
   are invalid is the table unreadable;
 - a write rewrites the backup (header after entries) first, syncs, then the primary, syncs, and
-  rebuilds an invalid or stale copy from the good one on the way, as GRUB's gptprio does. A power
-  cut at any sector therefore leaves either the complete old or the complete new table readable.
+  rebuilds an invalid or stale copy from the good one on the way, as GRUB's gptprio does; but the
+  copy in use is always written last, so when the primary is the damaged one it is rebuilt first.
+  A power cut at any sector therefore leaves the complete old or the complete new table readable.
 """
 
 from __future__ import annotations
@@ -327,7 +328,7 @@ def _copy_writes(
 
 
 def plan_write(table: GptTable, entries: bytes) -> WritePlan:
-    """Plan writing ``entries`` (a full array) to both copies, backup first, then primary.
+    """Plan writing ``entries`` (a full array) to both copies, the copy in use last.
 
     Invalid or stale copies are rebuilt from the header in use. Sectors that already hold the
     wanted bytes are not written, so a plan for an unchanged valid table is empty.
@@ -353,12 +354,13 @@ def plan_write(table: GptTable, entries: bytes) -> WritePlan:
     primary_header = h.rebuilt(
         my_lba=1, alternate_lba=backup_lba, entries_lba=primary_entries_lba, entries_crc=crc
     )
-    return WritePlan(
-        phases=(
-            _copy_writes(table.backup, backup_header, backup_entries_lba, entries, ss),
-            _copy_writes(table.primary, primary_header, primary_entries_lba, entries, ss),
-        )
-    )
+    backup_writes = _copy_writes(table.backup, backup_header, backup_entries_lba, entries, ss)
+    primary_writes = _copy_writes(table.primary, primary_header, primary_entries_lba, entries, ss)
+    if table.primary.valid:
+        return WritePlan(phases=(backup_writes, primary_writes))
+    # The backup is the only good copy: rebuild the primary first, so that a cut at any sector
+    # still leaves one whole copy. (GRUB writes the backup first even here; we do not.)
+    return WritePlan(phases=(primary_writes, backup_writes))
 
 
 def plan_repair(table: GptTable) -> WritePlan:

@@ -15,6 +15,7 @@ from typing import Any
 
 from updater import bootdisk, gpt, gptformat, slots
 from updater.errors import DeviceError
+from updater.slots import Slot
 
 # Filesystem signatures that mean "this slot holds an image": (offset, magic).
 _IMAGE_MAGICS = (
@@ -29,14 +30,14 @@ _IMAGE_MAGICS = (
 class DiskState:
     disk: str
     table: gptformat.GptTable
-    slots: tuple[slots.Slot, ...]
+    slots: tuple[Slot, ...]
     booted: int | None  # partition number of the booted slot, when known
 
     @property
-    def next(self) -> slots.Slot | None:
+    def next(self) -> Slot | None:
         return slots.choose_next(self.slots)
 
-    def slot(self, partition: int) -> slots.Slot:
+    def slot(self, partition: int) -> Slot:
         for s in self.slots:
             if s.partition == partition:
                 return s

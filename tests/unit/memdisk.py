@@ -1,0 +1,123 @@
+"""An in-memory GPT disk for unit tests: builds valid tables in pure Python and records writes."""
+
+from __future__ import annotations
+
+import struct
+import uuid
+import zlib
+from dataclasses import dataclass, field
+
+from updater import gptformat
+from updater.slots import USR_TYPE
+
+ESP = uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
+
+
+@dataclass
+class Part:
+    type_guid: uuid.UUID
+    name: str
+    attributes: int = 0
+    size_sectors: int = 64
+    guid: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
+@dataclass
+class MemDisk:
+    """A disk as a bytearray; satisfies gptformat.SectorReader."""
+
+    data: bytearray
+    sector_size: int
+
+    @property
+    def total_sectors(self) -> int:
+        return len(self.data) // self.sector_size
+
+    def read(self, lba: int, count: int) -> bytes:
+        ss = self.sector_size
+        return bytes(self.data[lba * ss : (lba + count) * ss])
+
+    def write(self, lba: int, payload: bytes) -> None:
+        ss = self.sector_size
+        self.data[lba * ss : lba * ss + len(payload)] = payload
+
+    def apply(self, plan: gptformat.WritePlan) -> None:
+        for lba, payload in plan.sectors():
+            self.write(lba, payload)
+
+    def copy(self) -> MemDisk:
+        return MemDisk(bytearray(self.data), self.sector_size)
+
+
+def build(parts: list[Part], sector_size: int = 512, num_entries: int = 128) -> MemDisk:
+    ss = sector_size
+    esize = 128
+    entry_sectors = -(-num_entries * esize // ss)
+    first_usable = 2 + entry_sectors
+    data_sectors = sum(p.size_sectors for p in parts)
+    total = first_usable + data_sectors + entry_sectors + 1 + 8
+    last_usable = total - 2 - entry_sectors
+    disk = bytearray(total * ss)
+    # protective MBR
+    mbr = bytearray(512)
+    struct.pack_into("<B3sB3sII", mbr, 446, 0, b"\0\x02\0", 0xEE, b"\xff\xff\xff", 1, total - 1)
+    mbr[510:512] = b"\x55\xaa"
+    disk[0:512] = mbr
+    entries = bytearray(num_entries * esize)
+    lba = first_usable
+    for i, p in enumerate(parts):
+        name = p.name.encode("utf-16-le").ljust(72, b"\0")
+        struct.pack_into(
+            "<16s16sQQQ72s",
+            entries,
+            i * esize,
+            p.type_guid.bytes_le,
+            p.guid.bytes_le,
+            lba,
+            lba + p.size_sectors - 1,
+            p.attributes,
+            name,
+        )
+        lba += p.size_sectors
+    ecrc = zlib.crc32(entries)
+    disk_guid = uuid.uuid4().bytes_le
+
+    def header(my: int, alt: int, ent: int) -> bytes:
+        h = bytearray(ss)
+        gptformat.HEADER_FORMAT.pack_into(
+            h,
+            0,
+            gptformat.SIGNATURE,
+            gptformat.REVISION,
+            92,
+            0,
+            0,
+            my,
+            alt,
+            first_usable,
+            last_usable,
+            disk_guid,
+            ent,
+            num_entries,
+            esize,
+            ecrc,
+        )
+        struct.pack_into("<I", h, 16, zlib.crc32(bytes(h[:92])))
+        return bytes(h)
+
+    backup_lba = total - 1
+    backup_entries = backup_lba - entry_sectors
+    disk[ss : 2 * ss] = header(1, backup_lba, 2)
+    disk[2 * ss : 2 * ss + len(entries)] = entries
+    disk[backup_entries * ss : backup_entries * ss + len(entries)] = entries
+    disk[backup_lba * ss : (backup_lba + 1) * ss] = header(backup_lba, 1, backup_entries)
+    return MemDisk(disk, ss)
+
+
+def flatcar_parts(a_attrs: int, b_attrs: int = 0) -> list[Part]:
+    return [
+        Part(ESP, "EFI-SYSTEM"),
+        Part(uuid.UUID("21686148-6449-6e6f-744e-656564454649"), "BIOS-BOOT", size_sectors=4),
+        Part(USR_TYPE, "USR-A", a_attrs),
+        Part(USR_TYPE, "USR-B", b_attrs),
+    ]

@@ -1,0 +1,257 @@
+"""The slot engine: codec, GRUB's choice, cgpt prioritize, transitions and their safety rule."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from updater import slots
+from updater.errors import NoBootableSlot, SlotError, UsageError
+from updater.slots import Slot, encode
+
+FOREIGN_BITS = st.integers(0, (1 << 64) - 1).map(lambda v: v & ~slots.OWNED_MASK)
+
+
+def mk(part: int, p: int, t: int, s: bool, label: str | None = None, extra: int = 0) -> Slot:
+    attrs = encode(extra, priority=p, tries=t, successful=s)
+    return Slot(part, label or f"USR-{chr(ord('A') + part - 3)}", uuid.uuid4(), attrs)
+
+
+def pts(ss: list[Slot] | tuple[Slot, ...]) -> list[tuple[int, int, bool]]:
+    return [(s.priority, s.tries, s.successful) for s in ss]
+
+
+# --- codec -------------------------------------------------------------------------------
+
+
+def test_codec_reference_examples() -> None:
+    assert encode(0, priority=2, tries=1, successful=False) == 0x0012000000000000
+    assert encode(0, priority=1, tries=0, successful=True) == 0x0101000000000000
+
+
+@given(FOREIGN_BITS, st.integers(0, 15), st.integers(0, 15), st.booleans())
+def test_codec_round_trip_preserves_foreign_bits(extra: int, p: int, t: int, s: bool) -> None:
+    a = encode(extra, priority=p, tries=t, successful=s)
+    assert (slots.priority_of(a), slots.tries_of(a), slots.successful_of(a)) == (p, t, s)
+    assert a & ~slots.OWNED_MASK == extra
+
+
+@pytest.mark.parametrize("field", ["priority", "tries"])
+@pytest.mark.parametrize("value", [-1, 16])
+def test_codec_rejects_out_of_range(field: str, value: int) -> None:
+    with pytest.raises(UsageError):
+        encode(0, **{field: value})  # type: ignore[arg-type]
+
+
+# --- choose_next / next_boot (GRUB gptprio.next) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        ([(1, 0, True), (0, 0, False)], 3),  # fresh Flatcar disk
+        ([(1, 0, True), (2, 1, False)], 4),  # after an update
+        ([(1, 0, True), (2, 0, False)], 3),  # the new slot used its try
+        ([(2, 0, True), (2, 1, False)], 3),  # tie: lower index wins
+        ([(0, 5, True), (0, 5, True)], None),  # priority 0 never boots
+        ([(3, 0, False), (1, 0, False)], None),  # no tries, never good
+        ([(15, 0, False), (1, 0, True)], 4),
+    ],
+)
+def test_choose_next(state: list[tuple[int, int, bool]], expected: int | None) -> None:
+    ss = [mk(3 + i, *x) for i, x in enumerate(state)]
+    chosen = slots.choose_next(ss)
+    assert (chosen.partition if chosen else None) == expected
+
+
+def test_next_boot_reference_regression_sequence() -> None:
+    """Three usr partitions 3/3/0, 2/2/0, 1/0/1 -> 2,2,2 then 3,3 then 4 forever (1-based 2,3,4
+    in the reference; numbered 2,3,4 here too)."""
+    ss = [mk(2, 3, 3, False, "USR-A"), mk(3, 2, 2, False, "USR-B"), mk(4, 1, 0, True, "USR-C")]
+    seen = []
+    tries = []
+    for _ in range(8):
+        chosen, t = slots.next_boot(ss)
+        seen.append(chosen.partition)
+        ss = slots.apply(ss, t.changes)
+        tries.append(slots.tries_of(t.changes.get(chosen.partition, chosen.attributes)))
+        if chosen.partition == 4:
+            assert t.empty  # a successful slot with tries 0 is never written
+    assert seen == [2, 2, 2, 3, 3, 4, 4, 4]
+    assert tries[:5] == [2, 1, 0, 1, 0]
+
+
+def test_next_boot_no_candidate() -> None:
+    with pytest.raises(NoBootableSlot):
+        slots.next_boot([mk(3, 0, 0, True), mk(4, 1, 0, False)])
+
+
+# --- prioritize (cgpt) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prios", "chosen", "expected"),
+    [
+        ([1, 0], 4, [1, 2]),  # Flatcar postinst: B P2, A P1
+        ([1, 0, 0], 4, [1, 2, 0]),  # zero groups are not counted and stay zero
+        ([2, 1], 3, [2, 1]),  # already on top
+        ([1, 1, 1], 4, [1, 2, 1]),  # friends of equal priority stay together
+        ([5, 3, 3, 1], 6, [2, 1, 1, 3]),  # 3 groups -> 3,2,1; order kept
+        ([0, 0], 3, [1, 0]),
+    ],
+)
+def test_prioritize_hand_worked(prios: list[int], chosen: int, expected: list[int]) -> None:
+    ss = [mk(3 + i, p, 0, True) for i, p in enumerate(prios)]
+    out = slots.prioritize(ss, chosen)
+    assert [slots.priority_of(out[s.partition]) for s in ss] == expected
+
+
+def test_prioritize_coalesces_at_one_when_groups_exceed_max() -> None:
+    ss = [mk(3 + i, p, 0, True) for i, p in enumerate([5, 4, 3, 2, 1])]
+    out = slots.prioritize(ss, 7, max_priority=3)
+    assert [slots.priority_of(out[s.partition]) for s in ss] == [2, 1, 1, 1, 3]
+
+
+@given(st.lists(st.tuples(st.integers(0, 15), FOREIGN_BITS), min_size=1, max_size=6), st.data())
+def test_prioritize_properties(state: list[tuple[int, int]], data: st.DataObject) -> None:
+    ss = [mk(3 + i, p, 0, False, extra=x) for i, (p, x) in enumerate(state)]
+    chosen = data.draw(st.sampled_from(ss)).partition
+    out = slots.prioritize(ss, chosen)
+    new = {p: slots.priority_of(a) for p, a in out.items()}
+    assert new[chosen] == max(new.values()) and new[chosen] >= 1
+    for a in ss:
+        assert out[a.partition] & ~slots.OWNED_MASK == a.attributes & ~slots.OWNED_MASK
+        for b in ss:
+            if chosen in (a.partition, b.partition):
+                continue
+            if a.priority > b.priority:
+                assert new[a.partition] >= new[b.partition]
+            if a.priority == b.priority:
+                assert new[a.partition] == new[b.partition]
+            if a.priority == 0:
+                assert new[a.partition] == 0
+            elif a.priority > 0:
+                assert new[a.partition] >= 1
+        if a.partition != chosen and a.priority > 0:
+            assert new[a.partition] < new[chosen] or new[a.partition] == 1
+
+
+# --- transitions ---------------------------------------------------------------------------
+
+
+def fresh() -> list[Slot]:
+    return [mk(3, 1, 0, True, "USR-A"), mk(4, 0, 0, False, "USR-B")]
+
+
+def test_set_active_matches_flatcar_postinst() -> None:
+    ss = fresh()
+    t = slots.set_active(ss, 4, booted=3)
+    assert pts(slots.apply(ss, t.changes)) == [(1, 0, True), (2, 1, False)]
+
+
+def test_set_active_refuses_booted_slot_and_zero_tries() -> None:
+    ss = fresh()
+    with pytest.raises(SlotError, match="booted"):
+        slots.set_active(ss, 3, booted=3)
+    with pytest.raises(UsageError):
+        slots.set_active(ss, 4, tries=0)
+    with pytest.raises(UsageError):
+        slots.set_active(ss, 4, tries=16)
+
+
+def test_set_active_refuses_to_remove_last_good_slot() -> None:
+    ss = [mk(3, 1, 0, False, "USR-A"), mk(4, 2, 0, True, "USR-B")]
+    with pytest.raises(SlotError, match="fall back"):
+        slots.set_active(ss, 4, booted=3)
+    t = slots.set_active(ss, 4, booted=3, force=True)
+    assert pts(slots.apply(ss, t.changes))[1] == (2, 1, False)
+
+
+def test_mark_good_matches_setgoodroot() -> None:
+    ss = [mk(3, 1, 0, True, "USR-A"), mk(4, 2, 0, False, "USR-B")]
+    t = slots.mark_good(ss, 4)
+    assert pts(slots.apply(ss, t.changes)) == [(1, 0, True), (2, 0, True)]
+
+
+def test_mark_bad_guard() -> None:
+    ss = [mk(3, 1, 0, True, "USR-A"), mk(4, 2, 0, True, "USR-B")]
+    t = slots.mark_bad(ss, 4)
+    assert pts(slots.apply(ss, t.changes)) == [(1, 0, True), (0, 0, False)]
+    only = slots.apply(ss, t.changes)
+    with pytest.raises(SlotError, match="no other slot"):
+        slots.mark_bad(only, 3)
+    assert slots.choose_next(slots.apply(only, slots.mark_bad(only, 3, force=True).changes)) is None
+
+
+def test_rollback_rules() -> None:
+    ss = [mk(3, 1, 0, True, "USR-A"), mk(4, 2, 0, True, "USR-B")]
+    t = slots.rollback(ss, 4, has_image=True)
+    assert slots.choose_next(slots.apply(ss, t.changes)).partition == 3  # type: ignore[union-attr]
+    never = fresh()
+    with pytest.raises(SlotError, match="never booted successfully"):
+        slots.rollback(never, 3, has_image=True)
+    with pytest.raises(SlotError, match="holds no image"):
+        slots.rollback(never, 3, has_image=False)
+    forced = slots.apply(never, slots.rollback(never, 3, has_image=False, force=True).changes)
+    assert pts(forced) == [(1, 0, True), (2, 1, False)]  # one try, then back to A
+
+
+def test_resolve_part_specs() -> None:
+    ss = fresh()
+    assert slots.resolve(ss, "4").partition == 4
+    assert slots.resolve(ss, "usr-b").partition == 4
+    assert slots.resolve(ss, "b").partition == 4
+    for bad in ["9", "C", "ROOT", ""]:
+        with pytest.raises(UsageError):
+            slots.resolve(ss, bad)
+
+
+# --- the safety property -------------------------------------------------------------------
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["set-active", "next", "mark-good", "rollback", "mark-bad"]),
+        st.sampled_from([3, 4]),
+        st.integers(1, 3),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=400)
+@given(OPS)
+def test_no_sequence_leaves_no_bootable_slot_unless_marked_bad(
+    ops: list[tuple[str, int, int]],
+) -> None:
+    """A machine that follows GRUB's choice on every boot and lets tools apply any mix of
+    transitions (refusals are no-ops) always has a slot to boot, unless mark-bad was used."""
+    ss = fresh()
+    booted = 3
+    marked_bad = False
+    for op, part, tries in ops:
+        try:
+            if op == "next":
+                chosen, t = slots.next_boot(ss)
+                booted = chosen.partition
+            elif op == "set-active":
+                t = slots.set_active(ss, part, tries=tries, booted=booted)
+            elif op == "mark-good":
+                t = slots.mark_good(ss, booted)
+            elif op == "rollback":
+                t = slots.rollback(ss, booted, has_image=True)
+            else:
+                t = slots.mark_bad(ss, part)
+                marked_bad = True
+        except SlotError:
+            continue
+        ss = slots.apply(ss, t.changes)
+        if not marked_bad:
+            assert slots.choose_next(ss) is not None
+            # and it stays bootable however many boots fail from here on
+            trial = ss
+            for _ in range(40):
+                chosen, t = slots.next_boot(trial)
+                trial = slots.apply(trial, t.changes)
