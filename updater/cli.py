@@ -51,6 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PART",
         help="treat PART as the booted slot (for image files; default: from /proc/cmdline)",
     )
+    parser.add_argument(
+        "--esp",
+        metavar="DIR",
+        help="mounted ESP to use (default: /boot on the running system, else the disk's own)",
+    )
+    parser.add_argument(
+        "--oem",
+        metavar="DIR",
+        help="mounted OEM partition (default: /oem or /usr/share/oem, else the disk's own)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for module in COMMAND_MODULES:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from updater import bootdisk, gpt, gptformat, slots
-from updater.errors import DeviceError
+from updater import bootdisk, bootfs, gpt, gptformat, grubenv, slots
+from updater.errors import DeviceError, UpdaterError
 from updater.slots import Slot
 
 # Filesystem signatures that mean "this slot holds an image": (offset, magic).
@@ -105,18 +105,69 @@ def _state(path: str, table: gptformat.GptTable, booted_spec: str | None) -> Dis
     return DiskState(path, table, found, _booted(found, booted_spec))
 
 
-def load(disk: str | None, booted_spec: str | None = None) -> DiskState:
+def load(disk: str | None, booted_spec: str | None = None, esp: str | None = None) -> DiskState:
+    """The disk's A/B state, including boot tries GRUB consumed in the ESP's grubenv that are
+    not yet carried into the GPT (see ``change``). Writes nothing."""
     path = resolve_disk(disk)
     with gpt.locked(path, writable=False) as d:
-        return _state(path, gpt.read_table(d), booted_spec)
+        table = gpt.read_table(d)
+        st = _state(path, table, booted_spec)
+        env = _Grubenv.find(path, table, esp)
+    if env is None:
+        return st
+    return replace(st, slots=tuple(slots.apply(st.slots, grubenv.reconcile(env.values, st.slots))))
 
 
 @dataclass(frozen=True)
 class Outcome:
     before: DiskState
     transition: slots.Transition
-    after: tuple[slots.Slot, ...]
+    after: tuple[Slot, ...]
     sectors_written: int
+    grubenv_written: bool = False
+    consumed: Mapping[int, int] = field(default_factory=dict)  # tries GRUB used, by partition
+
+
+GRUBENV = "flatcar/grubenv"
+
+
+@dataclass
+class _Grubenv:
+    """The ESP's GRUB environment block, when the disk uses the stock-GRUB design (grub/)."""
+
+    files: bootfs.BootFiles
+    raw: bytes
+    values: dict[str, str]
+
+    @classmethod
+    def find(cls, path: str, table: gptformat.GptTable, esp: str | None) -> _Grubenv | None:
+        try:
+            files = bootfs.locate_esp(path, table, esp, running=False)
+            raw = files.read(GRUBENV)
+        except UpdaterError:
+            return None  # no ESP, or no tool to read it: the disk does not use a grubenv
+        if raw is None:
+            return None
+        try:
+            return cls(files, raw, grubenv.parse(raw))
+        except UpdaterError:
+            # A damaged block is rewritten from the GPT below; nothing is reconciled from it.
+            return cls(files, raw, {})
+
+    def hashes(self) -> dict[str, str]:
+        out = {}
+        for letter in "ABCDEFGH":
+            value = self.values.get(f"usr_{letter.lower()}_hash", "")
+            if value:
+                out[letter] = value
+        return out
+
+    def sync(self, final: tuple[Slot, ...], hashes: Mapping[str, str]) -> bool:
+        block = grubenv.render(grubenv.slot_vars(final, {**self.hashes(), **hashes}))
+        if block == self.raw:
+            return False
+        self.files.write(GRUBENV, block)
+        return True
 
 
 def change(
@@ -125,24 +176,43 @@ def change(
     decide: Callable[[DiskState], slots.Transition],
     *,
     dry_run: bool = False,
+    esp: str | None = None,
+    hashes: Mapping[str, str] | None = None,
 ) -> Outcome:
     """Read the state under an exclusive lock, decide, and write the decision durably.
 
-    An empty transition writes nothing at all, even when a table copy is damaged: like GRUB,
+    An empty transition writes nothing to the GPT, even when a table copy is damaged: like GRUB,
     repair happens only together with a write that is needed anyway (or with ``repair``).
+
+    Disks booted by stock GRUB carry a copy of the A/B state in the ESP's ``flatcar/grubenv``
+    (see grub/README.md). Tries that GRUB consumed there are first carried back into the GPT
+    (``grubenv.reconcile``); after the GPT is written, the block is rewritten from it. The GPT is
+    written first: a cut in between leaves a block whose ``usr_sync`` no longer matches, which
+    is then ignored and rewritten, never trusted. ``hashes`` (slot letter -> verity root hash)
+    updates the block's hashes, for a slot that received a new image.
     """
     path = resolve_disk(disk)
     with gpt.locked(path, writable=not dry_run) as d:
-        before = _state(path, gpt.read_table(d), booted_spec)
+        table = gpt.read_table(d)
+        current = _state(path, table, booted_spec)
+        env = _Grubenv.find(path, table, esp)
+        before = current
+        consumed: dict[int, int] = {}
+        if env is not None:
+            consumed = grubenv.reconcile(env.values, current.slots)
+            before = replace(current, slots=tuple(slots.apply(current.slots, consumed)))
         transition = decide(before)
         after = tuple(slots.apply(before.slots, transition.changes))
+        changes = {s.partition: s.attributes for s in after if s not in current.slots}
         written = 0
-        if not dry_run and not transition.empty:
-            entries = gptformat.with_attributes(
-                before.table, {n - 1: a for n, a in transition.changes.items()}
-            )
-            written = gpt.apply_plan(d, gptformat.plan_write(before.table, entries))
-    return Outcome(before, transition, after, written)
+        env_written = False
+        if not dry_run:
+            if changes:
+                entries = gptformat.with_attributes(table, {n - 1: a for n, a in changes.items()})
+                written = gpt.apply_plan(d, gptformat.plan_write(table, entries))
+            if env is not None:
+                env_written = env.sync(after, hashes or {})
+    return Outcome(before, transition, after, written, env_written, consumed)
 
 
 def holds_image(state: DiskState, partition: int) -> bool:

@@ -82,8 +82,11 @@ def flatcar_disk(fast_tmp: Path, cli: Cli) -> Path:
     return path
 
 
+CgptField = Callable[[Path, int, str], int]
+
+
 @pytest.fixture
-def cgpt_field() -> Callable[[Path, int, str], int]:
+def cgpt_field() -> CgptField:
     need_tools("cgpt")
 
     def read(disk: Path, part: int, flag: str) -> int:

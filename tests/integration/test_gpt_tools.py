@@ -15,14 +15,12 @@ import pytest
 
 from updater import gpt, gptformat, layout, slots, state
 
-from .conftest import Cli, need_tools, sgdisk_attributes, sha, tool
+from .conftest import CgptField, Cli, need_tools, sgdisk_attributes, sha, tool
 
 pytestmark = pytest.mark.integration
 
 FOREIGN = (1 << 0) | (1 << 2) | (1 << 57) | (1 << 60) | (1 << 63) | (0x5A5A << 20)
 CHROMEOS_KERNEL = uuid.UUID("fe3a2a5d-4f32-41a7-b725-accc3285a309")
-
-CgptField = Callable[[Path, int, str], int]
 
 
 def status(cli: Cli, disk: Path, booted: str = "A") -> dict[str, object]:

@@ -33,7 +33,7 @@ def _format_slots(st: state.DiskState, after: tuple[slots.Slot, ...] | None = No
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    st = state.load(args.disk, args.booted)
+    st = state.load(args.disk, args.booted, args.esp)
     if args.json:
         _out(jsonout.dumps(st.to_json()))
         return 0
@@ -54,7 +54,7 @@ def cmd_next(args: argparse.Namespace) -> int:
         chosen.append(slot)
         return transition
 
-    outcome = state.change(args.disk, args.booted, decide, dry_run=args.dry_run)
+    outcome = state.change(args.disk, args.booted, decide, dry_run=args.dry_run, esp=args.esp)
     slot = chosen[0]
     if args.json:
         _out(
@@ -81,6 +81,7 @@ def _transition_command(
             args.booted,
             lambda st: decide_for(args, st),
             dry_run=getattr(args, "dry_run", False),
+            esp=args.esp,
         )
         _report(args, outcome)
         return 0
@@ -99,11 +100,17 @@ def _report(args: argparse.Namespace, o: state.Outcome) -> None:
             "dry_run": dry,
             "changed": sorted(t.changes),
             "sectors_written": o.sectors_written,
+            "grubenv_written": o.grubenv_written,
+            "grub_consumed": sorted(o.consumed),
             "next": nxt.partition if nxt else None,
             "slots": [state.slot_json(s, o.before.booted) for s in o.after],
         }
         _out(jsonout.dumps(doc))
         return
+    for part, attrs in o.consumed.items():
+        _out(f"partition {part}: GRUB consumed a boot try (tries now {slots.tries_of(attrs)})\n")
+    if o.grubenv_written:
+        _out(f"{'would rewrite' if dry else 'rewrote'} the ESP's grubenv from the GPT\n")
     if t.empty:
         _out(f"{t.action}: nothing to change\n")
     for s in o.before.slots:
@@ -144,6 +151,10 @@ def _decide_mark_good(args: argparse.Namespace, st: state.DiskState) -> slots.Tr
 
 def _decide_mark_bad(args: argparse.Namespace, st: state.DiskState) -> slots.Transition:
     return slots.mark_bad(st.slots, _part(st, args.part), force=args.force)
+
+
+def _decide_sync(args: argparse.Namespace, st: state.DiskState) -> slots.Transition:
+    return slots.Transition("sync", None, {})
 
 
 def _decide_rollback(args: argparse.Namespace, st: state.DiskState) -> slots.Transition:
@@ -265,6 +276,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "booted successfully, unless --force (which gives a never-good slot one try).",
     )
     p.add_argument("--force", action="store_true", help="skip the checks on the other slot")
+    p.add_argument("--dry-run", action="store_true", help="decide but write nothing")
+
+    p = add(
+        "sync",
+        _transition_command(_decide_sync),
+        "carry boot tries GRUB consumed into the GPT and refresh the ESP's grubenv",
+        "On disks booted by stock GRUB (grub/README.md) the A/B state is mirrored in the ESP's\n"
+        "flatcar/grubenv, where GRUB decrements tries. sync carries those decrements back into\n"
+        "the GPT (the source of truth) and rewrites the block from it. Every command that\n"
+        "changes the state does the same on the way; run sync once after each boot.",
+    )
     p.add_argument("--dry-run", action="store_true", help="decide but write nothing")
 
     add(

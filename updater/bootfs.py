@@ -1,0 +1,186 @@
+"""Files on the boot partitions: the ESP (kernels, first-boot marker, grubenv) and OEM (grub.cfg).
+
+Three ways in, one small interface (``BootFiles``):
+- a mounted directory (``/boot``, ``/oem``, or ``--esp DIR`` / ``--oem DIR``);
+- the ESP partition of a disk or image file, through mtools at a byte offset (read and write,
+  nothing mounted: works on image files and on a running system whose ESP is not mounted);
+- the OEM partition (ext4) of a disk or image file, through debugfs at a byte offset (read-only).
+
+Paths are relative to the filesystem root (``flatcar/vmlinuz-a``). This module does not know what
+the files mean; ``updater.cmdline`` and ``updater.grubenv`` do.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Protocol
+
+from updater import gptformat
+from updater.errors import DeviceError
+from updater.run import require_tool, run
+
+ESP_TYPE = uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
+
+
+class BootFiles(Protocol):
+    description: str
+
+    def read(self, rel: str) -> bytes | None:
+        """The file's bytes, or None when it does not exist."""
+        ...
+
+    def write(self, rel: str, data: bytes) -> None: ...
+
+    def local_copy(self, rel: str, directory: str) -> str:
+        """A path on the local filesystem holding the file (for kexec, which wants paths)."""
+        ...
+
+
+class DirFiles:
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.description = root
+
+    def _path(self, rel: str) -> Path:
+        return Path(self.root, rel.lstrip("/"))
+
+    def read(self, rel: str) -> bytes | None:
+        try:
+            return self._path(rel).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write(self, rel: str, data: bytes) -> None:
+        """Atomic: temp file in the same directory, fsync, rename, fsync the directory."""
+        path = self._path(rel)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def local_copy(self, rel: str, directory: str) -> str:
+        path = self._path(rel)
+        if not path.is_file():
+            raise DeviceError(f"{path} does not exist")
+        return str(path)
+
+
+class FatPartitionFiles:
+    """A FAT filesystem inside a disk or image file, at ``offset`` bytes (mtools' ``@@``)."""
+
+    def __init__(self, disk: str, offset: int) -> None:
+        require_tool("mcopy", "mtools")
+        self.image = f"{disk}@@{offset}"
+        self.description = f"{disk} (ESP at byte {offset})"
+        # mtools refuses filesystems whose geometry it doubts unless told not to check
+        self.env = {"MTOOLS_SKIP_CHECK": "1"}
+
+    def read(self, rel: str) -> bytes | None:
+        proc = run(["mcopy", "-n", "-i", self.image, f"::/{rel}", "-"], check=False, env=self.env)
+        if proc.returncode != 0:
+            return None
+        return proc.stdout
+
+    def write(self, rel: str, data: bytes) -> None:
+        # mcopy -o replaces the file's contents; a same-size file keeps its clusters.
+        with tempfile.NamedTemporaryFile() as tmp:
+            tmp.write(data)
+            tmp.flush()
+            run(["mcopy", "-o", "-i", self.image, tmp.name, f"::/{rel}"], env=self.env)
+        run(["sync"], check=False)
+
+    def local_copy(self, rel: str, directory: str) -> str:
+        return _save(self.read(rel), rel, directory, self.description)
+
+
+class Ext4PartitionFiles:
+    """An ext4 filesystem inside a disk or image file, read-only, through debugfs."""
+
+    def __init__(self, disk: str, offset: int) -> None:
+        require_tool("debugfs", "e2fsprogs")
+        self.device = f"{disk}?offset={offset}"
+        self.description = f"{disk} (ext4 at byte {offset})"
+
+    def read(self, rel: str) -> bytes | None:
+        proc = run(["debugfs", "-R", f"cat /{rel}", self.device], check=False)
+        err = proc.stderr.decode(errors="replace")
+        if proc.returncode != 0 or "not found" in err or "Bad magic" in err:
+            return None
+        return proc.stdout
+
+    def write(self, rel: str, data: bytes) -> None:
+        raise DeviceError(f"{self.description} is opened read-only")
+
+    def local_copy(self, rel: str, directory: str) -> str:
+        return _save(self.read(rel), rel, directory, self.description)
+
+
+def _save(data: bytes | None, rel: str, directory: str, description: str) -> str:
+    if data is None:
+        raise DeviceError(f"{description}: {rel} does not exist")
+    dest = Path(directory, rel.replace("/", "_"))
+    dest.write_bytes(data)
+    return str(dest)
+
+
+def _partition(table: gptformat.GptTable, label: str, type_guid: uuid.UUID | None) -> int | None:
+    """Byte offset of the partition labelled ``label`` (or, failing that, of type ``type_guid``)."""
+    used = table.used_entries()
+    found = [e for e in used if e.name == label] or [e for e in used if e.type_guid == type_guid]
+    return found[0].first_lba * table.sector_size if found else None
+
+
+def esp_of(disk: str, table: gptformat.GptTable) -> FatPartitionFiles:
+    offset = _partition(table, "EFI-SYSTEM", ESP_TYPE)
+    if offset is None:
+        raise DeviceError(f"{disk}: no EFI-SYSTEM partition")
+    return FatPartitionFiles(disk, offset)
+
+
+def oem_of(disk: str, table: gptformat.GptTable) -> Ext4PartitionFiles | None:
+    offset = _partition(table, "OEM", None)
+    return Ext4PartitionFiles(disk, offset) if offset is not None else None
+
+
+MOUNTED_ESP = ("/boot",)
+MOUNTED_OEM = ("/oem", "/usr/share/oem")
+
+
+def locate_esp(
+    disk: str, table: gptformat.GptTable, override: str | None, running: bool
+) -> BootFiles:
+    """``--esp DIR``; else on the running system a mounted ESP with a flatcar/ or coreos/
+    directory; else the disk's own EFI-SYSTEM partition."""
+    if override:
+        return DirFiles(override)
+    if running:
+        for root in MOUNTED_ESP:
+            if any(Path(root, d).is_dir() for d in ("flatcar", "coreos")):
+                return DirFiles(root)
+    return esp_of(disk, table)
+
+
+def locate_oem(
+    disk: str, table: gptformat.GptTable, override: str | None, running: bool
+) -> BootFiles | None:
+    if override:
+        return DirFiles(override)
+    if running:
+        for root in MOUNTED_OEM:
+            if Path(root, "grub.cfg").is_file():
+                return DirFiles(root)
+    return oem_of(disk, table)
