@@ -1,0 +1,34 @@
+#!/bin/sh
+# cmdline hook: find the USR device named on the kernel command line and make dracut wait for it.
+# verity.usr= names the partition holding filesystem + hash tree; mount.usr= is where /usr comes
+# from (/dev/mapper/usr in verity boots, or the partition itself in images without verity, which
+# this project refuses: there is no unverified /usr).
+type getarg > /dev/null 2>&1 || . /lib/dracut-lib.sh
+. /lib/updater-lib.sh
+
+_usr=$(getarg verity.usr=)
+[ -n "$_usr" ] || _usr=$(getarg mount.usr=)
+if [ -z "$_usr" ]; then
+    updater_fail "no verity.usr= or mount.usr= on the kernel command line"
+fi
+if [ "$_usr" = /dev/mapper/usr ]; then
+    updater_fail "mount.usr=/dev/mapper/usr needs verity.usr=PARTUUID=... to name the partition"
+fi
+_dev=$(updater_resolve "$_usr") || updater_fail "cannot understand verity.usr=$_usr"
+
+_hash=$(getarg verity.usrhash=)
+case "$_hash" in
+    *[!0-9a-f]*) updater_fail "verity.usrhash is not lowercase hex: $_hash" ;;
+esac
+[ ${#_hash} -eq 64 ] || updater_fail "verity.usrhash missing or not 64 hex digits: '$_hash'"
+
+mkdir -p /run/updater
+echo "$_dev" > /run/updater/usr-device
+echo "$_hash" > /run/updater/usr-hash
+_oem=$(getarg flatcar.oem.id=)
+[ -n "$_oem" ] && echo "$_oem" > /run/updater/oem-id
+
+wait_for_dev -n "$_dev"
+if [ "$(getarg flatcar.first_boot=)" = detected ]; then
+    wait_for_dev -n /dev/disk/by-label/EFI-SYSTEM
+fi

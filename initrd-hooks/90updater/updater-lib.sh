@@ -1,0 +1,63 @@
+#!/bin/sh
+# Shared by the updater hooks. Sourced by dracut's init, so only POSIX sh plus dracut-lib.sh.
+
+# Every failure ends here: one line that tests and people can grep for, on every console, then the
+# machine powers off. Nothing unverified is ever mounted. rd.shell on the command line gives an
+# emergency shell instead (for debugging).
+updater_fail() {
+    _msg="UPDATER-BOOT-FAILED: $*"
+    echo "<2>$_msg" > /dev/kmsg 2> /dev/null
+    echo "$_msg" > /dev/console 2> /dev/null
+    [ -c /dev/ttyS0 ] && echo "$_msg" > /dev/ttyS0 2> /dev/null
+    if getargbool 0 rd.shell; then
+        emergency_shell -n updater "$_msg"
+    fi
+    echo "$_msg (powering off)" > /dev/console 2> /dev/null
+    sync
+    # sysrq works without any userspace tool and regardless of the kernel.sysrq mask.
+    echo o > /proc/sysrq-trigger
+    while :; do sleep 60; done
+}
+
+updater_say() {
+    echo "$*" > /dev/console 2> /dev/null
+    [ -c /dev/ttyS0 ] && echo "$*" > /dev/ttyS0 2> /dev/null
+    return 0
+}
+
+# PARTUUID=x / PARTLABEL=x / LABEL=x / UUID=x / /dev/... -> a device path udev creates.
+updater_resolve() {
+    case "$1" in
+        PARTUUID=*) echo "/dev/disk/by-partuuid/$(echo "${1#PARTUUID=}" | tr 'A-F' 'a-f')" ;;
+        PARTLABEL=*) echo "/dev/disk/by-partlabel/${1#PARTLABEL=}" ;;
+        LABEL=*) echo "/dev/disk/by-label/${1#LABEL=}" ;;
+        UUID=*) echo "/dev/disk/by-uuid/${1#UUID=}" ;;
+        /dev/*) echo "$1" ;;
+        *) return 1 ;;
+    esac
+}
+
+# Little-endian unsigned integer of $3 bytes at offset $2 of $1 (od reads host order: x86 is LE).
+updater_read_uint() {
+    od -An -t "u$3" -j "$2" -N "$3" "$1" 2> /dev/null | tr -d ' \n'
+}
+
+# Bytes of the filesystem at the start of $1, from its own superblock: squashfs bytes_used, or
+# erofs blocks << blkszbits. The hash tree starts at this size rounded up to 4096. The superblock
+# is not trusted: a wrong size moves the hash offset, and veritysetup then finds no valid verity
+# superblock or the tree no longer matches the root hash.
+updater_fs_bytes() {
+    _magic=$(od -An -c -N 4 "$1" 2> /dev/null | tr -d ' \n')
+    if [ "$_magic" = "hsqs" ]; then
+        updater_read_uint "$1" 40 8
+        return 0
+    fi
+    _emagic=$(updater_read_uint "$1" 1024 4)
+    if [ "$_emagic" = "3774210530" ]; then # 0xe0f5e1e2, EROFS_SUPER_MAGIC_V1
+        _bits=$(updater_read_uint "$1" 1036 1)
+        _blocks=$(updater_read_uint "$1" 1060 4)
+        echo $((_blocks << _bits))
+        return 0
+    fi
+    return 1
+}

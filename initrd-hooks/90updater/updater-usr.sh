@@ -1,0 +1,33 @@
+#!/bin/sh
+# pre-pivot hook: root is mounted at $NEWROOT by rootfs-block; add the verified /usr read-only,
+# then run first-boot provisioning once.
+type getarg > /dev/null 2>&1 || . /lib/dracut-lib.sh
+. /lib/updater-lib.sh
+
+[ -b /dev/mapper/usr ] || updater_fail "/dev/mapper/usr is missing at pre-pivot"
+mkdir -p "$NEWROOT/usr" 2> /dev/null
+_flags=$(getarg mount.usrflags=)
+if ! mount -t squashfs -o "ro${_flags:+,$_flags}" /dev/mapper/usr "$NEWROOT/usr" 2> /dev/null \
+    && ! mount -t erofs -o "ro${_flags:+,$_flags}" /dev/mapper/usr "$NEWROOT/usr"; then
+    updater_fail "cannot mount /dev/mapper/usr at $NEWROOT/usr"
+fi
+
+if [ "$(getarg flatcar.first_boot=)" = detected ]; then
+    # Provisioning first, marker removal last: if power fails in between, the next boot simply
+    # provisions again (every step is idempotent).
+    if [ ! -s "$NEWROOT/etc/machine-id" ]; then
+        # The kernel's random UUID without dashes is a valid machine ID.
+        tr -d '-' < /proc/sys/kernel/random/uuid > "$NEWROOT/etc/machine-id"
+    fi
+    mkdir -p "$NEWROOT/var/lib/updater"
+    date -u +%Y-%m-%dT%H:%M:%SZ > "$NEWROOT/var/lib/updater/first-boot"
+    mkdir -p /run/updater/esp
+    if mount -t vfat -o rw /dev/disk/by-label/EFI-SYSTEM /run/updater/esp; then
+        rm -f /run/updater/esp/flatcar/first_boot /run/updater/esp/coreos/first_boot
+        umount /run/updater/esp
+    else
+        warn "updater: cannot mount the ESP to remove flatcar/first_boot"
+    fi
+    sync
+    updater_say "UPDATER-FIRST-BOOT"
+fi
