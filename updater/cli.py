@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from updater import __version__
+from updater.commands import boot as boot_commands
 from updater.commands import slots as slot_commands
 from updater.commands import verity as verity_commands
 from updater.errors import UpdaterError
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMAND_MODULES = [slot_commands, verity_commands]
+COMMAND_MODULES = [slot_commands, boot_commands, verity_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

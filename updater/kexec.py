@@ -1,0 +1,168 @@
+"""kexec: what the running kernel allows, the exact commands, and running them.
+
+The decisions are pure functions over a ``KexecSupport`` value (gathered by ``probe_support``)
+and return argument lists, so tests compare plans instead of running them:
+
+- ``kexec_file_load`` (``kexec -s``) first: it is the only way under lockdown / Secure Boot, where
+  the kernel must be signed. ``kexec_load`` (``kexec -c``) only when file load is unsupported and
+  the kernel is not locked down (lockdown forbids it). Never ``-a``: we want to know which one ran.
+- A kernel left loaded by an earlier attempt turns a later plain ``systemctl reboot`` into a kexec
+  into a stale slot, so every load starts with ``kexec -u`` and every firmware reboot too.
+- The clean path is ``systemctl kexec`` (services stop, filesystems unmount; it refuses when
+  nothing is loaded); ``--force`` syncs, remounts / read-only and runs ``kexec -e``.
+- Never ``--reuse-cmdline``: it copies the old slot's ``mount.usr`` / ``verity.usrhash``.
+
+This module does not choose slots or build command lines (``updater.slots``, ``updater.cmdline``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from updater.errors import UpdaterError
+from updater.run import CommandFailed, run
+
+
+class Method(StrEnum):
+    FILE = "kexec_file_load"
+    LOAD = "kexec_load"
+    FIRMWARE = "firmware"
+
+
+@dataclass(frozen=True)
+class KexecSupport:
+    tool: bool  # kexec-tools installed
+    load_disabled: bool  # kernel.kexec_load_disabled = 1 (one-way switch, covers both syscalls)
+    lockdown: str  # "none", "integrity" or "confidentiality"
+    systemd: bool  # PID 1 is systemd, so `systemctl kexec` / `systemctl reboot` exist
+
+    def blocker(self) -> str | None:
+        """Why no kexec can work at all, or None."""
+        if not self.tool:
+            return "kexec-tools is not installed"
+        if self.load_disabled:
+            return "kernel.kexec_load_disabled=1"
+        return None
+
+
+class LoadFailed(UpdaterError):
+    """Loading the new kernel failed; ``cause`` is EPERM, ENOSYS, EBUSY, ... when recognised."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class KexecImage:
+    kernel: str
+    initrd: str | None
+    cmdline: str
+
+    def load_argv(self, method: Method) -> list[str]:
+        flag = {Method.FILE: "-s", Method.LOAD: "-c"}[method]
+        argv = ["kexec", flag, "-l", self.kernel]
+        if self.initrd:
+            argv.append(f"--initrd={self.initrd}")
+        argv.append(f"--append={self.cmdline}")
+        return argv
+
+
+UNLOAD = ["kexec", "-u"]
+
+
+def exec_argvs(*, force: bool, systemd: bool) -> list[list[str]]:
+    """How to jump into the loaded kernel."""
+    if force or not systemd:
+        return [["sync"], ["mount", "-o", "remount,ro", "/"], ["kexec", "-e"]]
+    return [["systemctl", "kexec"]]
+
+
+def firmware_argvs(*, force: bool, systemd: bool) -> list[list[str]]:
+    """A normal reboot through the firmware; the loaded kexec kernel is dropped first."""
+    if force or not systemd:
+        return [UNLOAD, ["sync"], ["reboot", "-f"]]
+    return [UNLOAD, ["systemctl", "reboot"]]
+
+
+def first_method(support: KexecSupport) -> Method:
+    return Method.FIRMWARE if support.blocker() else Method.FILE
+
+
+def classify(stderr: str) -> str:
+    """The errno behind a kexec-tools failure message (it prints strerror text)."""
+    text = stderr.lower()
+    for needle, cause in (
+        ("operation not permitted", "EPERM"),
+        ("function not implemented", "ENOSYS"),
+        ("not supported", "ENOSYS"),
+        ("device or resource busy", "EBUSY"),
+        ("key was rejected", "EKEYREJECTED"),
+        ("required key not available", "ENOKEY"),
+        ("cannot allocate memory", "ENOMEM"),
+        ("invalid argument", "EINVAL"),
+        ("exec format error", "ENOEXEC"),
+    ):
+        if needle in text:
+            return cause
+    return "unknown"
+
+
+def next_method(support: KexecSupport, tried: Method, cause: str) -> Method:
+    """After ``tried`` failed with ``cause``: the classic syscall only when file load is missing
+    from this kernel and nothing forbids kexec_load; otherwise the firmware."""
+    if tried is Method.FILE and cause == "ENOSYS" and support.lockdown == "none":
+        return Method.LOAD
+    return Method.FIRMWARE
+
+
+# ------------------------------------------------------------------------------------ adapter
+
+
+def probe_support(proc: str = "/proc", sys: str = "/sys") -> KexecSupport:
+    disabled = _read(Path(proc, "sys/kernel/kexec_load_disabled")).strip() == "1"
+    lockdown = "none"
+    text = _read(Path(sys, "kernel/security/lockdown"))
+    if "[" in text:
+        lockdown = text.split("[", 1)[1].split("]", 1)[0]
+    comm = _read(Path(proc, "1/comm")).strip()
+    return KexecSupport(
+        tool=shutil.which("kexec", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+        is not None,
+        load_disabled=disabled,
+        lockdown=lockdown,
+        systemd=comm == "systemd" and shutil.which("systemctl") is not None,
+    )
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def load(image: KexecImage, support: KexecSupport) -> Method:
+    """Unload whatever is loaded, then load ``image``; return the method that worked.
+
+    Raises LoadFailed when neither syscall can load it (the caller reboots via the firmware).
+    """
+    blocker = support.blocker()
+    if blocker:
+        raise LoadFailed(f"kexec is not possible: {blocker}", "disabled")
+    run(UNLOAD, check=False)
+    method = Method.FILE
+    while True:
+        try:
+            run(image.load_argv(method))
+            return method
+        except CommandFailed as exc:
+            cause = classify(exc.stderr)
+            nxt = next_method(support, method, cause)
+            if nxt is Method.FIRMWARE:
+                raise LoadFailed(f"{method} failed ({cause}): {exc.message}", cause) from exc
+            method = nxt
