@@ -1,0 +1,427 @@
+"""The command line of a slot, OEM grub.cfg parsing, the root hash in the kernel, the facts file."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from updater import cmdline
+from updater.cmdline import (
+    DEFAULT_CONSOLE,
+    BootFacts,
+    Delivery,
+    OemConfig,
+    build_cmdline,
+    facts_env,
+    parse_oem_grub_cfg,
+    split_cmdline,
+    strip_slot_args,
+    usrhash_from_kernel,
+)
+from updater.errors import UsageError
+
+UUID_A = uuid.UUID("7130c94a-213a-4e5a-8e26-6cce9662f132")
+UUID_B = uuid.UUID("e03dd35c-7c2d-4a47-b3fe-27f15780a57c")
+HASH_1 = "0123456789abcdef" * 4
+HASH_2 = "f" * 64
+COMMON = "rootflags=rw mount.usrflags=ro consoleblank=0 root=LABEL=ROOT"
+VERITY_B = f"mount.usr=/dev/mapper/usr verity.usr=PARTUUID={UUID_B}"
+EC2 = OemConfig(oem_id="ec2", linux_append="flatcar.autologin", linux_console="console=ttyS0")
+
+
+def facts(**changes: Any) -> BootFacts:
+    base = BootFacts(letter="B", partuuid=UUID_B, usrhash=HASH_1, first_boot=False, oem=OemConfig())
+    return dataclasses.replace(base, **changes)
+
+
+CASES = [
+    pytest.param(
+        facts(),
+        f"{VERITY_B} {COMMON} {DEFAULT_CONSOLE} verity.usrhash={HASH_1}",
+        id="verity-B",
+    ),
+    pytest.param(
+        facts(letter="A", partuuid=UUID_A, usrhash=None),
+        f"mount.usr=PARTUUID={UUID_A} {COMMON} {DEFAULT_CONSOLE}",
+        id="no-verity-A",
+    ),
+    pytest.param(
+        facts(first_boot=True, boot_image="/flatcar/vmlinuz-b"),
+        f"BOOT_IMAGE=/flatcar/vmlinuz-b {VERITY_B} {COMMON} {DEFAULT_CONSOLE} "
+        f"flatcar.first_boot=detected verity.usrhash={HASH_1}",
+        id="first-boot-boot-image",
+    ),
+    pytest.param(
+        facts(oem=EC2),
+        f"{VERITY_B} {COMMON} console=ttyS0 flatcar.oem.id=ec2 flatcar.autologin "
+        f"verity.usrhash={HASH_1}",
+        id="oem-everything",
+    ),
+    pytest.param(
+        facts(oem=OemConfig(linux_append="flatcar.autologin  foo=bar")),
+        f"{VERITY_B} {COMMON} {DEFAULT_CONSOLE} flatcar.autologin foo=bar verity.usrhash={HASH_1}",
+        id="oem-append-without-id",
+    ),
+    pytest.param(
+        facts(oem=OemConfig(oem_id="qemu"), usrhash=None, first_boot=True),
+        f"mount.usr=PARTUUID={UUID_B} {COMMON} {DEFAULT_CONSOLE} flatcar.first_boot=detected "
+        "flatcar.oem.id=qemu",
+        id="oem-id-only-first-boot-no-verity",
+    ),
+    pytest.param(
+        facts(oem=OemConfig(linux_console="console=ttyS0,115200n8 earlyprintk=ttyS0,115200")),
+        f"{VERITY_B} {COMMON} console=ttyS0,115200n8 earlyprintk=ttyS0,115200 "
+        f"verity.usrhash={HASH_1}",
+        id="oem-console-two-words",
+    ),
+    pytest.param(
+        facts(extra=("systemd.log_level=debug", 'acpi_osi="Windows 2015"'), oem=EC2),
+        f"{VERITY_B} {COMMON} console=ttyS0 flatcar.oem.id=ec2 flatcar.autologin "
+        f'systemd.log_level=debug acpi_osi="Windows 2015" verity.usrhash={HASH_1}',
+        id="extra-args",
+    ),
+    pytest.param(
+        facts(extra=("consoleblank=0", "console=tty0", "panic=10", "panic=10")),
+        f"{VERITY_B} {COMMON} {DEFAULT_CONSOLE} panic=10 verity.usrhash={HASH_1}",
+        id="extra-repeats-dropped",
+    ),
+    pytest.param(
+        facts(extra=("panic=10", "--", "single", "single")),
+        f"{VERITY_B} {COMMON} {DEFAULT_CONSOLE} panic=10 verity.usrhash={HASH_1} -- single single",
+        id="usrhash-before-init-args",
+    ),
+]
+
+
+@pytest.mark.parametrize(("state", "expected"), CASES)
+def test_build_cmdline(state: BootFacts, expected: str) -> None:
+    assert build_cmdline(state) == expected
+
+
+def test_initrd_delivery_is_stable_across_slots_hashes_and_first_boot() -> None:
+    variants = [
+        facts(),
+        facts(letter="A", partuuid=UUID_A, usrhash=HASH_2, boot_image="/flatcar/vmlinuz-a"),
+        facts(first_boot=True, boot_image="/flatcar/vmlinuz-b"),
+    ]
+    lines = {build_cmdline(v, Delivery.INITRD) for v in variants}
+    assert lines == {f"mount.usr=/dev/mapper/usr {COMMON} {DEFAULT_CONSOLE}"}
+
+
+def test_initrd_delivery_keeps_oem_and_extra_but_no_slot_fact() -> None:
+    line = build_cmdline(facts(oem=EC2, extra=("panic=10",), first_boot=True), Delivery.INITRD)
+    assert line == (
+        f"mount.usr=/dev/mapper/usr {COMMON} console=ttyS0 flatcar.oem.id=ec2 "
+        "flatcar.autologin panic=10"
+    )
+    no_verity = build_cmdline(facts(usrhash=None), Delivery.INITRD)
+    assert no_verity == f"{COMMON} {DEFAULT_CONSOLE}"
+    assert str(UUID_B) not in line + no_verity
+
+
+# -- the root hash inside the kernel image ---------------------------------------------------
+
+
+def kernel_with(text: bytes, offset: int, size: int = 4096) -> bytes:
+    data = bytearray(b"\x00" * size)
+    data[offset : offset + len(text)] = text
+    return bytes(data)
+
+
+def test_usrhash_x86_64_at_0x40() -> None:
+    assert usrhash_from_kernel(kernel_with(HASH_1.encode(), 0x40)) == HASH_1
+    assert usrhash_from_kernel(kernel_with(HASH_1.encode(), 512)) is None
+
+
+@pytest.mark.parametrize("arch", ["arm64", "aarch64"])
+def test_usrhash_arm64_at_512(arch: str) -> None:
+    assert usrhash_from_kernel(kernel_with(HASH_1.encode(), 512), arch) == HASH_1
+    assert usrhash_from_kernel(kernel_with(HASH_1.encode(), 0x40), arch) is None
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [HASH_1.upper().encode(), b"g" + HASH_1[1:].encode(), HASH_1[:63].encode() + b" ", b"\0" * 64],
+)
+def test_usrhash_rejects_anything_but_64_lowercase_hex(stored: bytes) -> None:
+    assert usrhash_from_kernel(kernel_with(stored, 0x40)) is None
+
+
+def test_usrhash_short_kernel_and_unknown_arch() -> None:
+    assert usrhash_from_kernel(kernel_with(HASH_1.encode(), 0x40)[: 0x40 + 63]) is None
+    assert usrhash_from_kernel(b"") is None
+    with pytest.raises(UsageError, match="riscv64"):
+        usrhash_from_kernel(b"", "riscv64")
+
+
+# -- ESP paths ---------------------------------------------------------------------------------
+
+
+def test_kernel_and_initrd_candidates() -> None:
+    assert cmdline.kernel_candidates("A") == ("flatcar/vmlinuz-a", "coreos/vmlinuz-a")
+    assert cmdline.kernel_candidates("B") == ("flatcar/vmlinuz-b", "coreos/vmlinuz-b")
+    assert cmdline.kernel_candidates("C") == ("flatcar/vmlinuz-b", "coreos/vmlinuz-b")
+    assert cmdline.initrd_candidates("A") == ("flatcar/initrd-a", "coreos/initrd-a")
+    assert cmdline.initrd_candidates("B") == ("flatcar/initrd-b", "coreos/initrd-b")
+    assert cmdline.FIRST_BOOT_MARKERS == ("flatcar/first_boot", "coreos/first_boot")
+
+
+# -- OEM grub.cfg --------------------------------------------------------------------------------
+
+FLATCAR_OEM = """\
+# Flatcar GRUB settings for EC2
+
+set oem_id="ec2"
+set linux_append='flatcar.autologin'  # trailing comment
+set linux_console=console=ttyS0,115200n8
+"""
+
+
+def test_parse_oem_typical_file() -> None:
+    assert parse_oem_grub_cfg(FLATCAR_OEM) == OemConfig(
+        oem_id="ec2", linux_append="flatcar.autologin", linux_console="console=ttyS0,115200n8"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", OemConfig()),
+        ('set oem_id="a b"', OemConfig(oem_id="a b")),
+        ('set oem_id="x\\"y\\\\z"', OemConfig(oem_id='x"y\\z')),
+        ("set oem_id='it''s'", OemConfig(oem_id="its")),
+        ("set oem_id=a\\ b", OemConfig(oem_id="a b")),
+        ('set "oem_id=quoted#hash"', OemConfig(oem_id="quoted#hash")),
+        ("oem_id=bare", OemConfig(oem_id="bare")),
+        ("set oem_id=one\nset oem_id=two", OemConfig(oem_id="two")),
+        ("set oem_id=one; set oem_id=two", OemConfig(oem_id="two")),
+        ("set oem_id=one\nunset oem_id", OemConfig()),
+        ("# set oem_id=commented\n  #set oem_id=x", OemConfig()),
+        ('set linux_append="a\nb"', OemConfig(linux_append="a\nb")),
+        ("set linux_append=a\\\nb", OemConfig(linux_append="ab")),
+        ("set other=$x\nset oem_id=z\nsearch --label OEM", OemConfig(oem_id="z")),
+        ("set oem_id=a\r\nset linux_append=b\r\n", OemConfig(oem_id="a", linux_append="b")),
+    ],
+)
+def test_parse_oem_quoting(text: str, expected: OemConfig) -> None:
+    assert parse_oem_grub_cfg(text) == expected
+
+
+def test_parse_oem_expands_its_own_variables_in_order() -> None:
+    text = """\
+set linux_append="$linux_append flatcar.autologin"
+set linux_append="${linux_append} console=hvc0"
+linux_append=$linux_append\\ x
+set oem_id=ec2
+set linux_console="console=$oem_id"
+"""
+    assert parse_oem_grub_cfg(text) == OemConfig(
+        oem_id="ec2",
+        linux_append=" flatcar.autologin console=hvc0 x",
+        linux_console="console=ec2",
+    )
+
+
+def test_parse_oem_ignores_conditional_and_block_assignments() -> None:
+    text = """\
+set oem_id=top
+if [ "$grub_platform" = efi ]; then
+    set oem_id=efi
+else set linux_console=console=hvc0; fi
+function f { set oem_id=function; }
+menuentry "x" {
+    set linux_append=menu
+}
+set linux_append=after
+"""
+    assert parse_oem_grub_cfg(text) == OemConfig(oem_id="top", linux_append="after")
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ('set oem_id="$x"', 1),
+        ("\nset linux_append=a${b}", 2),
+        ("# c\n\nset linux_console='`cmd`'", 3),
+        ("set oem_id=\\$x", 1),
+        ("set linux_append='$linux_append'", 1),
+        ('set linux_append="\\$linux_append"', 1),
+        ("set linux_append=$(id)", 1),
+        ("set linux_append=$1", 1),
+    ],
+)
+def test_parse_oem_refuses_expansion(text: str, line: int) -> None:
+    with pytest.raises(UsageError, match=f"line {line}:.*nothing is executed"):
+        parse_oem_grub_cfg(text)
+
+
+@pytest.mark.parametrize("text", ['set oem_id="ec2', "\nset oem_id='ec2", "set oem_id=x\\"])
+def test_parse_oem_refuses_broken_quoting(text: str) -> None:
+    with pytest.raises(UsageError, match="OEM grub.cfg line"):
+        parse_oem_grub_cfg(text)
+
+
+# -- facts file ------------------------------------------------------------------------------------
+
+
+def test_facts_env() -> None:
+    assert facts_env(facts(oem=EC2, first_boot=True)) == (
+        f"UPDATER_SLOT=B\nUPDATER_USR=PARTUUID={UUID_B}\nUPDATER_USRHASH={HASH_1}\n"
+        "UPDATER_FIRST_BOOT=1\nUPDATER_OEM_ID=ec2\n"
+    )
+    assert facts_env(facts(letter="A", partuuid=UUID_A, usrhash=None)) == (
+        f"UPDATER_SLOT=A\nUPDATER_USR=PARTUUID={UUID_A}\nUPDATER_USRHASH=\n"
+        "UPDATER_FIRST_BOOT=0\nUPDATER_OEM_ID=\n"
+    )
+
+
+@pytest.mark.parametrize("oem_id", ["a b", "x;reboot", "$(id)", "a\nUPDATER_SLOT=A", "'q'", "é"])
+def test_facts_env_refuses_unsafe_values(oem_id: str) -> None:
+    with pytest.raises(UsageError, match="UPDATER_OEM_ID"):
+        facts_env(facts(oem=OemConfig(oem_id=oem_id)))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"letter": "b"},
+        {"letter": "AB"},
+        {"letter": ""},
+        {"usrhash": HASH_1.upper()},
+        {"usrhash": HASH_1[:-1]},
+        {"usrhash": ""},
+        {"boot_image": "flatcar/vmlinuz-a"},
+        {"boot_image": "/a b"},
+        {"extra": ("a b",)},
+        {"extra": ("",)},
+    ],
+)
+def test_boot_facts_refuses_bad_values(changes: dict[str, Any]) -> None:
+    with pytest.raises(UsageError):
+        facts(**changes)
+
+
+# -- the running command line --------------------------------------------------------------------
+
+FLATCAR_PROC = (
+    "BOOT_IMAGE=/flatcar/vmlinuz-a mount.usr=/dev/mapper/usr "
+    f"verity.usr=PARTUUID={UUID_A} rootflags=rw mount.usrflags=ro consoleblank=0 "
+    "root=LABEL=ROOT console=ttyS0,115200n8 console=tty0 flatcar.first_boot=detected "
+    f"flatcar.oem.id=qemu flatcar.autologin verity.usrhash={HASH_1}\n"
+)
+
+
+def test_strip_slot_args_flatcar() -> None:
+    assert strip_slot_args(FLATCAR_PROC) == (
+        "rootflags=rw",
+        "mount.usrflags=ro",
+        "consoleblank=0",
+        "console=ttyS0,115200n8",
+        "console=tty0",
+        "flatcar.oem.id=qemu",
+        "flatcar.autologin",
+    )
+
+
+def test_strip_slot_args_quotes_bare_keys_drop_and_init_args() -> None:
+    line = (
+        'initrd=\\flatcar\\initrd-a root=/dev/sda9 rhgb quiet "dyndbg=file x.c +p" '
+        'acpi_osi="Windows 2015" usrhash root usr=keep flatcar.first-boot=1 -- quiet root=x\n'
+    )
+    assert strip_slot_args(line) == (
+        '"dyndbg=file x.c +p"',
+        'acpi_osi="Windows 2015"',
+        "usr=keep",
+        "--",
+        "quiet",
+        "root=x",
+    )
+    assert strip_slot_args("quiet splash", drop=("splash",)) == ("quiet",)
+
+
+def test_split_cmdline_like_the_kernel() -> None:
+    assert split_cmdline(' a  b="c d"\te "f=g h" i"j k"l\n') == (
+        "a",
+        'b="c d"',
+        "e",
+        '"f=g h"',
+        'i"j k"l',
+    )
+    assert split_cmdline('x="unterminated y') == ('x="unterminated y',)
+    assert split_cmdline("") == ()
+
+
+# -- properties ------------------------------------------------------------------------------------
+
+
+def _slot_word(word: str) -> bool:
+    return word.partition("=")[0].replace("-", "_") in {
+        k.replace("-", "_") for k in (*cmdline.SLOT_KEYS, "rhgb", "quiet")
+    }
+
+
+_word = st.text("abcdefghijklmnopqrstuvwxyz0123456789._,=-", min_size=1, max_size=12)
+_oems = st.builds(
+    OemConfig,
+    oem_id=st.text("abcdefghijklmnopqrstuvwxyz0123456789-", max_size=8),
+    linux_append=st.lists(_word, max_size=3).map(" ".join),
+    linux_console=st.sampled_from(["", "console=ttyS0", "console=hvc0 console=tty0"]),
+)
+_facts = st.builds(
+    BootFacts,
+    letter=st.sampled_from("AB"),
+    partuuid=st.uuids(),
+    usrhash=st.none() | st.text("0123456789abcdef", min_size=64, max_size=64),
+    first_boot=st.booleans(),
+    oem=_oems,
+    extra=st.lists(_word.filter(lambda w: not _slot_word(w)), max_size=3).map(tuple),
+    boot_image=st.none() | st.sampled_from(["/flatcar/vmlinuz-a", "/flatcar/vmlinuz-b"]),
+)
+
+
+@given(_facts)
+def test_strip_keeps_exactly_the_slot_independent_words(state: BootFacts) -> None:
+    words = split_cmdline(build_cmdline(state))
+    assert strip_slot_args(build_cmdline(state)) == tuple(w for w in words if not _slot_word(w))
+    assert not any(str(state.partuuid) in w for w in strip_slot_args(build_cmdline(state)))
+
+
+@given(_facts, _facts)
+def test_keeping_running_args_does_not_grow_the_cmdline(old: BootFacts, new: BootFacts) -> None:
+    """A kexec that keeps the running arguments, done twice, gives the same line both times."""
+    old = dataclasses.replace(old, oem=new.oem, extra=new.extra)
+    kept = strip_slot_args(build_cmdline(old))
+    once = build_cmdline(dataclasses.replace(new, extra=kept))
+    twice = build_cmdline(dataclasses.replace(new, extra=strip_slot_args(once)))
+    assert once == twice == build_cmdline(new)
+
+
+@given(_facts, st.sampled_from("AB"), st.uuids(), st.booleans())
+def test_initrd_delivery_ignores_slot_facts(
+    state: BootFacts, letter: str, partuuid: uuid.UUID, first_boot: bool
+) -> None:
+    other = dataclasses.replace(
+        state,
+        letter=letter,
+        partuuid=partuuid,
+        first_boot=first_boot,
+        usrhash=None if state.usrhash is None else HASH_2,
+        boot_image=f"/flatcar/vmlinuz-{letter.lower()}",
+    )
+    assert build_cmdline(state, Delivery.INITRD) == build_cmdline(other, Delivery.INITRD)
+
+
+@given(_facts)
+def test_facts_env_is_readable_line_by_line(state: BootFacts) -> None:
+    pairs = [line.split("=", 1) for line in facts_env(state).splitlines()]
+    env = dict(pairs)
+    assert len(pairs) == len(env) == 5
+    assert env["UPDATER_SLOT"] == state.letter
+    assert env["UPDATER_USR"] == f"PARTUUID={state.partuuid}"
+    assert env["UPDATER_USRHASH"] == (state.usrhash or "")
+    assert env["UPDATER_FIRST_BOOT"] == ("1" if state.first_boot else "0")

@@ -1,0 +1,152 @@
+"""The newc writer, read back by a small reader written here from the format description."""
+
+from __future__ import annotations
+
+import stat
+import uuid
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from updater.cmdline import BootFacts, OemConfig, facts_env
+from updater.errors import UsageError
+from updater.initrdcpio import (
+    CpioEntry,
+    append_archive,
+    facts_initrd,
+    newc_archive,
+    padding_after,
+)
+
+FIELDS = (
+    "ino mode uid gid nlink mtime filesize devmajor devminor rdevmajor rdevminor namesize check"
+).split()
+FACTS = BootFacts(
+    letter="B",
+    partuuid=uuid.UUID("e03dd35c-7c2d-4a47-b3fe-27f15780a57c"),
+    usrhash="ab" * 32,
+    first_boot=True,
+    oem=OemConfig(oem_id="qemu"),
+)
+
+
+@dataclass
+class Member:
+    offset: int
+    fields: dict[str, int]
+    name: str
+    data: bytes
+
+
+def read_newc(archive: bytes) -> tuple[list[Member], int]:
+    """Members up to and including the trailer, and the offset just after it."""
+    members: list[Member] = []
+    pos = 0
+    while True:
+        assert pos % 4 == 0, f"header at {pos} is not 4-byte aligned"
+        assert archive[pos : pos + 6] == b"070701", f"no newc magic at {pos}"
+        raw = archive[pos + 6 : pos + 110]
+        assert all(chr(c) in "0123456789ABCDEF" for c in raw), raw
+        fields = {f: int(raw[i * 8 : i * 8 + 8], 16) for i, f in enumerate(FIELDS)}
+        name_end = pos + 110 + fields["namesize"]
+        assert archive[name_end - 1] == 0, "name is not NUL-terminated"
+        name = archive[pos + 110 : name_end - 1].decode()
+        assert b"\0" not in name.encode()
+        data_start = name_end + (-name_end % 4)
+        assert archive[name_end:data_start] == b"\0" * (data_start - name_end)
+        data_end = data_start + fields["filesize"]
+        data = archive[data_start:data_end]
+        next_pos = data_end + (-data_end % 4)
+        assert archive[data_end:next_pos] == b"\0" * (next_pos - data_end)
+        members.append(Member(pos, fields, name, data))
+        pos = next_pos
+        if name == "TRAILER!!!":
+            return members, pos
+
+
+def test_facts_initrd_members() -> None:
+    archive = facts_initrd(FACTS)
+    members, end = read_newc(archive)
+    assert [m.name for m in members] == [
+        "etc",
+        "etc/updater",
+        "etc/updater/boot-facts.env",
+        "TRAILER!!!",
+    ]
+    etc, updater, env, trailer = members
+    assert env.data == facts_env(FACTS).encode()
+    assert env.fields["filesize"] == len(env.data)
+    assert env.fields["mode"] == stat.S_IFREG | 0o644 and env.fields["nlink"] == 1
+    for d in (etc, updater):
+        assert d.fields["mode"] == stat.S_IFDIR | 0o755 and d.fields["nlink"] == 2
+        assert d.fields["filesize"] == 0 and d.data == b""
+    for m in members:
+        assert m.fields["mtime"] == m.fields["uid"] == m.fields["gid"] == 0
+        assert m.fields["check"] == m.fields["devmajor"] == m.fields["rdevmajor"] == 0
+        assert m.fields["namesize"] == len(m.name) + 1
+    assert [m.fields["ino"] for m in members] == [1, 2, 3, 0]
+    assert trailer.fields["nlink"] == 1 and trailer.fields["mode"] == 0
+    assert len(archive) % 512 == 0
+    assert archive[end:] == b"\0" * (len(archive) - end)
+
+
+def test_facts_initrd_is_reproducible() -> None:
+    assert facts_initrd(FACTS) == facts_initrd(FACTS)
+
+
+def test_empty_archive_is_a_trailer_in_one_block() -> None:
+    archive = newc_archive([])
+    members, end = read_newc(archive)
+    assert [m.name for m in members] == ["TRAILER!!!"]
+    assert len(archive) == 512 and end == 124
+
+
+_names = st.lists(
+    st.text("abcdefghij_.-", min_size=1, max_size=9).filter(lambda s: s not in (".", "..")),
+    min_size=1,
+    max_size=3,
+).map("/".join)
+
+
+@given(st.dictionaries(_names, st.binary(max_size=600), max_size=6))
+def test_any_files_read_back(files: dict[str, bytes]) -> None:
+    entries = [CpioEntry.file(name, data, 0o600) for name, data in files.items()]
+    archive = newc_archive(entries)
+    members, _ = read_newc(archive)
+    assert {m.name: m.data for m in members[:-1]} == files
+    assert len(archive) % 512 == 0
+    assert [m.fields["ino"] for m in members[:-1]] == list(range(1, len(files) + 1))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: CpioEntry.file("/etc/x", b""),
+        lambda: CpioEntry.file("", b""),
+        lambda: CpioEntry.file("etc/../x", b""),
+        lambda: CpioEntry.file("etc//x", b""),
+        lambda: CpioEntry.file("etc/x/", b""),
+        lambda: CpioEntry.file("a\0b", b""),
+        lambda: CpioEntry.file("TRAILER!!!", b""),
+        lambda: CpioEntry("dev/null", stat.S_IFCHR | 0o666),
+        lambda: CpioEntry("x", stat.S_IFREG | 0o10000),
+        lambda: CpioEntry("d", stat.S_IFDIR | 0o755, b"data"),
+        lambda: newc_archive([CpioEntry.directory("d"), CpioEntry.directory("d")]),
+    ],
+)
+def test_refuses_what_the_kernel_would_not_unpack_as_meant(bad: object) -> None:
+    assert callable(bad)
+    with pytest.raises(UsageError):
+        bad()
+
+
+@pytest.mark.parametrize(("size", "pad"), [(0, 0), (1, 3), (2, 2), (3, 1), (4, 0), (118, 2)])
+def test_append_archive_aligns_to_four_bytes(size: int, pad: int) -> None:
+    first = b"\x1f" * size  # stands for a compressed initrd of odd length
+    archive = facts_initrd(FACTS)
+    combined = append_archive(first, archive)
+    assert padding_after(size) == b"\0" * pad
+    assert combined == first + b"\0" * pad + archive
+    assert (len(combined) - len(archive)) % 4 == 0
