@@ -1,0 +1,250 @@
+"""The exact commands `updater kexec` / `reboot` run, with fake kexec, systemctl and friends on
+PATH that log their arguments; a real disk image with a FAT ESP and an ext4 OEM partition."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from updater import bootflow, cli, gpt, kexec, state
+from updater.kexec import KexecSupport
+
+from .conftest import CgptField, need_tools, sha
+
+pytestmark = pytest.mark.integration
+
+HASH_A = "a" * 64
+HASH_B = "b" * 64
+OK = KexecSupport(tool=True, load_disabled=False, lockdown="none", systemd=True)
+FAKE = """#!/bin/bash
+{ printf '%q ' "$(basename "$0")" "$@"; echo; } >> "$FAKE_LOG"
+case "$(basename "$0") $*" in
+  "kexec -s"*) [ -n "$FAKE_FAIL_S" ] && { echo "$FAKE_FAIL_S" >&2; exit 1; } ;;
+  "kexec -c"*) [ -n "$FAKE_FAIL_C" ] && { echo "$FAKE_FAIL_C" >&2; exit 1; } ;;
+esac
+exit 0
+"""
+
+
+def kernel(root_hash: str) -> bytes:
+    data = bytearray(os.urandom(8192))
+    data[0x40 : 0x40 + 64] = root_hash.encode()
+    return bytes(data)
+
+
+@pytest.fixture
+def boot_disk(flatcar_disk: Path, fast_tmp: Path) -> Path:
+    need_tools("mformat", "mcopy", "mkfs.ext4", "debugfs")
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    with gpt.locked(str(flatcar_disk), writable=False) as d:
+        t = gpt.read_table(d)
+    by = {e.name: e for e in t.used_entries()}
+    esp = f"{flatcar_disk}@@{by['EFI-SYSTEM'].first_lba * 512}"
+    subprocess.run(["mformat", "-i", esp, "::"], check=True, env=env)
+    subprocess.run(["mmd", "-i", esp, "::/flatcar"], check=True, env=env)
+    for name, data in (
+        ("vmlinuz-a", kernel(HASH_A)),
+        ("vmlinuz-b", kernel(HASH_B)),
+        ("initrd-a", b"initrd a"),
+        ("initrd-b", b"initrd b"),
+        ("first_boot", b""),
+    ):
+        src = fast_tmp / name
+        src.write_bytes(data)
+        subprocess.run(["mcopy", "-i", esp, str(src), f"::/flatcar/{name}"], check=True, env=env)
+    oem_dir = fast_tmp / "oem"
+    oem_dir.mkdir()
+    (oem_dir / "grub.cfg").write_text('set oem_id="qemu"\nset linux_append="updater.test=1"\n')
+    oem = by["OEM"]
+    size_kib = (oem.last_lba - oem.first_lba + 1) * 512 // 1024
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-L", "OEM", "-d", str(oem_dir), "-E",
+         f"offset={oem.first_lba * 512}", str(flatcar_disk), f"{size_kib}k"],
+        check=True,
+    )  # fmt: skip
+    return flatcar_disk
+
+
+@pytest.fixture
+def fakes(fast_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    bindir = fast_tmp / "bin"
+    bindir.mkdir()
+    for name in ("kexec", "systemctl", "sync", "mount", "reboot"):
+        (bindir / name).write_text(FAKE)
+        (bindir / name).chmod(0o755)
+    log = fast_tmp / "commands.log"
+    log.write_text("")
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    monkeypatch.setattr(bootflow, "STAGE_DIR", str(fast_tmp / "stage"))
+    return log
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = cli.main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def logged(log: Path) -> list[list[str]]:
+    return [shlex.split(line) for line in log.read_text().splitlines()]
+
+
+def use(monkeypatch: pytest.MonkeyPatch, support: KexecSupport) -> None:
+    monkeypatch.setattr(kexec, "probe_support", lambda: support)
+
+
+def test_kexec_loads_consumes_the_try_then_jumps(
+    boot_disk: Path, fakes: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], cgpt_field: CgptField, fast_tmp: Path,
+) -> None:  # fmt: skip
+    use(monkeypatch, OK)
+    d = str(boot_disk)
+    assert (
+        run_cli(["--disk", d, "--booted", "A", "set-active", "B", "--tries", "2"], capsys)[0] == 0
+    )
+    code, out, _ = run_cli(["--disk", d, "--booted", "A", "kexec", "--json"], capsys)
+    assert code == 0
+    doc = json.loads(out)
+    stage = fast_tmp / "stage"
+    uuid_b = state.load(d).slot(4).partuuid
+    expected_cmdline = (
+        f"BOOT_IMAGE=/flatcar/vmlinuz-b mount.usr=/dev/mapper/usr verity.usr=PARTUUID={uuid_b} "
+        "rootflags=rw mount.usrflags=ro consoleblank=0 root=LABEL=ROOT console=ttyS0,115200n8 "
+        "console=tty0 flatcar.first_boot=detected flatcar.oem.id=qemu updater.test=1 "
+        f"verity.usrhash={HASH_B}"
+    )
+    assert doc["cmdline"] == expected_cmdline
+    assert (doc["slot"], doc["partition"], doc["method"], doc["tries_left"]) == (
+        "B",
+        4,
+        "kexec_file_load",
+        1,
+    )
+    assert logged(fakes) == [
+        ["kexec", "-u"],
+        ["kexec", "-s", "-l", f"{stage}/flatcar_vmlinuz-b", f"--initrd={stage}/flatcar_initrd-b",
+         f"--append={expected_cmdline}"],
+        ["systemctl", "kexec"],
+    ]  # fmt: skip
+    assert (stage / "flatcar_vmlinuz-b").read_bytes()[0x40 : 0x40 + 64] == HASH_B.encode()
+    assert cgpt_field(boot_disk, 4, "T") == 1  # consumed durably before the jump
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(
+    boot_disk: Path, fakes: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], fast_tmp: Path,
+) -> None:  # fmt: skip
+    use(monkeypatch, OK)
+    before = sha(boot_disk)
+    code, out, _ = run_cli(["--disk", str(boot_disk), "kexec", "--dry-run", "--json"], capsys)
+    doc = json.loads(out)
+    assert code == 0 and doc["slot"] == "A" and doc["partition"] == 3
+    assert set(doc) >= {"slot", "partition", "kernel", "initrd", "cmdline", "commands"}
+    assert doc["commands"][0] == ["kexec", "-u"] and doc["commands"][-1] == ["systemctl", "kexec"]
+    assert f"verity.usrhash={HASH_A}" in doc["cmdline"]
+    assert logged(fakes) == [] and sha(boot_disk) == before
+
+
+@pytest.mark.parametrize(
+    ("support", "fail_s", "fail_c", "expected_loads", "method"),
+    [
+        (OK, "kexec_file_load failed: Function not implemented", "", ["-s", "-c"], "kexec_load"),
+        (KexecSupport(True, False, "integrity", True),
+         "kexec_file_load failed: Function not implemented", "", ["-s"], "firmware"),
+        (OK, "kexec_file_load failed: Operation not permitted", "", ["-s"], "firmware"),
+        (OK, "kexec_file_load failed: Device or resource busy", "", ["-s"], "firmware"),
+        (OK, "kexec_file_load failed: Function not implemented",
+         "kexec_load failed: Operation not permitted", ["-s", "-c"], "firmware"),
+        (KexecSupport(True, True, "none", True), "", "", [], "firmware"),
+        (KexecSupport(False, False, "none", True), "", "", [], "firmware"),
+    ],
+)  # fmt: skip
+def test_fallbacks_by_error_class(
+    boot_disk: Path, fakes: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], cgpt_field: CgptField,
+    support: KexecSupport, fail_s: str, fail_c: str, expected_loads: list[str], method: str,
+) -> None:  # fmt: skip
+    use(monkeypatch, support)
+    monkeypatch.setenv("FAKE_FAIL_S", fail_s)
+    monkeypatch.setenv("FAKE_FAIL_C", fail_c)
+    d = str(boot_disk)
+    assert run_cli(["--disk", d, "--booted", "A", "set-active", "B"], capsys)[0] == 0
+    code, _, err = run_cli(["--disk", d, "--booted", "A", "reboot"], capsys)
+    assert code == 0
+    calls = logged(fakes)
+    loads = [c[1] for c in calls if c[0] == "kexec" and "-l" in c]
+    assert loads == expected_loads
+    if method == "firmware":
+        assert calls[-2:] == [["kexec", "-u"], ["systemctl", "reboot"]]
+        assert "rebooting through the firmware into USR-B" in err and err.count("\n") == 1
+        assert cgpt_field(boot_disk, 4, "T") == 1  # GRUB will consume the try, not us
+    else:
+        assert calls[-1] == ["systemctl", "kexec"]
+        assert cgpt_field(boot_disk, 4, "T") == 0
+
+
+def test_reboot_via_firmware(
+    boot_disk: Path, fakes: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    use(monkeypatch, OK)
+    code, _, err = run_cli(["--disk", str(boot_disk), "reboot", "--via", "firmware"], capsys)
+    assert code == 0 and logged(fakes) == [["kexec", "-u"], ["systemctl", "reboot"]]
+    assert "USR-A" in err
+
+
+def test_force_skips_the_clean_shutdown(
+    boot_disk: Path, fakes: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    use(monkeypatch, OK)
+    code, _, _ = run_cli(["--disk", str(boot_disk), "kexec", "--force"], capsys)
+    assert code == 0
+    assert logged(fakes)[-3:] == [["sync"], ["mount", "-o", "remount,ro", "/"], ["kexec", "-e"]]
+
+
+def test_initrd_delivery_keeps_the_cmdline_stable(
+    boot_disk: Path, fakes: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], fast_tmp: Path,
+) -> None:  # fmt: skip
+    need_tools("bsdtar")
+    use(monkeypatch, OK)
+    conf = fast_tmp / "boot.conf"
+    conf.write_text("DELIVERY=initrd\n")
+    d = str(boot_disk)
+    lines = []
+    for slot in ("A", "B"):
+        if slot == "B":
+            assert run_cli(["--disk", d, "--booted", "A", "set-active", "B"], capsys)[0] == 0
+        code, out, _ = run_cli(["--disk", d, "kexec", "--config", str(conf), "--json"], capsys)
+        assert code == 0
+        doc = json.loads(out)
+        assert doc["slot"] == slot
+        lines.append(doc["cmdline"])
+        combined = fast_tmp / "stage" / "initrd-with-facts"
+        data = combined.read_bytes()
+        assert data.startswith(f"initrd {slot.lower()}".encode())
+        listing = subprocess.run(["bsdtar", "-tf", str(fast_tmp / "stage" / "boot-facts.cpio")],
+                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert "etc/updater/boot-facts.env" in listing
+        assert f"UPDATER_SLOT={slot}".encode() in data
+    assert lines[0] == lines[1]
+
+
+def test_bad_config_is_one_line_and_changes_nothing(
+    boot_disk: Path, fakes: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], fast_tmp: Path,
+) -> None:  # fmt: skip
+    use(monkeypatch, OK)
+    conf = fast_tmp / "boot.conf"
+    conf.write_text("DELIVERY=pigeon\n")
+    before = sha(boot_disk)
+    code, _, err = run_cli(["--disk", str(boot_disk), "kexec", "--config", str(conf)], capsys)
+    assert code == 2 and "DELIVERY must be cmdline or initrd" in err and err.count("\n") == 1
+    assert logged(fakes) == [] and sha(boot_disk) == before
