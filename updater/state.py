@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from updater import bootdisk, bootfs, gpt, gptformat, grubenv, slots
+from updater import bootdisk, bootfs, cmdline, gpt, gptformat, grubenv, slots
 from updater.errors import DeviceError, UpdaterError
 from updater.slots import Slot
 
@@ -154,16 +154,25 @@ class _Grubenv:
             # A damaged block is rewritten from the GPT below; nothing is reconciled from it.
             return cls(files, raw, {})
 
-    def hashes(self) -> dict[str, str]:
-        out = {}
-        for letter in "ABCDEFGH":
-            value = self.values.get(f"usr_{letter.lower()}_hash", "")
-            if value:
-                out[letter] = value
+    def hashes(self, final: Sequence[Slot]) -> dict[str, str]:
+        """Each slot's verity root hash: from its kernel on the ESP (written there together with
+        the image, so it is the truth), else what the block already said."""
+        out: dict[str, str] = {}
+        for s in final:
+            if s.letter is None:
+                continue
+            known = self.values.get(f"usr_{s.letter.lower()}_hash", "")
+            for rel in cmdline.kernel_candidates(s.letter):
+                data = self.files.read(rel)
+                if data is not None:
+                    known = cmdline.usrhash_from_kernel(data) or known
+                    break
+            if known:
+                out[s.letter] = known
         return out
 
     def sync(self, final: tuple[Slot, ...], hashes: Mapping[str, str]) -> bool:
-        block = grubenv.render(grubenv.slot_vars(final, {**self.hashes(), **hashes}))
+        block = grubenv.render(grubenv.slot_vars(final, {**self.hashes(final), **hashes}))
         if block == self.raw:
             return False
         self.files.write(GRUBENV, block)

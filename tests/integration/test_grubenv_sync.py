@@ -111,7 +111,14 @@ def test_a_stale_grubenv_is_rewritten_not_trusted(
     assert grub_list(read_env_file(grub_disk, fast_tmp))["usr_b_tries"] == "5"
 
 
-def test_damaged_grubenv_is_rebuilt(grub_disk: Path, cli: Cli, fast_tmp: Path) -> None:
+def test_damaged_grubenv_is_rebuilt_with_hashes_from_the_kernels(
+    grub_disk: Path, cli: Cli, fast_tmp: Path
+) -> None:
+    kernel = bytearray(4096)
+    kernel[0x40 : 0x40 + 64] = b"c" * 64
+    (fast_tmp / "vmlinuz-b").write_bytes(bytes(kernel))
+    mtool("mcopy", "-i", f"{grub_disk}@@{esp_offset(grub_disk)}", str(fast_tmp / "vmlinuz-b"),
+          "::/flatcar/vmlinuz-b")  # fmt: skip
     junk = fast_tmp / "junk"
     junk.write_bytes(b"garbage" * 100)
     write_env_file(grub_disk, junk)
@@ -119,7 +126,8 @@ def test_damaged_grubenv_is_rebuilt(grub_disk: Path, cli: Cli, fast_tmp: Path) -
     assert out["grubenv_written"] is True
     env = grub_list(read_env_file(grub_disk, fast_tmp))
     assert env["usr_a_priority"] == "1"
-    assert env["usr_a_hash"] == ""  # the hash was lost with the block; the next install sets it
+    assert env["usr_a_hash"] == ""  # no kernel for A on this ESP and the old block is gone
+    assert env["usr_b_hash"] == "c" * 64  # read from USR-B's kernel
 
 
 def test_disk_without_esp_filesystem_is_untouched(flatcar_disk: Path, cli: Cli) -> None:
