@@ -18,9 +18,11 @@ depends() {
     return 0
 }
 
+# nls_ascii: Debian's kernel mounts vfat with iocharset=ascii unless told otherwise (first boot
+# mounts the ESP to remove the marker).
 installkernel() {
     hostonly='' instmods dm_mod dm_verity squashfs erofs ext4 vfat nls_cp437 nls_iso8859_1 \
-        nls_utf8 virtio_blk virtio_pci virtio_scsi sd_mod
+        nls_utf8 nls_ascii virtio_blk virtio_pci virtio_scsi sd_mod
 }
 
 install() {

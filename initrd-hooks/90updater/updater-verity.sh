@@ -32,7 +32,7 @@ fi
 
 if ! dd if=/dev/mapper/usr of=/dev/null bs=1M iflag=direct 2> /tmp/verity.log; then
     dmsetup remove usr
-    updater_fail "dm-verity: $_dev does not match verity.usrhash=$_hash (read error: $(tail -n 1 /tmp/verity.log))"
+    updater_fail "dm-verity: $_dev does not match verity.usrhash=$_hash (corrupted block or wrong root hash; see 'device-mapper: verity' in the kernel log)"
 fi
 case "$(dmsetup status usr)" in
     *" V") ;;

@@ -1,0 +1,1 @@
+"""Image building for the test VMs (see build.py)."""
