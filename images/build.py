@@ -681,7 +681,6 @@ def _build_into(out: Path, tarball: Path, versions: Sequence[int]) -> None:
     root = make_ext4(work, "rootfs", "ROOT", root_tree(tree, work), ROOT_SIZE)
     make_disk(work, out / "disk.img", payload(out, 1).usr, esp, oem, root)
     shutil.rmtree(work)
-    result = _result(out)
     (out / "result.json").write_text(
         json.dumps({"versions": list(versions), "kernel": kver}, indent=2, sort_keys=True) + "\n"
     )
