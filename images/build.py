@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -525,8 +526,6 @@ def make_ext4(work: Path, name: str, label: str, content: Path, size: int) -> Pa
 
 def _special_files(directory: str, names: list[str]) -> list[str]:
     """Device nodes, fifos and sockets: never copied by reading them (see root_tree)."""
-    import stat
-
     return [
         n
         for n in names
