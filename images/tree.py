@@ -1,0 +1,277 @@
+"""The Debian tree behind every image: mmdebstrap once, then customisation and the initramfs.
+
+The mmdebstrap result is cached as a tarball keyed only on the package list, the suite and the
+host's apt sources, so that changes to the customisation (units, initrd module, updater package)
+rebuild in a minute instead of downloading again. Customisation runs on an unpacked copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+
+from images import REPO, digest_files, progress
+from updater.errors import UpdaterError
+from updater.run import run
+
+TREE_RECIPE = "4"  # bump when the mmdebstrap invocation changes in a way the key does not see
+
+SUITE = "bookworm"
+
+
+PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "udev",
+    "python3",
+    "kexec-tools",
+    "cryptsetup-bin",
+    "gdisk",
+    "util-linux",
+    "linux-image-amd64",
+    "dracut",
+    "e2fsprogs",
+    "dosfstools",
+    "mtools",
+    "kmod",
+)
+
+
+# Module trees no test VM needs; dropping them keeps USR small (they are most of the kernel).
+PRUNED_MODULE_DIRS = (
+    "sound",
+    "drivers/gpu",
+    "drivers/media",
+    "drivers/net/wireless",
+    "drivers/net/ethernet",
+    "drivers/infiniband",
+    "drivers/staging",
+    "drivers/bluetooth",
+    "drivers/isdn",
+    "drivers/iio",
+    "drivers/usb",
+    "drivers/mtd",
+    "drivers/hwmon",
+    "drivers/thunderbolt",
+    "drivers/nfc",
+    "net/wireless",
+    "net/mac80211",
+    "net/bluetooth",
+)
+
+
+# Timers and services that only cost boot time in a network-less test VM.
+MASKED_UNITS = (
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "fstrim.timer",
+    "man-db.timer",
+    "systemd-timesyncd.service",
+    "systemd-networkd-wait-online.service",
+    "getty@tty1.service",
+)
+
+
+DRACUT_MODULES = "bash base udev-rules rootfs-block kernel-modules dm updater"
+
+
+# Loaded by udev from the initrd; virtio for the test VMs, the rest for the filesystems involved.
+INITRD_DRIVERS = (
+    "virtio_pci virtio_blk virtio_scsi sd_mod dm_mod dm_verity squashfs erofs ext4 vfat "
+    "nls_cp437 nls_iso8859_1 nls_utf8 nls_ascii"
+)
+
+
+def mirror_sources() -> list[Path]:
+    """The host's apt sources, reused for the image so the build uses the configured mirror."""
+    found = [Path("/etc/apt/sources.list")] if Path("/etc/apt/sources.list").is_file() else []
+    found += sorted(Path("/etc/apt/sources.list.d").glob("*.sources"))
+    found += sorted(Path("/etc/apt/sources.list.d").glob("*.list"))
+    found = [p for p in found if p.stat().st_size > 0]
+    if not found:
+        raise UpdaterError("no apt sources in /etc/apt/sources.list*: cannot find a Debian mirror")
+    return found
+
+
+def rootfs_key() -> str:
+    h = hashlib.sha256(f"rootfs {TREE_RECIPE} {SUITE} {' '.join(PACKAGES)}\n".encode())
+    digest_files(h, mirror_sources())
+    return h.hexdigest()[:20]
+
+
+def build_rootfs_tar(root: Path) -> Path:
+    """mmdebstrap once per package list and mirror; everything else customises a copy."""
+    key = rootfs_key()
+    final = root / f"rootfs-{key}.tar"
+    if final.is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".rootfs-{key}.{os.getpid()}.tar"
+    progress(f"mmdebstrap {SUITE} ({len(PACKAGES)} packages, a few minutes)")
+    start = time.monotonic()
+    argv = [
+        "mmdebstrap",
+        "--variant=minbase",
+        "--mode=root",
+        "--quiet",
+        '--aptopt=APT::Install-Recommends "false"',
+        "--dpkgopt=path-exclude=/usr/share/man/*",
+        "--dpkgopt=path-exclude=/usr/share/doc/*",
+        "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+        "--dpkgopt=path-exclude=/usr/share/locale/*",
+        "--dpkgopt=path-exclude=/usr/share/info/*",
+        f"--include={','.join(PACKAGES)}",
+        SUITE,
+        str(tmp),
+        *map(str, mirror_sources()),
+    ]
+    try:
+        run(argv)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, final)
+    progress(f"mmdebstrap done in {time.monotonic() - start:.0f} s")
+    return final
+
+
+def chroot(tree: Path, script: str) -> None:
+    """Run ``script`` with sh inside ``tree``, with /proc, /sys and /dev, in a private mount
+    namespace so that the mounts vanish with the process even if the build is interrupted."""
+    wrapper = (
+        'set -e; t="$1"; mount -t proc proc "$t/proc"; mount -t sysfs sys "$t/sys"; '
+        'mount --rbind /dev "$t/dev"; shift; exec chroot "$t" /bin/sh -ec "$1"'
+    )
+    run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            wrapper,
+            "sh",
+            str(tree),
+            script,
+        ],
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    )
+
+
+def write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def kernel_version(tree: Path) -> str:
+    found = sorted(p.name for p in (tree / "usr/lib/modules").iterdir())
+    if len(found) != 1:
+        raise UpdaterError(f"expected one kernel in the image, found {found}")
+    return found[0]
+
+
+READY_SCRIPT = """#!/bin/sh
+# Tells whoever watches the consoles (the VM tests) that the system is up, and from which USR.
+. /usr/lib/os-release
+dm=$(basename "$(readlink -f "$(findmnt -n -o SOURCE /usr)")")
+part=$(ls /sys/class/block/"$dm"/slaves 2>/dev/null | head -n 1)
+[ -n "$part" ] || part=$dm
+uuid=$(blkid -s PARTUUID -o value /dev/"$part")
+line="UPDATER-READY version=$VERSION_ID usr=$uuid"
+echo "$line" > /dev/ttyS0 2>/dev/null || true
+echo "$line" > /dev/console 2>/dev/null || true
+"""
+
+
+READY_UNIT = """[Unit]
+Description=Report readiness on the consoles (UPDATER-READY)
+After=multi-user.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/lib/updater-image/ready
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+AUTOLOGIN = """[Service]
+# Test VMs: root shell on the serial console without a password prompt.
+ExecStart=
+ExecStart=-/sbin/agetty --autologin root --noclear --keep-baud 115200,57600,38400,9600 %I $TERM
+"""
+
+
+def customize(tree: Path) -> None:
+    """Everything the test image needs beyond the packages, done once for all versions."""
+    progress("customising the tree (updater package, units, initramfs)")
+    # The project's updater, as the image's /usr/bin/updater.
+    dest = tree / "usr/lib/python3/dist-packages/updater"
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(REPO / "updater", dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    write(tree / "usr/bin/updater", '#!/bin/sh\nexec python3 -m updater "$@"\n', 0o755)
+
+    write(tree / "usr/lib/updater-image/ready", READY_SCRIPT, 0o755)
+    write(tree / "etc/systemd/system/updater-ready.service", READY_UNIT)
+    wants = tree / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    (wants / "updater-ready.service").unlink(missing_ok=True)
+    (wants / "updater-ready.service").symlink_to("/etc/systemd/system/updater-ready.service")
+    write(tree / "etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf", AUTOLOGIN)
+    getty = tree / "etc/systemd/system/getty.target.wants"
+    getty.mkdir(parents=True, exist_ok=True)
+    (getty / "serial-getty@ttyS0.service").unlink(missing_ok=True)
+    (getty / "serial-getty@ttyS0.service").symlink_to("/lib/systemd/system/serial-getty@.service")
+    for unit in MASKED_UNITS:
+        link = tree / "etc/systemd/system" / unit
+        link.unlink(missing_ok=True)
+        link.symlink_to("/dev/null")
+    write(tree / "etc/hostname", "updater\n")
+    write(tree / "root/.bashrc", "PS1='\\h:\\W\\$ '\n")
+    # No network in the test VMs, and an empty fstab: the initrd mounts / and /usr.
+    write(tree / "etc/fstab", "# / and /usr are mounted by the initrd (updater dracut module)\n")
+    (tree / "etc/machine-id").unlink(missing_ok=True)  # created on first boot by the initrd
+
+    kver = kernel_version(tree)
+    mods = tree / "usr/lib/modules" / kver / "kernel"
+    for sub in PRUNED_MODULE_DIRS:
+        shutil.rmtree(mods / sub, ignore_errors=True)
+
+    hooks = tree / "usr/lib/dracut/modules.d/90updater"
+    shutil.rmtree(hooks, ignore_errors=True)
+    shutil.copytree(REPO / "initrd-hooks/90updater", hooks)
+    for f in hooks.iterdir():
+        f.chmod(0o755)
+    # dracut inside the tree: its own dracut and kernel modules, so the initrd matches the /usr
+    # it will mount. No host-only mode, an explicit module list and driver list (small initrd).
+    chroot(
+        tree,
+        f"depmod {kver}; "
+        f"dracut --force --no-hostonly --no-hostonly-cmdline --nofscks --no-early-microcode "
+        f"--compress=gzip --modules '{DRACUT_MODULES}' --drivers '{INITRD_DRIVERS}' "
+        f"/boot/updater-initrd.img {kver}",
+    )
+
+
+def stamp_version(tree: Path, version: int) -> None:
+    path = tree / "usr/lib/os-release"
+    lines = [
+        line
+        for line in path.read_text().splitlines()
+        if not line.startswith(("VERSION_ID=", "IMAGE_VERSION=", "PRETTY_NAME="))
+    ]
+    lines += [
+        f"VERSION_ID={version}",
+        f"IMAGE_VERSION={version}",
+        f'PRETTY_NAME="updater test image, version {version}"',
+    ]
+    path.write_text("\n".join(lines) + "\n")
