@@ -157,3 +157,21 @@ def test_first_boot_runs_once(
     listing = esp_listing(after, "flatcar")
     assert "first_boot" not in listing
     assert "vmlinuz-a" in listing  # the ESP itself is intact
+
+
+def test_first_boot_marker_removal_survives_power_cut(
+    machines: MachineFactory, ovmf: harness.Firmware, built_image: Any
+) -> None:
+    """The initrd syncs before it announces first boot: cut the power right at the
+    announcement, and the next boot on the same disk must not be a first boot again."""
+    m = firmware_machine(machines, ovmf, Path(built_image.disk))
+    m.start()
+    m.wait_for(FIRST_BOOT, BOOT_TIMEOUT)
+    m.kill()
+
+    started = time.monotonic()
+    m.start()
+    ready = boot_to_ready(m, started)
+    assert ready.group(1) == "1"
+    assert FIRST_BOOT not in m.console.text
+    assert len(m.runs) == 2
