@@ -62,6 +62,10 @@ class VmConfig:
     memory_mib: int = 1024
     cpus: int = 2
     disk_interface: str = "virtio-blk-pci"
+    # Read-only raw images attached as more virtio disks, in order (/dev/vdb, /dev/vdc, ...), each
+    # with serial "extraN" (/dev/disk/by-id/virtio-extra1, ...): payloads for a guest that has
+    # no network.
+    extra_disks: tuple[Path, ...] = ()
     extra_args: tuple[str, ...] = ()
 
 
@@ -262,10 +266,10 @@ class Machine:
     config: VmConfig
     workdir: Path
     runs: list[Path] = field(default_factory=list)  # console log of each QEMU run, in order
-    _proc: subprocess.Popen[bytes] | None = None
-    _console: Console | None = None
-    _qmp: Qmp | None = None
-    _stderr: Any = None
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _console: Console | None = field(default=None, init=False, repr=False)
+    _qmp: Qmp | None = field(default=None, init=False, repr=False)
+    _stderr: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -326,6 +330,11 @@ class Machine:
                 "-device",
                 f"{c.disk_interface},drive=disk0" + boot_index,
             ]
+        for i, extra in enumerate(c.extra_disks, start=1):
+            args += [
+                "-drive", f"if=none,id=extra{i},format=raw,readonly=on,file={extra.resolve()}",
+                "-device", f"virtio-blk-pci,drive=extra{i},serial=extra{i}",
+            ]  # fmt: skip
         return args + list(c.extra_args)
 
     def start(self, timeout: float = 30) -> Console:

@@ -125,10 +125,13 @@ def test_overlay_survives_hard_kill_and_base_stays_untouched(
 ) -> None:
     base = tmp_path / "base.raw"
     base.write_bytes(b"BASE-CONTENT".ljust(1 << 20, b"\0"))
+    payload = tmp_path / "payload.raw"
+    payload.write_bytes(b"PAYLOAD".ljust(1 << 16, b"\0"))
     m = machines(
         harness.VmConfig(
             harness.DirectKernel(host_kernel, disk_initrd, "console=ttyS0 quiet panic=-1"),
             disk=base,  # no -no-reboot here: it would turn the reset below into an exit
+            extra_disks=(payload,),
         )
     )
     m.start()
@@ -136,6 +139,8 @@ def test_overlay_survives_hard_kill_and_base_stays_untouched(
     m.wait_shell(timeout=60)
     assert m.run("head -c 12 /dev/vda; echo").check().output == "BASE-CONTENT\n"
     m.run("printf OVERLAY-WRITE | dd of=/dev/vda bs=512 seek=1 conv=fsync 2>/dev/null").check()
+    assert m.run("head -c 7 /dev/vdb; echo").check().output == "PAYLOAD\n"
+    assert m.run("cat /sys/block/vdb/ro").check().output == "1\n"
 
     # Cut the power right after the guest's flush: the write must be in the overlay.
     m.kill()
