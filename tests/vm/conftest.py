@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,8 +24,14 @@ MachineFactory = Callable[..., harness.Machine]
 
 def missing_qemu() -> list[str]:
     missing = harness.missing_tools([harness.QEMU, "qemu-img"])
-    if harness.QEMU not in missing and not os.access("/dev/null", os.W_OK):
-        missing.append("/dev/null")
+    if harness.QEMU not in missing:
+        # A QEMU built without TCG (some distributions ship KVM-only builds) cannot run here.
+        accels = subprocess.run(
+            [harness.QEMU, "-accel", "help"],
+            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30,
+        ).stdout.split()  # fmt: skip
+        if "tcg" not in accels:
+            missing.append(f"TCG support in {harness.QEMU}")
     return missing
 
 
