@@ -169,6 +169,28 @@ def publish(tmp: Path, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+KEEP_BUILDS = 4
+PRUNE_AFTER = 3600.0  # seconds
+
+
+def prune(root: Path, keep: Path) -> None:
+    """Remove finished builds other than the newest few, once they are an hour old.
+
+    Every edit of the updater package makes a new build (about 400 MB on disk). A build younger
+    than PRUNE_AFTER may belong to a test session that has its paths but has not opened the
+    files yet; older ones are left to whoever still has them open (unlinked files stay readable).
+    """
+    builds = sorted(
+        (d for d in root.iterdir() if d.is_dir() and (d / "result.json").is_file()),
+        key=lambda d: d.stat().st_mtime,
+        reverse=True,
+    )
+    now = time.time()
+    for old in builds[KEEP_BUILDS:]:
+        if old != keep and now - old.stat().st_mtime > PRUNE_AFTER:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def build_all(cache_dir: Path | None = None, *, extra_versions: Sequence[int] = ()) -> BuildResult:
     """Build (or find in the cache) the disk and the version 1 and 2 payloads."""
     versions = sorted(set(VERSIONS) | set(extra_versions))
@@ -177,6 +199,7 @@ def build_all(cache_dir: Path | None = None, *, extra_versions: Sequence[int] = 
     key = build_key(versions)
     final = root / key
     if (final / "result.json").is_file():
+        os.utime(final)  # recently used: keep it out of prune()'s reach
         return _result(final)
     root.mkdir(parents=True, exist_ok=True)
     # One builder at a time per cache: test sessions started together would otherwise all run
@@ -191,6 +214,7 @@ def build_all(cache_dir: Path | None = None, *, extra_versions: Sequence[int] = 
             try:
                 _build_into(tmp, tarball, versions)
                 publish(tmp, final)
+                prune(root, final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
