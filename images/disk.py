@@ -20,23 +20,16 @@ from updater.run import run
 
 GRUB_EFI_DIR = Path("/usr/lib/grub/x86_64-efi")
 
-
 # Everything grub/grub.cfg uses, built into the EFI binary: the ESP holds no module directory.
 GRUB_MODULES = (
     "part_gpt fat ext2 normal configfile search search_label search_fs_uuid search_fs_file "
     "linux echo test loadenv sleep halt reboot cat serial terminal gzio efi_gop all_video"
 ).split()
 
-
-USR_SIZE = 512 * MiB
-
-
-ESP_SIZE = 128 * MiB
-
-
+# Small partitions for test VMs (Flatcar uses 2 GiB USR slots); the disk is sparse anyway.
+USR_SIZE = 512 * MiB  # a payload is ~95 MiB today; room for growth and for bigger test payloads
+ESP_SIZE = 128 * MiB  # FAT32 needs at least ~33 MiB; two kernels and two initrds take ~45 MiB
 OEM_SIZE = 32 * MiB
-
-
 ROOT_SIZE = 512 * MiB
 
 

@@ -20,7 +20,6 @@ from updater.run import run
 
 VERITY_BLOCK = 4096
 
-
 KERNEL_HASH_OFFSET = 0x40  # x86_64; Flatcar's GRUB reads verity.usrhash from here
 
 

@@ -21,7 +21,8 @@ TREE_RECIPE = "4"  # bump when the mmdebstrap invocation changes in a way the ke
 
 SUITE = "bookworm"
 
-
+# dracut rather than dracut-core: the kernel package needs a linux-initramfs-tool, and without
+# dracut apt would pull in initramfs-tools.
 PACKAGES = (
     "systemd",
     "systemd-sysv",
@@ -38,7 +39,6 @@ PACKAGES = (
     "mtools",
     "kmod",
 )
-
 
 # Module trees no test VM needs; dropping them keeps USR small (they are most of the kernel).
 PRUNED_MODULE_DIRS = (
@@ -62,7 +62,6 @@ PRUNED_MODULE_DIRS = (
     "net/bluetooth",
 )
 
-
 # Timers and services that only cost boot time in a network-less test VM.
 MASKED_UNITS = (
     "apt-daily.timer",
@@ -77,9 +76,7 @@ MASKED_UNITS = (
     "getty@tty1.service",
 )
 
-
 DRACUT_MODULES = "bash base udev-rules rootfs-block kernel-modules dm updater"
-
 
 # Loaded by udev from the initrd; virtio for the test VMs, the rest for the filesystems involved.
 INITRD_DRIVERS = (
@@ -190,7 +187,6 @@ echo "$line" > /dev/ttyS0 2>/dev/null || true
 echo "$line" > /dev/console 2>/dev/null || true
 """
 
-
 READY_UNIT = """[Unit]
 Description=Report readiness on the consoles (UPDATER-READY)
 After=multi-user.target
@@ -202,7 +198,6 @@ ExecStart=/usr/lib/updater-image/ready
 [Install]
 WantedBy=multi-user.target
 """
-
 
 AUTOLOGIN = """[Service]
 # Test VMs: root shell on the serial console without a password prompt.
