@@ -287,36 +287,20 @@ class Machine:
     def argv(self, serial: Path, qmp: Path) -> list[str]:
         c = self.config
         args = [
-            QEMU,
-            "-accel",
-            "tcg",
-            "-machine",
-            "q35",
-            "-m",
-            str(c.memory_mib),
-            "-smp",
-            str(c.cpus),
-            "-nodefaults",
-            "-display",
-            "none",
-            "-nic",
-            "none",
-            "-chardev",
-            f"socket,id=serial0,path={serial},server=on,wait=off",
-            "-serial",
-            "chardev:serial0",
-            "-qmp",
-            f"unix:{qmp},server=on,wait=off",
+            QEMU, "-accel", "tcg", "-machine", "q35",
+            "-m", str(c.memory_mib), "-smp", str(c.cpus),
+            "-nodefaults", "-display", "none", "-nic", "none",
+            "-chardev", f"socket,id=serial0,path={serial},server=on,wait=off",
+            "-serial", "chardev:serial0",
+            "-qmp", f"unix:{qmp},server=on,wait=off",
             # Start paused: the console reader connects first, so no early byte is lost.
             "-S",
-        ]
+        ]  # fmt: skip
         if isinstance(c.boot, Firmware):
             args += [
-                "-drive",
-                f"if=pflash,format=raw,unit=0,readonly=on,file={c.boot.code}",
-                "-drive",
-                f"if=pflash,format=raw,unit=1,file={self.vars}",
-            ]
+                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={c.boot.code}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={self.vars}",
+            ]  # fmt: skip
         else:
             args += ["-kernel", str(c.boot.kernel), "-append", c.boot.append]
             if c.boot.initrd is not None:
@@ -325,11 +309,9 @@ class Machine:
             # Direct kernel boot claims boot index 0 itself; firmware boots from the disk.
             boot_index = ",bootindex=0" if isinstance(c.boot, Firmware) else ""
             args += [
-                "-drive",
-                f"if=none,id=disk0,format=qcow2,file={self.overlay}",
-                "-device",
-                f"{c.disk_interface},drive=disk0" + boot_index,
-            ]
+                "-drive", f"if=none,id=disk0,format=qcow2,file={self.overlay}",
+                "-device", f"{c.disk_interface},drive=disk0{boot_index}",
+            ]  # fmt: skip
         for i, extra in enumerate(c.extra_disks, start=1):
             args += [
                 "-drive", f"if=none,id=extra{i},format=raw,readonly=on,file={extra.resolve()}",
@@ -431,11 +413,9 @@ class Machine:
         if self.running:
             with contextlib.suppress(VmError, OSError):
                 self.qmp("quit")
-            try:
-                assert self._proc is not None
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
+            if self._proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._proc.wait(timeout)
         self.kill()
 
     def poweroff(self, command: str = "systemctl poweroff", timeout: float = 120) -> int:
