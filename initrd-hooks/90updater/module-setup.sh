@@ -26,7 +26,7 @@ installkernel() {
 }
 
 install() {
-    inst_multiple veritysetup dmsetup od dd blockdev mount umount rm mkdir date sync cat
+    inst_multiple veritysetup dmsetup od dd blockdev mount umount rm mkdir date sync cat tr sleep
     inst_simple "$moddir/updater-lib.sh" /lib/updater-lib.sh
     inst_hook cmdline 20 "$moddir/updater-cmdline.sh"
     inst_hook pre-mount 20 "$moddir/updater-verity.sh"
