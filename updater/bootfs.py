@@ -13,6 +13,7 @@ the files mean; ``updater.cmdline`` and ``updater.grubenv`` do.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 import uuid
 from pathlib import Path
@@ -84,8 +85,8 @@ class FatPartitionFiles:
 
     def __init__(self, disk: str, offset: int) -> None:
         require_tool("mcopy", "mtools")
-        self.image = f"{disk}@@{offset}"
-        self.description = f"{disk} (ESP at byte {offset})"
+        self.image = f"{disk}@@{offset}" if offset else disk
+        self.description = f"{disk} (ESP at byte {offset})" if offset else disk
         # mtools refuses filesystems whose geometry it doubts unless told not to check
         self.env = {"MTOOLS_SKIP_CHECK": "1"}
 
@@ -112,8 +113,8 @@ class Ext4PartitionFiles:
 
     def __init__(self, disk: str, offset: int) -> None:
         require_tool("debugfs", "e2fsprogs")
-        self.device = f"{disk}?offset={offset}"
-        self.description = f"{disk} (ext4 at byte {offset})"
+        self.device = f"{disk}?offset={offset}" if offset else disk
+        self.description = f"{disk} (ext4 at byte {offset})" if offset else disk
 
     def read(self, rel: str) -> bytes | None:
         proc = run(["debugfs", "-R", f"cat /{rel}", self.device], check=False)
@@ -137,23 +138,53 @@ def _save(data: bytes | None, rel: str, directory: str, description: str) -> str
     return str(dest)
 
 
-def _partition(table: gptformat.GptTable, label: str, type_guid: uuid.UUID | None) -> int | None:
-    """Byte offset of the partition labelled ``label`` (or, failing that, of type ``type_guid``)."""
+def _partition(
+    disk: str, table: gptformat.GptTable, label: str, type_guid: uuid.UUID | None
+) -> tuple[str, int] | None:
+    """Where the partition labelled ``label`` (or, failing that, of type ``type_guid``) is read:
+    (path, byte offset). On a block device that is the kernel's partition node at offset 0:
+    the whole disk and its partition nodes have separate page caches, so reading a partition
+    through the disk node can return stale data that another tool wrote through the partition
+    node (and the other way round)."""
     used = table.used_entries()
     found = [e for e in used if e.name == label] or [e for e in used if e.type_guid == type_guid]
-    return found[0].first_lba * table.sector_size if found else None
+    if not found:
+        return None
+    node = partition_node(disk, found[0].number)
+    if node is not None:
+        return node, 0
+    return disk, found[0].first_lba * table.sector_size
+
+
+def partition_node(disk: str, number: int, sys: str = "/sys") -> str | None:
+    """/dev/vda3 for (/dev/vda, 3), when ``disk`` is a block device the kernel partitioned."""
+    try:
+        if not stat.S_ISBLK(os.stat(disk).st_mode):
+            return None
+    except OSError:
+        return None
+    name = os.path.basename(os.path.realpath(disk))
+    base = Path(sys, "class", "block", name)
+    for child in base.glob(f"{name}*"):
+        try:
+            if int((child / "partition").read_text()) == number:
+                node = Path(os.path.dirname(os.path.realpath(disk)), child.name)
+                return str(node) if node.exists() else None
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def esp_of(disk: str, table: gptformat.GptTable) -> FatPartitionFiles:
-    offset = _partition(table, "EFI-SYSTEM", ESP_TYPE)
-    if offset is None:
+    where = _partition(disk, table, "EFI-SYSTEM", ESP_TYPE)
+    if where is None:
         raise DeviceError(f"{disk}: no EFI-SYSTEM partition")
-    return FatPartitionFiles(disk, offset)
+    return FatPartitionFiles(*where)
 
 
 def oem_of(disk: str, table: gptformat.GptTable) -> Ext4PartitionFiles | None:
-    offset = _partition(table, "OEM", None)
-    return Ext4PartitionFiles(disk, offset) if offset is not None else None
+    where = _partition(disk, table, "OEM", None)
+    return Ext4PartitionFiles(*where) if where is not None else None
 
 
 MOUNTED_ESP = ("/boot",)

@@ -230,7 +230,12 @@ def holds_image(state: DiskState, partition: int) -> bool:
     ss = state.table.sector_size
     start = entry.first_lba * ss
     size = (entry.last_lba - entry.first_lba + 1) * ss
-    fd = os.open(state.disk, os.O_RDONLY | os.O_CLOEXEC)
+    # Through the partition node where there is one: it does not share the whole disk's page
+    # cache, which may hold what the slot contained before an image was written to it.
+    path = bootfs.partition_node(state.disk, partition) or state.disk
+    if path != state.disk:
+        start = 0
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         for offset, magic in _IMAGE_MAGICS:
             if offset + len(magic) <= size and os.pread(fd, len(magic), start + offset) == magic:

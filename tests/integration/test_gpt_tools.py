@@ -7,6 +7,7 @@ import contextlib
 import json
 import random
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -268,10 +269,11 @@ def test_rollback_to_a_good_slot(flatcar_disk: Path, cli: Cli, cgpt_field: CgptF
 
 
 @contextlib.contextmanager
-def loop_device(image: Path, sector_size: int) -> Iterator[str]:
+def loop_device(image: Path, sector_size: int, partscan: bool = False) -> Iterator[str]:
     need_tools("losetup")
     proc = subprocess.run(
-        ["losetup", "--find", "--show", f"--sector-size={sector_size}", str(image)],
+        ["losetup", "--find", "--show", f"--sector-size={sector_size}", str(image)]
+        + (["--partscan"] if partscan else []),
         capture_output=True,
         text=True,
     )
@@ -308,3 +310,30 @@ def test_4096_byte_sectors_on_a_loop_device(
     # the same bytes as a plain file: the sector size is probed from the header position
     st = state.load(str(img), "A")
     assert st.table.sector_size == 4096 and st.slot(4).tries == 2
+
+
+def test_partition_nodes_of_a_block_device(fast_tmp: Path, cli: Cli) -> None:
+    """On a block device, partitions are read through their own nodes (separate page cache)."""
+    from updater import bootfs
+
+    img = fast_tmp / "p.img"
+    lay = layout.flatcar_layout(
+        usr_size=8 * layout.MiB, esp_size=4 * layout.MiB, oem_size=4 * layout.MiB,
+        root_size=4 * layout.MiB,
+    )  # fmt: skip
+    layout.create_disk(lay, str(img))
+    assert bootfs.partition_node(str(img), 3) is None  # an image file has no nodes
+    with loop_device(img, 512, partscan=True) as dev:
+        for _ in range(50):  # udev may take a moment to create the nodes
+            if Path(f"{dev}p3").exists():
+                break
+            time.sleep(0.1)
+        if not Path(f"{dev}p3").exists():
+            pytest.skip("the kernel created no partition nodes for the loop device")
+        assert bootfs.partition_node(dev, 3) == f"{dev}p3"
+        assert bootfs.partition_node(dev, 9) == f"{dev}p9"
+        assert bootfs.partition_node(dev, 5) is None
+        with open(f"{dev}p3", "r+b") as f:
+            f.write(b"hsqs")
+        st = state.load(dev, "B")
+        assert state.holds_image(st, 3) and not state.holds_image(st, 4)

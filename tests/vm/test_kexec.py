@@ -1,0 +1,160 @@
+"""kexec into the other slot on a machine that really boots, and every way back.
+
+One scenario on one disk, in order (each step needs the state the previous one left):
+boot USR-A (v1) through OVMF and GRUB; install v2 into USR-B from a payload drive, verify it,
+``set-active B``; ``updater kexec`` lands in B without the firmware (verity on, v2, try
+consumed); B is never marked good and the VM is reset: GRUB boots A; a second try, B marks itself
+good and sticks across a cold boot; with ``kernel.kexec_load_disabled=1`` a reboot into A falls
+back to the firmware path and lands in A. Boot times of both paths are printed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.vm import harness
+from tests.vm.conftest import MachineFactory
+from updater import layout
+
+pytestmark = pytest.mark.vm
+
+BOOT_TIMEOUT = 420
+READY = r"UPDATER-READY version=(\d+) usr=([0-9a-fA-F-]+)\r?\n"
+GRUB_MARK = r"Booting USR-"  # printed by grub/grub.cfg on every firmware boot
+USR_A = str(layout.USR_A_UUID)
+USR_B = str(layout.USR_B_UUID)
+
+
+def payload_tar(kernel: Path, manifest: Path, dest: Path) -> Path:
+    """The small files of an update (kernel, manifest) as a tar the guest reads from a drive."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(kernel, arcname="vmlinuz")
+        tar.add(manifest, arcname="manifest.json")
+    data = buf.getvalue()
+    dest.write_bytes(data + bytes(-len(data) % 4096))
+    return dest
+
+
+def drive(name: str, path: Path) -> tuple[str, ...]:
+    return (
+        "-drive", f"if=none,id={name},format=raw,readonly=on,file={path}",
+        "-device", f"virtio-blk-pci,drive={name}",
+    )  # fmt: skip
+
+
+def ready(m: harness.Machine, since: int, start: float | None = None) -> tuple[str, str, float]:
+    """Version and USR partuuid of the next UPDATER-READY, and seconds since ``start``."""
+    start = time.monotonic() if start is None else start
+    match = m.wait_for(READY, BOOT_TIMEOUT, since)
+    return match.group(1), match.group(2).lower(), time.monotonic() - start
+
+
+def shell(m: harness.Machine) -> None:
+    m.wait_shell(180)
+    m.run("dmesg -n 1").check()
+
+
+def status(m: harness.Machine) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(m.run("updater status --json", timeout=120).check().output)
+    return doc
+
+
+def slot(doc: dict[str, Any], part: int) -> tuple[int, int, bool, bool]:
+    s = next(s for s in doc["slots"] if s["partition"] == part)
+    return s["priority"], s["tries"], s["successful"], s["booted"]
+
+
+def test_kexec_update_cycle_and_fallbacks(
+    machines: MachineFactory, ovmf: harness.Firmware, built_image: Any, tmp_path: Path
+) -> None:
+    manifest = json.loads(Path(built_image.manifest_v2).read_text())
+    files = payload_tar(
+        Path(built_image.kernel_v2), Path(built_image.manifest_v2), tmp_path / "p.tar"
+    )
+    extra = drive("usr", Path(built_image.usr_v2)) + drive("files", files)
+    m = machines(harness.VmConfig(ovmf, disk=Path(built_image.disk), extra_args=extra))
+
+    # 1. cold boot into USR-A, version 1
+    m.start()
+    version, usr, _ = ready(m, 0)
+    assert (version, usr) == ("1", USR_A)
+    shell(m)
+    m.run("updater sync").check()
+
+    # 2. install v2 into USR-B: data, then verify against the manifest's root hash, then kernel
+    m.run("dd if=/dev/vdb of=/dev/disk/by-partlabel/USR-B bs=1M conv=fsync status=none",
+          timeout=600).check()  # fmt: skip
+    verify = m.run(
+        f"updater verity verify /dev/disk/by-partlabel/USR-B {manifest['root_hash']} "
+        f"--hash-offset {manifest['hash_offset']}",
+        timeout=900,
+    )
+    assert verify.status == 0, verify.output
+    m.run("mkdir -p /run/p && tar -xf /dev/vdc -C /run/p").check()
+    m.run("MTOOLS_SKIP_CHECK=1 mcopy -o -i /dev/disk/by-partlabel/EFI-SYSTEM /run/p/vmlinuz "
+          "::/flatcar/vmlinuz-b && sync").check()  # fmt: skip
+    m.run("updater set-active B").check()
+    assert slot(status(m), 4) == (2, 1, False, False)
+
+    # 3. kexec into B: no firmware, no GRUB, the try consumed before the jump
+    plan = json.loads(m.run("updater kexec --dry-run --json", timeout=120).check().output)
+    assert plan["slot"] == "B" and plan["method"] == "kexec_file_load"
+    assert f"verity.usrhash={manifest['root_hash']}" in plan["cmdline"]
+    since, start = m.console.position(), time.monotonic()
+    m.console.write("updater kexec\n")
+    version, usr, kexec_seconds = ready(m, since, start)
+    assert (version, usr) == ("2", USR_B)
+    assert not re.search(GRUB_MARK, m.console.text[since:]), "the firmware path ran"
+    shell(m)
+    assert slot(status(m), 4) == (2, 0, False, True)
+    assert m.run("findmnt -n -o SOURCE /usr").check().output.strip() == "/dev/mapper/usr"
+    assert "verity" in m.run("dmsetup table usr").check().output
+    cmdline = m.run("cat /proc/cmdline").check().output
+    assert f"verity.usrhash={manifest['root_hash']}" in cmdline and USR_B in cmdline
+
+    # 4. B never marks itself good; a hard reset goes through the firmware and GRUB boots A
+    since = m.console.position()
+    m.reset()
+    m.wait_for(r"Booting USR-a", BOOT_TIMEOUT, since)
+    version, usr, _ = ready(m, since)
+    assert (version, usr) == ("1", USR_A)
+    shell(m)
+    assert slot(status(m), 4)[:3] == (2, 0, False)
+
+    # 5. second try: B proves itself and sticks across a cold boot
+    m.run("updater set-active B").check()
+    since = m.console.position()
+    m.console.write("updater kexec\n")
+    assert ready(m, since)[:2] == ("2", USR_B)
+    shell(m)
+    m.run("updater mark-good").check()
+    assert slot(status(m), 4) == (2, 0, True, True)
+    since, start = m.console.position(), time.monotonic()
+    m.reset()
+    m.wait_for(r"Booting USR-b", BOOT_TIMEOUT, since)
+    version, usr, fw_seconds = ready(m, since, start)
+    assert (version, usr) == ("2", USR_B)
+    shell(m)
+
+    # 6. kexec disabled: the reboot into A takes the firmware path and lands in A
+    m.run("sysctl -q kernel.kexec_load_disabled=1").check()
+    m.run("updater set-active A").check()
+    since = m.console.position()
+    m.console.write("updater reboot\n")
+    m.wait_for(r"rebooting through the firmware into USR-A: kexec is not possible: "
+               r"kernel.kexec_load_disabled=1", 120, since)  # fmt: skip
+    m.wait_for(r"Booting USR-a", BOOT_TIMEOUT, since)
+    version, usr, _ = ready(m, since)
+    assert (version, usr) == ("1", USR_A)
+    ratio = kexec_seconds / fw_seconds
+    print(f"vm: to userspace via kexec {kexec_seconds:.1f} s, via firmware {fw_seconds:.1f} s, "
+          f"ratio {ratio:.2f} (TCG)")  # fmt: skip
