@@ -34,7 +34,13 @@ def make_usr(tree: Path, version: int, out: Path) -> dict[str, object]:
          "-Xcompression-level", "15", "-all-root", "-mkfs-time", "0", "-all-time", "0",
          "-quiet", "-no-progress"]
     )  # fmt: skip
-    fs_size = out.stat().st_size
+    # The initrd finds the hash tree at bytes_used (squashfs superblock, offset 40) rounded up to
+    # 4096, so that is the offset used here too; mksquashfs's own 4K padding is only a file size.
+    with out.open("rb") as f:
+        superblock = f.read(96)
+    if superblock[:4] != b"hsqs":
+        raise UpdaterError(f"{out} is not a squashfs image")
+    fs_size = int.from_bytes(superblock[40:48], "little")
     hash_offset = -(-fs_size // VERITY_BLOCK) * VERITY_BLOCK
     with out.open("r+b") as f:
         f.truncate(hash_offset)

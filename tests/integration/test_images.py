@@ -112,6 +112,10 @@ def test_manifests(built: build.BuildResult) -> None:
         assert m["hash_offset"] == -(-int(str(m["fs_size"])) // 4096) * 4096
         assert m["data_blocks"] == int(str(m["hash_offset"])) // 4096
         assert m["size"] == usr.stat().st_size
+        # What the initrd computes: squashfs bytes_used rounded up to 4096.
+        with usr.open("rb") as f:
+            used = int.from_bytes(f.read(48)[40:48], "little")
+        assert m["hash_offset"] == -(-used // 4096) * 4096
     assert manifest(built.manifest_v1)["root_hash"] != manifest(built.manifest_v2)["root_hash"]
 
 
