@@ -248,8 +248,14 @@ def customize(tree: Path) -> None:
         f.chmod(0o755)
     # dracut inside the tree: its own dracut and kernel modules, so the initrd matches the /usr
     # it will mount. No host-only mode, an explicit module list and driver list (small initrd).
+    # /usr is a squashfs with every timestamp pinned to 0 (reproducible bytes) and read-only, so
+    # timestamp-checked .pyc files would be stale and Python would recompile every module on
+    # every run (seconds per `updater` call under emulation). Hash-based .pyc files that are not
+    # rechecked fit an immutable /usr: sources change only with a new image.
     chroot(
         tree,
+        "python3 -m compileall -q -j 0 --invalidation-mode unchecked-hash "
+        "/usr/lib/python3.11 /usr/lib/python3/dist-packages >/dev/null; "
         f"depmod {kver}; "
         f"dracut --force --no-hostonly --no-hostonly-cmdline --nofscks --no-early-microcode "
         f"--compress=gzip --modules '{DRACUT_MODULES}' --drivers '{INITRD_DRIVERS}' "

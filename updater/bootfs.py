@@ -89,14 +89,19 @@ class FatPartitionFiles:
         self.description = f"{disk} (ESP at byte {offset})" if offset else disk
         # mtools refuses filesystems whose geometry it doubts unless told not to check
         self.env = {"MTOOLS_SKIP_CHECK": "1"}
+        self._cache: dict[str, bytes | None] = {}
 
     def read(self, rel: str) -> bytes | None:
-        proc = run(["mcopy", "-n", "-i", self.image, f"::/{rel}", "-"], check=False, env=self.env)
-        if proc.returncode != 0:
-            return None
-        return proc.stdout
+        # Kernels are read more than once per command (hash, then staging): keep what was read.
+        if rel not in self._cache:
+            proc = run(
+                ["mcopy", "-n", "-i", self.image, f"::/{rel}", "-"], check=False, env=self.env
+            )
+            self._cache[rel] = proc.stdout if proc.returncode == 0 else None
+        return self._cache[rel]
 
     def write(self, rel: str, data: bytes) -> None:
+        self._cache[rel] = data
         # mcopy -o replaces the file's contents; a same-size file keeps its clusters.
         with tempfile.NamedTemporaryFile() as tmp:
             tmp.write(data)

@@ -154,25 +154,26 @@ class _Grubenv:
             # A damaged block is rewritten from the GPT below; nothing is reconciled from it.
             return cls(files, raw, {})
 
-    def hashes(self, final: Sequence[Slot]) -> dict[str, str]:
-        """Each slot's verity root hash: from its kernel on the ESP (written there together with
-        the image, so it is the truth), else what the block already said."""
-        out: dict[str, str] = {}
+    def hashes(self, final: Sequence[Slot], known: Mapping[str, str]) -> dict[str, str]:
+        """Each slot's verity root hash: ``known`` ones as given, the others from the slot's
+        kernel on the ESP (written there together with the image, so it is the truth), else what
+        the block already said."""
+        out: dict[str, str] = dict(known)
         for s in final:
-            if s.letter is None:
+            if s.letter is None or s.letter in known:
                 continue
-            known = self.values.get(f"usr_{s.letter.lower()}_hash", "")
+            found = self.values.get(f"usr_{s.letter.lower()}_hash", "")
             for rel in cmdline.kernel_candidates(s.letter):
                 data = self.files.read(rel)
                 if data is not None:
-                    known = cmdline.usrhash_from_kernel(data) or known
+                    found = cmdline.usrhash_from_kernel(data) or found
                     break
-            if known:
-                out[s.letter] = known
+            if found:
+                out[s.letter] = found
         return out
 
     def sync(self, final: tuple[Slot, ...], hashes: Mapping[str, str]) -> bool:
-        block = grubenv.render(grubenv.slot_vars(final, {**self.hashes(final), **hashes}))
+        block = grubenv.render(grubenv.slot_vars(final, self.hashes(final, hashes)))
         if block == self.raw:
             return False
         self.files.write(GRUBENV, block)

@@ -12,16 +12,13 @@ anything else, and it keeps every tree block aligned. This module does not print
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import secrets
 import stat
-import threading
 import uuid
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing.context import BaseContext
+from typing import TYPE_CHECKING
 
 from updater.errors import DeviceError, UsageError, VerificationError
 from updater.verity import (
@@ -37,6 +34,9 @@ from updater.verity import (
     salted_hash,
     tree_offset,
 )
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(bytes_done, bytes_total)`` after each chunk of data is read."""
@@ -113,9 +113,22 @@ def _range_digests(path: str, salt: bytes, start: int, size: int) -> bytes:
     return b"".join(digests)
 
 
-def _process_context() -> BaseContext:
-    """fork is the cheapest start, but forking a process that has threads can copy held locks."""
-    return mp.get_context("fork" if threading.active_count() == 1 else "forkserver")
+def _process_pool(workers: int) -> Executor | None:
+    """A pool of worker processes, or None where none can be made (no POSIX semaphores, no
+    /dev/shm, as in some initramfs). fork is the cheapest start, but forking a process that has
+    threads can copy held locks. Imported here: multiprocessing costs a noticeable share of every
+    `updater` start on slow machines, and only hashing needs it."""
+    import multiprocessing
+    import threading
+    from concurrent.futures import ProcessPoolExecutor
+
+    method = "fork" if threading.active_count() == 1 else "forkserver"
+    try:
+        return ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context(method)
+        )
+    except OSError:
+        return None
 
 
 def compute_tree(
@@ -146,10 +159,7 @@ def compute_tree(
                 progress(done, total)
 
     if workers > 1 and len(ranges) > 1:
-        try:
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=_process_context())
-        except OSError:  # no POSIX semaphores (no /dev/shm, as in some initramfs): go serial
-            pool = None
+        pool = _process_pool(workers)
         if pool is not None:
             with pool:
                 futures = [pool.submit(_range_digests, path, params.salt, *r) for r in ranges]

@@ -6,17 +6,24 @@
 type getarg > /dev/null 2>&1 || . /lib/dracut-lib.sh
 . /lib/updater-lib.sh
 
-_usr=$(getarg verity.usr=)
-[ -n "$_usr" ] || _usr=$(getarg mount.usr=)
-if [ -z "$_usr" ]; then
-    updater_fail "no verity.usr= or mount.usr= on the kernel command line"
+if [ -f "$UPDATER_FACTS" ]; then
+    # DELIVERY=initrd: the slot and hash come from the appended facts archive, not the cmdline.
+    _usr=$(updater_fact UPDATER_USR) || updater_fail "$UPDATER_FACTS names no UPDATER_USR"
+    _hash=$(updater_fact UPDATER_USRHASH)
+    updater_say "updater: boot facts from the initrd: slot $(updater_fact UPDATER_SLOT)"
+else
+    _usr=$(getarg verity.usr=)
+    [ -n "$_usr" ] || _usr=$(getarg mount.usr=)
+    if [ -z "$_usr" ]; then
+        updater_fail "no verity.usr= or mount.usr= on the kernel command line"
+    fi
+    if [ "$_usr" = /dev/mapper/usr ]; then
+        updater_fail "mount.usr=/dev/mapper/usr needs verity.usr=PARTUUID=... to name the partition"
+    fi
+    _hash=$(getarg verity.usrhash=)
 fi
-if [ "$_usr" = /dev/mapper/usr ]; then
-    updater_fail "mount.usr=/dev/mapper/usr needs verity.usr=PARTUUID=... to name the partition"
-fi
-_dev=$(updater_resolve "$_usr") || updater_fail "cannot understand verity.usr=$_usr"
+_dev=$(updater_resolve "$_usr") || updater_fail "cannot understand the usr device $_usr"
 
-_hash=$(getarg verity.usrhash=)
 case "$_hash" in
     *[!0-9a-f]*) updater_fail "verity.usrhash is not lowercase hex: $_hash" ;;
 esac
@@ -25,10 +32,10 @@ esac
 mkdir -p /run/updater
 echo "$_dev" > /run/updater/usr-device
 echo "$_hash" > /run/updater/usr-hash
-_oem=$(getarg flatcar.oem.id=)
+_oem=$(updater_fact UPDATER_OEM_ID) || _oem=$(getarg flatcar.oem.id=)
 [ -n "$_oem" ] && echo "$_oem" > /run/updater/oem-id
 
 wait_for_dev -n "$_dev"
-if [ "$(getarg flatcar.first_boot=)" = detected ]; then
+if updater_first_boot; then
     wait_for_dev -n /dev/disk/by-label/EFI-SYSTEM
 fi

@@ -61,3 +61,31 @@ updater_fs_bytes() {
     fi
     return 1
 }
+
+# Boot facts from the secondary initrd that `updater kexec` appends when DELIVERY=initrd (a newc
+# cpio holding etc/updater/boot-facts.env): the slot, its verity hash and the first-boot flag,
+# so that the kernel command line stays the same across slots and updates. Read line by line as
+# data (never sourced): KEY=value, values of [A-Za-z0-9._:,/+=-] only. Prints the value of $1.
+UPDATER_FACTS=/etc/updater/boot-facts.env
+updater_fact() {
+    [ -f "$UPDATER_FACTS" ] || return 1
+    while IFS='=' read -r _key _value; do
+        if [ "$_key" = "$1" ]; then
+            case "$_value" in
+                *[!A-Za-z0-9._:,/+=-]*) updater_fail "unsafe value for $1 in $UPDATER_FACTS" ;;
+            esac
+            echo "$_value"
+            return 0
+        fi
+    done < "$UPDATER_FACTS"
+    return 1
+}
+
+# First boot, from the facts file when there is one, else from the command line.
+updater_first_boot() {
+    if [ -f "$UPDATER_FACTS" ]; then
+        [ "$(updater_fact UPDATER_FIRST_BOOT)" = 1 ]
+        return
+    fi
+    [ "$(getarg flatcar.first_boot=)" = detected ]
+}

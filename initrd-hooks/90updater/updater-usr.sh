@@ -12,7 +12,7 @@ if ! mount -t squashfs -o "ro${_flags:+,$_flags}" /dev/mapper/usr "$NEWROOT/usr"
     updater_fail "cannot mount /dev/mapper/usr at $NEWROOT/usr"
 fi
 
-if [ "$(getarg flatcar.first_boot=)" = detected ]; then
+if updater_first_boot; then
     # Provisioning first, marker removal last: if power fails in between, the next boot simply
     # provisions again (every step is idempotent).
     if [ ! -s "$NEWROOT/etc/machine-id" ]; then

@@ -60,7 +60,10 @@ def cmd_kexec(args: argparse.Namespace) -> int:
     except kexec.LoadFailed as exc:
         return _firmware(args, support, exc.message)
     # The try is consumed only now, durably, right before the jump (see bootflow).
-    outcome = state.change(args.disk, args.booted, bootflow.consume_try(plan.slot), esp=args.esp)
+    known = {plan.facts.letter: plan.facts.usrhash} if plan.facts.usrhash else {}
+    outcome = state.change(
+        args.disk, args.booted, bootflow.consume_try(plan.slot), esp=args.esp, hashes=known
+    )
     left = outcome.after
     if args.json:
         doc = bootflow.plan_json(
