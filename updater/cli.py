@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from updater import __version__
 from updater.commands import boot as boot_commands
@@ -33,8 +34,15 @@ the kernel command line). Examples:
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line (exit 2), pointing at --help instead of repeating the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="updater",
         description=DESCRIPTION,
         epilog=EPILOG,
