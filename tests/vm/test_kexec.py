@@ -162,6 +162,7 @@ def test_kexec_update_cycle_and_fallbacks(
     # 7. DELIVERY=initrd: slot, hash and first-boot facts travel in an appended cpio, and the
     # command line names no slot at all
     shell(m)
+    m.run("updater mark-good").check()  # A booted well: keep it (else GRUB's rule picks B)
     m.run("mkdir -p /etc/updater && echo DELIVERY=initrd > /etc/updater/boot.conf").check()
     since = m.console.position()
     m.console.write("updater kexec\n")
