@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,7 +229,7 @@ def plan_json(plan: BootPlan, commands: list[list[str]], method: str) -> dict[st
     }
 
 
-def consume_try(expected: slots.Slot) -> Any:
+def consume_try(expected: slots.Slot) -> Callable[[state.DiskState], slots.Transition]:
     """The decision for ``state.change``: consume a try of the planned slot, and refuse if the
     state moved under us (another tool changed it between planning and now)."""
 

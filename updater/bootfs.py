@@ -180,16 +180,40 @@ def partition_node(disk: str, number: int, sys: str = "/sys") -> str | None:
     return None
 
 
-def esp_of(disk: str, table: gptformat.GptTable) -> FatPartitionFiles:
+def mount_point(node: str, mounts: str = "/proc/self/mounts") -> str | None:
+    """Where the block device ``node`` is mounted, if it is."""
+    try:
+        text = Path(mounts).read_text()
+    except OSError:
+        return None
+    real = os.path.realpath(node)
+    for line in text.splitlines():
+        fields = line.split()
+        if (
+            len(fields) >= 2
+            and fields[0].startswith("/dev/")
+            and os.path.realpath(fields[0]) == real
+        ):
+            return fields[1].replace("\\040", " ")
+    return None
+
+
+def esp_of(disk: str, table: gptformat.GptTable) -> BootFiles:
+    """The disk's ESP. A mounted ESP is used through its mount point: writing the filesystem
+    underneath the kernel's FAT driver would corrupt it."""
     where = _partition(disk, table, "EFI-SYSTEM", ESP_TYPE)
     if where is None:
         raise DeviceError(f"{disk}: no EFI-SYSTEM partition")
-    return FatPartitionFiles(*where)
+    mounted = mount_point(where[0]) if where[1] == 0 else None
+    return DirFiles(mounted) if mounted else FatPartitionFiles(*where)
 
 
-def oem_of(disk: str, table: gptformat.GptTable) -> Ext4PartitionFiles | None:
+def oem_of(disk: str, table: gptformat.GptTable) -> BootFiles | None:
     where = _partition(disk, table, "OEM", None)
-    return Ext4PartitionFiles(*where) if where is not None else None
+    if where is None:
+        return None
+    mounted = mount_point(where[0]) if where[1] == 0 else None
+    return DirFiles(mounted) if mounted else Ext4PartitionFiles(*where)
 
 
 MOUNTED_ESP = ("/boot",)
