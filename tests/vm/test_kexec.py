@@ -45,13 +45,6 @@ def payload_tar(kernel: Path, manifest: Path, dest: Path) -> Path:
     return dest
 
 
-def drive(name: str, path: Path) -> tuple[str, ...]:
-    return (
-        "-drive", f"if=none,id={name},format=raw,readonly=on,file={path}",
-        "-device", f"virtio-blk-pci,drive={name}",
-    )  # fmt: skip
-
-
 def ready(m: harness.Machine, since: int, start: float | None = None) -> tuple[str, str, float]:
     """Version and USR partuuid of the next UPDATER-READY, and seconds since ``start``."""
     start = time.monotonic() if start is None else start
@@ -81,8 +74,8 @@ def test_kexec_update_cycle_and_fallbacks(
     files = payload_tar(
         Path(built_image.kernel_v2), Path(built_image.manifest_v2), tmp_path / "p.tar"
     )
-    extra = drive("usr", Path(built_image.usr_v2)) + drive("files", files)
-    m = machines(harness.VmConfig(ovmf, disk=Path(built_image.disk), extra_args=extra))
+    payload = (Path(built_image.usr_v2), files)  # /dev/vdb, /dev/vdc, read-only
+    m = machines(harness.VmConfig(ovmf, disk=Path(built_image.disk), extra_disks=payload))
 
     # 1. cold boot into USR-A, version 1
     m.start()
