@@ -190,11 +190,9 @@ def stage(plan: BootPlan, esp: bootfs.BootFiles, directory: str, *, copy: bool) 
         Path(directory).mkdir(parents=True, exist_ok=True)
 
     def path_of(rel: str) -> str:
-        if local:
+        if local or copy:  # a mounted ESP's own path, or the copy made now
             return esp.local_copy(rel, directory)
-        if copy:
-            return esp.local_copy(rel, directory)
-        return str(Path(directory, rel.replace("/", "_")))
+        return str(Path(directory, rel.replace("/", "_")))  # where the copy would go
 
     out["kernel"] = path_of(plan.kernel)
     if plan.initrd:
