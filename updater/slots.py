@@ -185,6 +185,11 @@ def prioritize(
     return out
 
 
+def prioritize_transition(slots: Sequence[Slot], partition: int) -> Transition:
+    """``prioritize`` as a transition: only the slots whose attributes change."""
+    return Transition("prioritize", partition, _diff(slots, prioritize(slots, partition)))
+
+
 def _by_partition(slots: Iterable[Slot], partition: int) -> Slot:
     for slot in slots:
         if slot.partition == partition:

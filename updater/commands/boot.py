@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from updater import bootdisk, bootflow, bootfs, gpt, jsonout, kexec, state
+from updater import bootdisk, bootflow, bootfs, jsonout, kexec, state
 from updater.errors import UpdaterError
 from updater.run import run
 
@@ -19,10 +19,8 @@ def _plan(args: argparse.Namespace, directory: str, *, copy: bool) -> bootflow.B
     config = bootflow.load_config(args.config)
     st = state.load(args.disk, args.booted, args.esp)
     running = args.disk is None
-    with gpt.locked(st.disk, writable=False) as d:
-        table = gpt.read_table(d)
-    esp = bootfs.locate_esp(st.disk, table, args.esp, running)
-    oem = bootfs.locate_oem(st.disk, table, args.oem, running)
+    esp = bootfs.locate_esp(st.disk, st.table, args.esp, running)
+    oem = bootfs.locate_oem(st.disk, st.table, args.oem, running)
     plan = bootflow.plan_boot(st, args.slot, esp, oem, config, bootdisk.read_cmdline())
     return bootflow.stage(plan, esp, directory, copy=copy)
 

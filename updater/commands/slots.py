@@ -133,10 +133,7 @@ def _part(st: state.DiskState, spec: str | None) -> int:
 
 
 def _decide_prioritize(args: argparse.Namespace, st: state.DiskState) -> slots.Transition:
-    part = _part(st, args.part)
-    wanted = slots.prioritize(st.slots, part)
-    changes = {p: a for p, a in wanted.items() if st.slot(p).attributes != a}
-    return slots.Transition("prioritize", part, changes)
+    return slots.prioritize_transition(st.slots, _part(st, args.part))
 
 
 def _decide_set_active(args: argparse.Namespace, st: state.DiskState) -> slots.Transition:
