@@ -16,6 +16,7 @@ import pytest
 
 from updater import gpt, gptformat, layout, slots, state
 
+from ..unit.memdisk import REGIONS, region_lba
 from .conftest import CgptField, Cli, need_tools, sgdisk_attributes, sha, tool
 
 pytestmark = pytest.mark.integration
@@ -133,18 +134,12 @@ def test_prioritize_matches_cgpt(fast_tmp: Path) -> None:
         assert ours == theirs, f"round {round_}"
 
 
-REGIONS = ["primary-header", "primary-entries", "backup-header", "backup-entries"]
 
 
 def damage(disk: Path, where: str) -> None:
     with gpt.locked(str(disk), writable=False) as d:
         t = gpt.read_table(d)
-    lba = {
-        "primary-header": 1,
-        "primary-entries": t.primary.entries_lba,
-        "backup-header": t.backup.header_lba,
-        "backup-entries": t.backup.entries_lba,
-    }[where]
+    lba = region_lba(t, where)
     with open(disk, "r+b") as f:
         f.seek(lba * t.sector_size + 24)
         byte = f.read(1)

@@ -42,6 +42,13 @@ def write_env_file(disk: Path, src: Path) -> None:
     mtool("mcopy", "-o", "-i", f"{disk}@@{esp_offset(disk)}", str(src), "::/flatcar/grubenv")
 
 
+def grub_saves(disk: Path, tmp: Path, assignment: str) -> None:
+    """What GRUB's save_env does to the block on the ESP, done with grub-editenv."""
+    env_file = read_env_file(disk, tmp)
+    tool("grub-editenv", str(env_file), "set", assignment)
+    write_env_file(disk, env_file)
+
+
 def grub_list(path: Path) -> dict[str, str]:
     out = tool("grub-editenv", str(path), "list")
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
@@ -78,9 +85,7 @@ def test_tries_grub_consumed_come_back_into_the_gpt(
     d = str(grub_disk)
     cli("--disk", d, "--booted", "A", "set-active", "B", "--tries", "3")
     # GRUB boots B on trial: save_env writes usr_b_tries=2, nothing else
-    env_file = read_env_file(grub_disk, fast_tmp)
-    tool("grub-editenv", str(env_file), "set", "usr_b_tries=2")
-    write_env_file(grub_disk, env_file)
+    grub_saves(grub_disk, fast_tmp, "usr_b_tries=2")
     assert cgpt_field(grub_disk, 4, "T") == 3
     doc = json.loads(cli("--disk", d, "--booted", "B", "status", "--json").stdout)
     assert [s["tries"] for s in doc["slots"]] == [0, 2]  # status shows it, writes nothing
@@ -100,9 +105,7 @@ def test_a_stale_grubenv_is_rewritten_not_trusted(
 ) -> None:
     d = str(grub_disk)
     cli("--disk", d, "--booted", "A", "set-active", "B", "--tries", "3")
-    env_file = read_env_file(grub_disk, fast_tmp)
-    tool("grub-editenv", str(env_file), "set", "usr_b_tries=0")
-    write_env_file(grub_disk, env_file)
+    grub_saves(grub_disk, fast_tmp, "usr_b_tries=0")
     # the GPT changes behind the block's back (as if a write was cut before the block was)
     tool("cgpt", "add", "-i", "4", "-T", "5", d)
     out = json.loads(cli("--disk", d, "--booted", "A", "sync", "--json").stdout)

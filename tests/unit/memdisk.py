@@ -114,6 +114,19 @@ def build(parts: list[Part], sector_size: int = 512, num_entries: int = 128) -> 
     return MemDisk(disk, ss)
 
 
+REGIONS = ("primary-header", "primary-entries", "backup-header", "backup-entries")
+
+
+def region_lba(table: gptformat.GptTable, where: str) -> int:
+    """The first LBA of one of the four GPT regions (``REGIONS``), for damaging it in tests."""
+    return {
+        "primary-header": 1,
+        "primary-entries": table.primary.entries_lba,
+        "backup-header": table.backup.header_lba,
+        "backup-entries": table.backup.entries_lba,
+    }[where]
+
+
 def flatcar_parts(a_attrs: int, b_attrs: int = 0) -> list[Part]:
     return [
         Part(ESP, "EFI-SYSTEM"),

@@ -10,7 +10,7 @@ from updater import gptformat, slots
 from updater.errors import GptError
 from updater.state import slots_of
 
-from .memdisk import MemDisk, build, flatcar_parts
+from .memdisk import MemDisk, build, flatcar_parts, region_lba
 
 A_GOOD = slots.encode(0, priority=1, tries=0, successful=True)
 FOREIGN = (1 << 0) | (1 << 2) | (1 << 57) | (1 << 60) | (1 << 63) | (0xABCD << 16)
@@ -22,15 +22,9 @@ def state_of(disk: MemDisk) -> list[tuple[int, int]]:
 
 
 def corrupt(disk: MemDisk, where: str) -> None:
-    t = gptformat.read_table(disk)
-    ss = disk.sector_size
-    lba = {
-        "primary-header": 1,
-        "primary-entries": t.primary.entries_lba,
-        "backup-header": t.backup.header_lba,
-        "backup-entries": t.backup.entries_lba,
-    }[where]
-    disk.data[lba * ss + 20] ^= 0xFF  # inside the header fields / the first entry's GUID
+    lba = region_lba(gptformat.read_table(disk), where)
+    # byte 20: inside the header's fields, or the first entry's type GUID
+    disk.data[lba * disk.sector_size + 20] ^= 0xFF
 
 
 @pytest.mark.parametrize("ss", [512, 4096])
