@@ -15,7 +15,6 @@ the firmware instead, with one log line, and GRUB picks the same slot from the s
 
 from __future__ import annotations
 
-import shlex
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,71 +23,11 @@ from typing import Any
 
 from updater import bootfs, cmdline, initrdcpio, kexec, slots, state
 from updater.cmdline import BootFacts, Delivery
-from updater.errors import NoBootableSlot, SlotError, UsageError, VerificationError
+from updater.config import BootSettings
+from updater.errors import NoBootableSlot, SlotError, VerificationError
 from updater.run import run
 
-CONFIG_PATH = "/etc/updater/boot.conf"
 STAGE_DIR = "/run/updater/kexec"
-
-
-@dataclass(frozen=True)
-class BootConfig:
-    """``/etc/updater/boot.conf``: KEY=VALUE lines, ``#`` comments, values may be quoted."""
-
-    extra_args: tuple[str, ...] = ()  # EXTRA_ARGS: appended to Flatcar's command line
-    reuse_cmdline: bool = False  # REUSE_CMDLINE: keep the running non-slot arguments
-    drop_args: tuple[str, ...] = ("rhgb", "quiet")  # DROP_ARGS: dropped when reusing
-    delivery: Delivery = Delivery.CMDLINE  # DELIVERY: cmdline | initrd (secondary cpio)
-    verity: bool = True  # VERITY: images carry a dm-verity tree (refuse kernels without hash)
-    arch: str = "x86_64"  # ARCH: where the hash sits in the kernel (x86_64 0x40, arm64 512)
-
-
-def _bool(key: str, value: str) -> bool:
-    if value.lower() in ("yes", "true", "1"):
-        return True
-    if value.lower() in ("no", "false", "0"):
-        return False
-    raise UsageError(f"{key} must be yes or no, not {value!r}")
-
-
-def parse_config(text: str, source: str = CONFIG_PATH) -> BootConfig:
-    values: dict[str, Any] = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep:
-            raise UsageError(f"{source}:{number}: expected KEY=VALUE")
-        try:
-            words = shlex.split(value)
-        except ValueError as exc:
-            raise UsageError(f"{source}:{number}: {exc}") from None
-        key = key.strip()
-        if key in ("EXTRA_ARGS", "DROP_ARGS"):
-            # one shell-quoted value holding kernel words, split the way the kernel splits them
-            values[key.lower()] = cmdline.split_cmdline(" ".join(words))
-        elif key in ("REUSE_CMDLINE", "VERITY"):
-            values[key.lower()] = _bool(key, " ".join(words))
-        elif key == "DELIVERY":
-            try:
-                values["delivery"] = Delivery(" ".join(words))
-            except ValueError:
-                raise UsageError(f"{source}:{number}: DELIVERY must be cmdline or initrd") from None
-        elif key == "ARCH":
-            values["arch"] = " ".join(words)
-        else:
-            raise UsageError(f"{source}:{number}: unknown setting {key}")
-    return BootConfig(**values)
-
-
-def load_config(path: str | None) -> BootConfig:
-    target = Path(path or CONFIG_PATH)
-    if not target.exists():
-        if path:
-            raise UsageError(f"{path}: no such configuration file")
-        return BootConfig()
-    return parse_config(target.read_text(), str(target))
 
 
 @dataclass(frozen=True)
@@ -128,7 +67,7 @@ def plan_boot(
     spec: str | None,
     esp: bootfs.BootFiles,
     oem: bootfs.BootFiles | None,
-    config: BootConfig,
+    config: BootSettings,
     running_cmdline: str,
 ) -> BootPlan:
     slot = pick_slot(st, spec)

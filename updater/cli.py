@@ -13,6 +13,7 @@ from typing import NoReturn
 
 from updater import __version__
 from updater.commands import boot as boot_commands
+from updater.commands import config as config_commands
 from updater.commands import slots as slot_commands
 from updater.commands import verity as verity_commands
 from updater.errors import UpdaterError
@@ -66,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="mounted ESP to use (default: /boot on the running system, else the disk's own)",
     )
     parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="configuration file (default /etc/updater/updater.toml; see updater config --help)",
+    )
+    parser.add_argument(
         "--oem",
         metavar="DIR",
         help="mounted OEM partition (default: /oem or /usr/share/oem, else the disk's own)",
@@ -77,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMAND_MODULES = [slot_commands, boot_commands, verity_commands]
+COMMAND_MODULES = [slot_commands, boot_commands, verity_commands, config_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,9 +18,15 @@ class UpdaterError(Exception):
 
 
 class UsageError(UpdaterError):
-    """The command line or a configuration value is wrong."""
+    """The command line or the configuration file is wrong: the operator's input, exit 2."""
 
     exit_code = 2
+
+
+class DataError(UpdaterError):
+    """Bytes found on a disk, the ESP, the OEM partition or in a state file are malformed or
+    hostile (a damaged grubenv, an OEM grub.cfg GRUB would have to evaluate, a bad journal).
+    Not the operator's command line: exit 1."""
 
 
 class DeviceError(UpdaterError):
@@ -44,7 +50,8 @@ class VerificationError(UpdaterError):
 
 
 class TransportError(UpdaterError):
-    """Fetching something over the network failed."""
+    """Fetching something failed on the way: connection refused or reset, a timeout, an HTTP
+    error status, a repository that cannot be read. Retrying later may help."""
 
 
 class ToolMissing(UpdaterError):

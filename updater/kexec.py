@@ -17,14 +17,13 @@ This module does not choose slots or build command lines (``updater.slots``, ``u
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
 from updater.errors import UpdaterError
-from updater.run import CommandFailed, run
+from updater.run import CommandFailed, child_env, run
 
 
 class Method(StrEnum):
@@ -131,8 +130,7 @@ def probe_support(proc: str = "/proc", sys: str = "/sys") -> KexecSupport:
         lockdown = text.split("[", 1)[1].split("]", 1)[0]
     comm = _read(Path(proc, "1/comm")).strip()
     return KexecSupport(
-        tool=shutil.which("kexec", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
-        is not None,
+        tool=shutil.which("kexec", path=child_env()["PATH"]) is not None,
         load_disabled=disabled,
         lockdown=lockdown,
         systemd=comm == "systemd" and shutil.which("systemctl") is not None,

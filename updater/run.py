@@ -1,12 +1,15 @@
 """The one way this project runs external commands.
 
 Argument lists only (never a shell), checked by default, stdin from /dev/null unless input is given,
-``LANG=C.UTF-8`` so that tool output parses the same everywhere, and the command echoed with ``+ ``
-on stderr when debugging is on.
+and the command echoed with ``+ `` on stderr when debugging is on. The child's environment is built
+from scratch (``child_env``): ``PATH``, ``HOME`` and ``TERM`` from ours, ``LANG=C.UTF-8`` and no
+``LC_*`` or ``LANGUAGE`` at all, so that every tool prints the untranslated messages that callers
+match (``kexec.classify`` reads strerror texts), plus what the caller passes explicitly.
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
 import shlex
 import shutil
@@ -16,17 +19,37 @@ from collections.abc import Mapping, Sequence
 
 from updater.errors import ToolMissing, UpdaterError
 
-DEBUG = False
+# A context variable, not a module global: a flow that runs in a thread or a test that turns
+# debugging on for one call does not leak the setting into unrelated code.
+_DEBUG: contextvars.ContextVar[bool] = contextvars.ContextVar("updater_debug", default=False)
+
+# Always searched after the caller's PATH: the tools live in sbin on Debian, which a non-login
+# root shell or a systemd unit may not have on its PATH.
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_INHERITED = ("PATH", "HOME", "TERM", "TMPDIR")
 
 
 def set_debug(enabled: bool) -> None:
-    global DEBUG
-    DEBUG = enabled
+    _DEBUG.set(enabled)
+
+
+def debugging() -> bool:
+    return _DEBUG.get()
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of every child process (see the module docstring)."""
+    env = {key: os.environ[key] for key in _INHERITED if key in os.environ}
+    env["PATH"] = ":".join(p for p in (env.get("PATH", ""), SYSTEM_PATH) if p)
+    env["LANG"] = "C.UTF-8"
+    if extra:
+        env.update(extra)
+    return env
 
 
 def require_tool(name: str, package: str | None = None) -> str:
     """Return the path of ``name`` or raise ToolMissing naming the Debian package to install."""
-    path = shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+    path = shutil.which(name, path=child_env()["PATH"])
     if path is None:
         pkg = package or name
         raise ToolMissing(f"{name} is not installed", hint=f"install the Debian package {pkg}")
@@ -53,12 +76,8 @@ def run(
     timeout: float | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``argv``; raise CommandFailed on a non-zero exit when ``check``."""
-    full_env = dict(os.environ)
-    full_env["LANG"] = "C.UTF-8"
-    full_env.pop("LC_ALL", None)
-    if env:
-        full_env.update(env)
-    if DEBUG:
+    full_env = child_env(env)
+    if debugging():
         sys.stderr.write("+ " + shlex.join(argv) + "\n")
     try:
         proc = subprocess.run(

@@ -21,7 +21,10 @@ pytestmark = pytest.mark.integration
 HASH_A = "a" * 64
 HASH_B = "b" * 64
 OK = KexecSupport(tool=True, load_disabled=False, lockdown="none", systemd=True)
+# The fakes read their settings from fake.env beside them: updater runs its tools in an
+# environment built from scratch, so variables exported by the test never reach them.
 FAKE = """#!/bin/bash
+. "$(dirname "$0")/fake.env"
 { printf '%q ' "$(basename "$0")" "$@"; echo; } >> "$FAKE_LOG"
 case "$(basename "$0") $*" in
   "kexec -s"*) [ -n "$FAKE_FAIL_S" ] && { echo "$FAKE_FAIL_S" >&2; exit 1; } ;;
@@ -80,9 +83,15 @@ def fakes(fast_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     log = fast_tmp / "commands.log"
     log.write_text("")
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_LOG", str(log))
+    fake_settings(log, FAKE_LOG=str(log))
     monkeypatch.setattr(bootflow, "STAGE_DIR", str(fast_tmp / "stage"))
     return log
+
+
+def fake_settings(log: Path, **values: str) -> None:
+    """Add shell assignments to the fakes' fake.env (bin/ beside the log)."""
+    with (log.parent / "bin" / "fake.env").open("a") as f:
+        f.writelines(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -171,8 +180,7 @@ def test_fallbacks_by_error_class(
     support: KexecSupport, fail_s: str, fail_c: str, expected_loads: list[str], method: str,
 ) -> None:  # fmt: skip
     use(monkeypatch, support)
-    monkeypatch.setenv("FAKE_FAIL_S", fail_s)
-    monkeypatch.setenv("FAKE_FAIL_C", fail_c)
+    fake_settings(fakes, FAKE_FAIL_S=fail_s, FAKE_FAIL_C=fail_c)
     d = str(boot_disk)
     assert run_cli(["--disk", d, "--booted", "A", "set-active", "B"], capsys)[0] == 0
     code, _, err = run_cli(["--disk", d, "--booted", "A", "reboot"], capsys)
@@ -215,8 +223,8 @@ def test_initrd_delivery_keeps_the_cmdline_stable(
 ) -> None:  # fmt: skip
     need_tools("bsdtar")
     use(monkeypatch, OK)
-    conf = fast_tmp / "boot.conf"
-    conf.write_text("DELIVERY=initrd\n")
+    conf = fast_tmp / "updater.toml"
+    conf.write_text('[boot]\ndelivery = "initrd"\n')
     d = str(boot_disk)
     lines = []
     for slot in ("A", "B"):
@@ -242,9 +250,10 @@ def test_bad_config_is_one_line_and_changes_nothing(
     capsys: pytest.CaptureFixture[str], fast_tmp: Path,
 ) -> None:  # fmt: skip
     use(monkeypatch, OK)
-    conf = fast_tmp / "boot.conf"
-    conf.write_text("DELIVERY=pigeon\n")
+    conf = fast_tmp / "updater.toml"
+    conf.write_text('[boot]\ndelivery = "pigeon"\n')
     before = sha(boot_disk)
     code, _, err = run_cli(["--disk", str(boot_disk), "kexec", "--config", str(conf)], capsys)
-    assert code == 2 and "DELIVERY must be cmdline or initrd" in err and err.count("\n") == 1
+    assert code == 2 and "[boot] delivery must be one of cmdline, initrd" in err
+    assert err.count("\n") == 1
     assert logged(fakes) == [] and sha(boot_disk) == before

@@ -9,7 +9,8 @@ import pytest
 
 from updater import bootflow, gptformat, kexec, slots, state
 from updater.cmdline import Delivery
-from updater.errors import NoBootableSlot, SlotError, UsageError, VerificationError
+from updater.config import BootSettings
+from updater.errors import NoBootableSlot, SlotError, VerificationError
 from updater.kexec import KexecImage, KexecSupport, Method
 
 from .memdisk import build, flatcar_parts
@@ -104,40 +105,6 @@ def test_probe_support_reads_proc_and_sys(tmp_path: Path) -> None:
     assert (s.load_disabled, s.lockdown, s.systemd) == (True, "integrity", False)
 
 
-# --- configuration ---------------------------------------------------------------------------
-
-
-def test_parse_config() -> None:
-    cfg = bootflow.parse_config(
-        '# comment\nEXTRA_ARGS="console=ttyS1 panic=10"\nREUSE_CMDLINE=yes\nDROP_ARGS=quiet\n'
-        "DELIVERY=initrd\nVERITY=no\nARCH=arm64\n"
-    )
-    assert cfg == bootflow.BootConfig(
-        extra_args=("console=ttyS1", "panic=10"),
-        reuse_cmdline=True,
-        drop_args=("quiet",),
-        delivery=Delivery.INITRD,
-        verity=False,
-        arch="arm64",
-    )
-    assert bootflow.parse_config("") == bootflow.BootConfig()
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("NOPE=1", "unknown setting NOPE"),
-        ("VERITY=maybe", "yes or no"),
-        ("DELIVERY=email", "cmdline or initrd"),
-        ("EXTRA_ARGS", "expected KEY=VALUE"),
-        ('EXTRA_ARGS="unclosed', "No closing quotation"),
-    ],
-)
-def test_parse_config_errors(text: str, message: str) -> None:
-    with pytest.raises(UsageError, match=message):
-        bootflow.parse_config(text, "boot.conf")
-
-
 # --- the plan --------------------------------------------------------------------------------
 
 
@@ -186,7 +153,7 @@ def test_plan_follows_grub_choice_and_builds_flatcar_cmdline() -> None:
     st = disk_state((1, 0, True), (2, 1, False))
     oem = MemFiles({"grub.cfg": b'set oem_id="qemu"\nset linux_append="x=1"\n'})
     plan = bootflow.plan_boot(
-        st, None, esp(flatcar__first_boot=b""), oem, bootflow.BootConfig(), ""
+        st, None, esp(flatcar__first_boot=b""), oem, BootSettings(), ""
     )
     assert plan.slot.partition == 4 and plan.kernel == "flatcar/vmlinuz-b"
     assert plan.initrd == "flatcar/initrd-b"
@@ -201,13 +168,13 @@ def test_plan_refuses_kernel_without_hash_and_unbootable_slots() -> None:
     files = esp()
     files.files["flatcar/vmlinuz-b"] = kernel(None)
     with pytest.raises(VerificationError, match="no dm-verity root hash"):
-        bootflow.plan_boot(st, None, files, None, bootflow.BootConfig(), "")
+        bootflow.plan_boot(st, None, files, None, BootSettings(), "")
     with pytest.raises(SlotError, match="cannot boot"):
         bootflow.plan_boot(disk_state((1, 0, True), (0, 0, False)), "B", esp(), None,
-                           bootflow.BootConfig(), "")  # fmt: skip
+                           BootSettings(), "")  # fmt: skip
     with pytest.raises(NoBootableSlot):
         bootflow.plan_boot(disk_state((0, 0, True), (0, 0, False)), None, esp(), None,
-                           bootflow.BootConfig(), "")  # fmt: skip
+                           BootSettings(), "")  # fmt: skip
 
 
 def test_plan_reuses_running_cmdline_without_slot_args() -> None:
@@ -216,7 +183,7 @@ def test_plan_reuses_running_cmdline_without_slot_args() -> None:
         "BOOT_IMAGE=/flatcar/vmlinuz-b mount.usr=/dev/mapper/usr "
         f"verity.usr=PARTUUID={uuid.uuid4()} root=LABEL=ROOT quiet custom=1 verity.usrhash={HASH_B}"
     )
-    cfg = bootflow.BootConfig(reuse_cmdline=True)
+    cfg = BootSettings(reuse_cmdline=True)
     plan = bootflow.plan_boot(st, None, esp(), None, cfg, running)
     words = plan.cmdline.split()
     assert "custom=1" in words and "quiet" not in words
@@ -226,7 +193,7 @@ def test_plan_reuses_running_cmdline_without_slot_args() -> None:
 
 def test_stage_initrd_delivery_appends_facts_archive() -> None:
     st = disk_state((1, 0, True), (0, 0, False))
-    cfg = bootflow.BootConfig(delivery=Delivery.INITRD)
+    cfg = BootSettings(delivery=Delivery.INITRD)
     plan = bootflow.stage(
         bootflow.plan_boot(st, "A", esp(), None, cfg, ""), esp(), "/run/x", copy=False
     )

@@ -156,7 +156,8 @@ def test_kexec_update_cycle_and_fallbacks(
     # command line names no slot at all
     shell(m)
     m.run("updater mark-good").check()  # A booted well: keep it (else GRUB's rule picks B)
-    m.run("mkdir -p /etc/updater && echo DELIVERY=initrd > /etc/updater/boot.conf").check()
+    m.run("mkdir -p /etc/updater && printf '[boot]\\ndelivery = \"initrd\"\\n' "
+          "> /etc/updater/updater.toml").check()  # fmt: skip
     since = m.console.position()
     m.console.write("updater kexec\n")
     m.wait_for(r"boot facts from the initrd: slot A", BOOT_TIMEOUT, since)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from updater import bootdisk, bootflow, bootfs, jsonout, kexec, state
+from updater import bootdisk, bootflow, bootfs, config, jsonout, kexec, state
 from updater.errors import UpdaterError
 from updater.run import run
 
@@ -16,12 +16,12 @@ def _out(text: str) -> None:
 
 
 def _plan(args: argparse.Namespace, directory: str, *, copy: bool) -> bootflow.BootPlan:
-    config = bootflow.load_config(args.config)
+    settings = config.load(args.config).boot
     st = state.load(args.disk, args.booted, args.esp)
     running = args.disk is None
     esp = bootfs.locate_esp(st.disk, st.table, args.esp, running)
     oem = bootfs.locate_oem(st.disk, st.table, args.oem, running)
-    plan = bootflow.plan_boot(st, args.slot, esp, oem, config, bootdisk.read_cmdline())
+    plan = bootflow.plan_boot(st, args.slot, esp, oem, settings, bootdisk.read_cmdline())
     return bootflow.stage(plan, esp, directory, copy=copy)
 
 
@@ -121,16 +121,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                 "the slot's boot try durably, and jump (systemctl kexec; --force: kexec -e).\n"
                 "If kexec is impossible (lockdown, kexec_load_disabled, no kexec tool, a failed\n"
                 "load) the machine reboots through the firmware into the same slot instead.\n"
-                f"Settings: {bootflow.CONFIG_PATH} (EXTRA_ARGS, REUSE_CMDLINE, DROP_ARGS,\n"
-                "DELIVERY=cmdline|initrd, VERITY, ARCH)."
+                f"Settings: the [boot] section of {config.CONFIG_PATH} (updater config --help)."
             ),
         )
         p.add_argument("--slot", default="auto", metavar="auto|A|B", help="slot to boot")
         p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
         p.add_argument("--json", action="store_true", help="print the plan as JSON (README)")
         p.add_argument("--force", action="store_true", help="skip the clean shutdown")
+        # Also accepted after the command, as before it became a global option.
         p.add_argument(
-            "--config", metavar="FILE", help=f"settings (default {bootflow.CONFIG_PATH})"
+            "--config", metavar="FILE", default=argparse.SUPPRESS, help=argparse.SUPPRESS
         )
         if name == "reboot":
             p.add_argument(

@@ -1,0 +1,343 @@
+"""The configuration file, ``/etc/updater/updater.toml``: one table of settings that parses,
+validates and documents every key.
+
+Each ``Setting`` names its section and key, the function that turns the TOML value into the
+setting's value (and refuses anything else with one line), and its documentation. The defaults
+are the field defaults of the section dataclasses (``BootSettings``, ``UpdateSettings``, ...), so
+there is one place for each. ``reference()`` renders the table as the Markdown that the README
+shows and ``updater config --help`` prints; a test keeps the two equal.
+
+The file is operator input: every problem in it is a ``UsageError`` (exit 2) naming the file, the
+section and the key. The file is bounded in size, must be UTF-8, and unknown sections or keys are
+refused rather than ignored, so that a misspelt setting never silently keeps a default.
+
+Pure apart from ``load`` (which reads the file). This module does not know what the settings do;
+the flows that take a ``Config`` do.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from updater.cmdline import Delivery, split_cmdline
+from updater.errors import UsageError
+
+CONFIG_PATH = "/etc/updater/updater.toml"
+LEGACY_BOOT_CONF = "/etc/updater/boot.conf"  # KEY=VALUE file of earlier versions; now [boot]
+MAX_CONFIG_BYTES = 256 * 1024
+
+
+class RebootVia(StrEnum):
+    """How a command reboots after it changed the slot to boot next."""
+
+    KEXEC = "kexec"
+    FIRMWARE = "firmware"
+    NONE = "none"
+
+
+ARCHES = ("x86_64", "arm64")
+_ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "arm64": "arm64", "aarch64": "arm64"}
+
+
+def native_arch(machine: str | None = None) -> str:
+    """This machine's architecture in the project's spelling (``x86_64`` or ``arm64``)."""
+    raw = machine if machine is not None else os.uname().machine
+    return _ARCH_ALIASES.get(raw, raw)
+
+
+@dataclass(frozen=True)
+class BootSettings:
+    extra_args: tuple[str, ...] = ()
+    reuse_cmdline: bool = False
+    drop_args: tuple[str, ...] = ("rhgb", "quiet")
+    delivery: Delivery = Delivery.CMDLINE
+    verity: bool = True
+    arch: str = field(default_factory=native_arch)
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    repo: str = ""
+    trusted_root: str = "/usr/share/updater/root.json"
+    state_dir: str = "/var/lib/updater"
+    channel: str = "stable"
+    reboot: RebootVia = RebootVia.NONE
+    timeout: float = 30.0
+    retries: int = 4
+
+
+@dataclass(frozen=True)
+class Config:
+    boot: BootSettings = field(default_factory=BootSettings)
+    update: UpdateSettings = field(default_factory=UpdateSettings)
+    source: str | None = None  # the file it was read from; None: every default
+
+
+SECTIONS: Mapping[str, type[Any]] = {"boot": BootSettings, "update": UpdateSettings}
+
+# ------------------------------------------------------------------------------ value parsers
+# Each takes the TOML value and returns the setting's value, or raises ValueError whose text
+# completes "[section] key: ...".
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"must be true or false, not {value!r}")
+
+
+def _kernel_words(value: object) -> tuple[str, ...]:
+    """A string split the way the kernel splits its command line, or a list of single words."""
+    if isinstance(value, str):
+        words = split_cmdline(value)
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        words = tuple(value)
+        for word in words:
+            if split_cmdline(word) != (word,):
+                raise ValueError(f"{word!r} is not exactly one kernel argument")
+    else:
+        raise ValueError("must be a string or a list of strings")
+    for word in words:
+        if not word.isprintable():
+            raise ValueError(f"{word!r} holds control characters")
+    return words
+
+
+def _enum(kind: type[StrEnum]) -> Callable[[object], Any]:
+    def parse(value: object) -> Any:
+        choices = [str(m) for m in kind]
+        if isinstance(value, str) and value in choices:
+            return kind(value)
+        raise ValueError(f"must be one of {', '.join(choices)}, not {value!r}")
+
+    return parse
+
+
+def _arch(value: object) -> str:
+    if isinstance(value, str) and value in _ARCH_ALIASES:
+        return _ARCH_ALIASES[value]
+    raise ValueError(f"must be one of {', '.join(ARCHES)}, not {value!r}")
+
+
+def _absolute_path(value: object) -> str:
+    if isinstance(value, str) and value.startswith("/") and value.isprintable():
+        return value
+    raise ValueError(f"must be an absolute path, not {value!r}")
+
+
+_URL = re.compile(r"https?://[^\s/]+(/\S*)?")
+
+
+def _repository(value: object) -> str:
+    """An http(s) URL or an absolute directory (a local copy of the repository)."""
+    if isinstance(value, str) and (value == "" or _URL.fullmatch(value)):
+        return value.rstrip("/")
+    if isinstance(value, str) and value.startswith("/") and value.isprintable():
+        return value
+    raise ValueError(f"must be an http:// or https:// URL or an absolute directory, not {value!r}")
+
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def _name(value: object) -> str:
+    if isinstance(value, str) and _NAME.fullmatch(value):
+        return value
+    raise ValueError(f"must be 1-64 of a-z 0-9 . _ - starting with a letter or digit: {value!r}")
+
+
+def _seconds(low: float, high: float) -> Callable[[object], float]:
+    def parse(value: object) -> float:
+        if isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high:
+            return float(value)
+        raise ValueError(f"must be a number of seconds from {low:g} to {high:g}, not {value!r}")
+
+    return parse
+
+
+def _count(low: int, high: int) -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+            return value
+        raise ValueError(f"must be a whole number from {low} to {high}, not {value!r}")
+
+    return parse
+
+
+# ---------------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Setting:
+    section: str
+    key: str
+    parse: Callable[[object], Any]
+    doc: str
+    default_doc: str | None = None  # how the default reads in the reference, when not literal
+
+    def default(self) -> Any:
+        f = next(f for f in fields(SECTIONS[self.section]) if f.name == self.key)
+        if f.default is not MISSING:
+            return f.default
+        factory: Callable[[], Any] = f.default_factory  # type: ignore[assignment]
+        return factory()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("boot", "extra_args", _kernel_words,
+            "Kernel arguments appended to Flatcar's command line (a string, split as the kernel "
+            "splits it, or a list of single arguments)."),
+    Setting("boot", "reuse_cmdline", _bool,
+            "Keep the running kernel's arguments across a kexec, minus every slot-specific one "
+            "(`mount.usr`, `verity.usr`, `verity.usrhash`, `usrhash`, `root`, `BOOT_IMAGE`, "
+            "`flatcar.first_boot`, `initrd`)."),
+    Setting("boot", "drop_args", _kernel_words,
+            "Arguments dropped from the reused ones when `reuse_cmdline` is on."),
+    Setting("boot", "delivery", _enum(Delivery),
+            "`cmdline`: the slot, its verity hash and the first-boot flag go on the kernel "
+            "command line, as GRUB puts them. `initrd`: they travel in a small cpio appended to "
+            "the initrd, and the command line stays the same across slots and updates."),
+    Setting("boot", "verity", _bool,
+            "Refuse a kernel that carries no dm-verity root hash; `false` for images without "
+            "verity (`mount.usr=PARTUUID=`)."),
+    Setting("boot", "arch", _arch,
+            "Where the root hash sits in the kernel (`x86_64`: byte 0x40, `arm64`: byte 512), "
+            "and which releases `update` takes.", "this machine's"),
+    Setting("update", "repo", _repository,
+            "The release repository: an `http://` or `https://` URL (its `metadata/` and "
+            "`targets/` below it) or an absolute directory holding a copy (offline media). "
+            "Empty: `update` needs `--repo`."),
+    Setting("update", "trusted_root", _absolute_path,
+            "The repository's root metadata shipped in the OS image: the trust anchor when the "
+            "state directory has no root yet."),
+    Setting("update", "state_dir", _absolute_path,
+            "Where the verified metadata and the resume journal are kept."),
+    Setting("update", "channel", _name, "The release channel to follow."),
+    Setting("update", "reboot", _enum(RebootVia),
+            "What `update` does after activating a release: `kexec`, `firmware` or `none`."),
+    Setting("update", "timeout", _seconds(1, 3600),
+            "Seconds without progress after which a connection or a read is given up."),
+    Setting("update", "retries", _count(0, 20),
+            "Retries, with exponential backoff, after a transient network failure."),
+)  # fmt: skip
+
+_BY_KEY = {(s.section, s.key): s for s in SETTINGS}
+
+
+def _check_table() -> None:
+    """Every section field has exactly one setting and the other way round (import time)."""
+    wanted = {(name, f.name) for name, cls in SECTIONS.items() for f in fields(cls)}
+    if wanted != set(_BY_KEY) or len(_BY_KEY) != len(SETTINGS):
+        raise AssertionError(f"settings table and sections differ: {wanted ^ set(_BY_KEY)}")
+
+
+_check_table()
+
+
+def parse(text: str, source: str = CONFIG_PATH) -> Config:
+    """The configuration in ``text`` (TOML). Raises UsageError naming the source on any problem."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{source}: {exc}") from None
+    sections: dict[str, Any] = {}
+    for name, table in document.items():
+        if name not in SECTIONS:
+            raise UsageError(f"{source}: unknown section [{name}] (known: {', '.join(SECTIONS)})")
+        if not isinstance(table, dict):
+            raise UsageError(f"{source}: {name} must be a [section]")
+        values: dict[str, Any] = {}
+        for key, raw in table.items():
+            setting = _BY_KEY.get((name, key))
+            if setting is None:
+                known = ", ".join(s.key for s in SETTINGS if s.section == name)
+                raise UsageError(f"{source}: unknown setting [{name}] {key} (known: {known})")
+            try:
+                values[key] = setting.parse(raw)
+            except ValueError as exc:
+                raise UsageError(f"{source}: [{name}] {key} {exc}") from None
+        sections[name] = SECTIONS[name](**values)
+    return Config(**sections, source=source)
+
+
+def decode(data: bytes, source: str) -> str:
+    if len(data) > MAX_CONFIG_BYTES:
+        raise UsageError(f"{source}: {len(data)} bytes, more than {MAX_CONFIG_BYTES} allowed")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{source}: not UTF-8 text (byte {exc.start})") from None
+
+
+def load(path: str | None = None) -> Config:
+    """Read ``path`` (default ``CONFIG_PATH``; a missing default file means every default).
+
+    A leftover ``boot.conf`` of earlier versions is refused with a pointer to ``[boot]`` rather
+    than ignored: its settings (a DELIVERY, an EXTRA_ARGS) would otherwise silently stop applying.
+    """
+    target = Path(path or CONFIG_PATH)
+    if path is None and Path(LEGACY_BOOT_CONF).exists():
+        raise UsageError(
+            f"{LEGACY_BOOT_CONF} is no longer read",
+            hint=f"move its settings to the [boot] section of {CONFIG_PATH} "
+            "(see updater config --help)",
+        )
+    try:
+        data = target.read_bytes()
+    except FileNotFoundError:
+        if path:
+            raise UsageError(f"{path}: no such configuration file") from None
+        return Config()
+    except OSError as exc:
+        raise UsageError(f"{target}: cannot read: {exc.strerror}") from None
+    return parse(decode(data, str(target)), str(target))
+
+
+def with_overrides(config: Config, section: str, **values: Any) -> Config:
+    """``config`` with settings of one section replaced (command-line options win over the
+    file); None values are left as they are."""
+    current = getattr(config, section)
+    given = {k: v for k, v in values.items() if v is not None}
+    return replace(config, **{section: replace(current, **given)})
+
+
+def show(value: Any) -> str:
+    """A value as it is written in TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(show(v) for v in value) + "]"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def as_dict(config: Config) -> dict[str, dict[str, Any]]:
+    """The effective settings, JSON-ready (``updater config show --json``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for s in SETTINGS:
+        value = getattr(getattr(config, s.section), s.key)
+        out.setdefault(s.section, {})[s.key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def reference() -> str:
+    """The Markdown reference of every setting, by section (README and ``config --help``)."""
+    lines: list[str] = []
+    for section in SECTIONS:
+        lines += [f"`[{section}]`", "", "| key | default | meaning |", "|---|---|---|"]
+        for s in SETTINGS:
+            if s.section == section:
+                default = s.default_doc or f"`{show(s.default())}`"
+                lines.append(f"| `{s.key}` | {default} | {s.doc} |")
+        lines.append("")
+    return "\n".join(lines)
