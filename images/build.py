@@ -144,7 +144,7 @@ def build_key(versions: Sequence[int]) -> str:
     inputs: list[Path] = []
     for sub in ("images", "initrd-hooks", "grub", "updater"):
         inputs += list(_files(REPO / sub))
-    digest_files(h, inputs)
+    digest_files(h, [*inputs, REPO / "pyproject.toml"])  # the runtime dependencies
     return h.hexdigest()[:20]
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 import time
+import tomllib
 from pathlib import Path
 
 from images import REPO, digest_files, progress
@@ -206,9 +208,48 @@ ExecStart=-/sbin/agetty --autologin root --noclear --keep-baud 115200,57600,3840
 """
 
 
+def runtime_requirements() -> list[str]:
+    """The project's runtime dependencies, as pyproject.toml declares them (one source of truth)."""
+    with (REPO / "pyproject.toml").open("rb") as f:
+        project = tomllib.load(f)["project"]
+    return [str(r) for r in project["dependencies"]]
+
+
+def install_python_deps(tree: Path) -> None:
+    """The updater's Python dependencies into the image's dist-packages, as binary wheels for the
+    image's CPython (3.11, like the host's) taken through the host's pip and its cache. The image
+    has no network and no compiler, and Debian's packaged versions lag the ones the project pins."""
+    progress("Python dependencies (wheels for the image's CPython 3.11)")
+    target = tree / "usr/lib/python3/dist-packages"
+    run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "--target", str(target), "--upgrade", "--no-compile",
+         "--only-binary=:all:", "--implementation", "cp", "--python-version", "3.11",
+         "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_28_x86_64",
+         "--platform", "manylinux_2_17_x86_64", "--platform", "linux_x86_64",
+         *runtime_requirements()],
+        env={k: v for k, v in os.environ.items() if k.startswith("PIP_")},  # the host's pip setup
+    )  # fmt: skip
+    # pip's own bookkeeping and entry points are of no use inside the image.
+    shutil.rmtree(target / "bin", ignore_errors=True)
+
+
+NETWORK = """# Test VMs: QEMU user networking (10.0.2.0/24, gateway 10.0.2.2), no DHCP wait.
+[Match]
+Driver=virtio_net
+
+[Network]
+Address=10.0.2.15/24
+Gateway=10.0.2.2
+LinkLocalAddressing=no
+IPv6AcceptRA=no
+"""
+
+
 def customize(tree: Path) -> None:
     """Everything the test image needs beyond the packages, done once for all versions."""
     progress("customising the tree (updater package, units, initramfs)")
+    install_python_deps(tree)
     # The project's updater, as the image's /usr/bin/updater.
     dest = tree / "usr/lib/python3/dist-packages/updater"
     shutil.rmtree(dest, ignore_errors=True)
@@ -231,6 +272,11 @@ def customize(tree: Path) -> None:
         link.unlink(missing_ok=True)
         link.symlink_to("/dev/null")
     write(tree / "etc/hostname", "updater\n")
+    # A NIC appears only in VMs that are given one (restricted user networking to the host).
+    write(tree / "etc/systemd/network/50-qemu.network", NETWORK)
+    networkd = tree / "etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
+    networkd.unlink(missing_ok=True)
+    networkd.symlink_to("/lib/systemd/system/systemd-networkd.service")
     write(tree / "root/.bashrc", "PS1='\\h:\\W\\$ '\n")
     # No network in the test VMs, and an empty fstab: the initrd mounts / and /usr.
     write(tree / "etc/fstab", "# / and /usr are mounted by the initrd (updater dracut module)\n")

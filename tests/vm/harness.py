@@ -56,6 +56,24 @@ class DirectKernel:
 
 
 @dataclass(frozen=True)
+class Forward:
+    """A guest TCP address that reaches a port on the host's loopback (QEMU ``guestfwd``).
+
+    The guest connects to ``guest_addr:guest_port`` (inside QEMU's user network 10.0.2.0/24, where
+    the test image has address 10.0.2.15); each connection runs ``socat`` to 127.0.0.1:``host_port``.
+    QEMU's chardev form of guestfwd opens one connection at start-up and serves only that one, so
+    the per-connection command form is used."""
+
+    host_port: int
+    guest_port: int = 80
+    guest_addr: str = "10.0.2.100"
+
+    def netdev_option(self) -> str:
+        return (f"guestfwd=tcp:{self.guest_addr}:{self.guest_port}-"
+                f"cmd:socat STDIO TCP:127.0.0.1:{self.host_port}")  # fmt: skip
+
+
+@dataclass(frozen=True)
 class VmConfig:
     boot: Firmware | DirectKernel
     disk: Path | None = None  # raw base image; the machine boots a qcow2 overlay over it
@@ -66,6 +84,9 @@ class VmConfig:
     # with serial "extraN" (/dev/disk/by-id/virtio-extra1, ...): payloads for a guest that has
     # no network.
     extra_disks: tuple[Path, ...] = ()
+    # Restricted user networking (no route to the host or anywhere else) with only these
+    # forwards to the host's loopback; no network device at all when empty.
+    forwards: tuple[Forward, ...] = ()
     extra_args: tuple[str, ...] = ()
 
 
@@ -289,7 +310,7 @@ class Machine:
         args = [
             QEMU, "-accel", "tcg", "-machine", "q35",
             "-m", str(c.memory_mib), "-smp", str(c.cpus),
-            "-nodefaults", "-display", "none", "-nic", "none",
+            "-nodefaults", "-display", "none",
             "-chardev", f"socket,id=serial0,path={serial},server=on,wait=off",
             "-serial", "chardev:serial0",
             "-qmp", f"unix:{qmp},server=on,wait=off",
@@ -317,6 +338,14 @@ class Machine:
                 "-drive", f"if=none,id=extra{i},format=raw,readonly=on,file={extra.resolve()}",
                 "-device", f"virtio-blk-pci,drive=extra{i},serial=extra{i}",
             ]  # fmt: skip
+        if c.forwards:
+            options = ",".join(f.netdev_option() for f in c.forwards)
+            args += [
+                "-netdev", f"user,id=net0,restrict=on,{options}",
+                "-device", "virtio-net-pci,netdev=net0",
+            ]  # fmt: skip
+        else:
+            args += ["-nic", "none"]
         return args + list(c.extra_args)
 
     def start(self, timeout: float = 30) -> Console:
