@@ -60,7 +60,8 @@ class Forward:
     """A guest TCP address that reaches a port on the host's loopback (QEMU ``guestfwd``).
 
     The guest connects to ``guest_addr:guest_port`` (inside QEMU's user network 10.0.2.0/24, where
-    the test image has address 10.0.2.15); each connection runs ``socat`` to 127.0.0.1:``host_port``.
+    the test image has address 10.0.2.15); each connection runs ``socat`` to the host's
+    127.0.0.1:``host_port``.
     QEMU's chardev form of guestfwd opens one connection at start-up and serves only that one, so
     the per-connection command form is used."""
 
