@@ -3,6 +3,7 @@ fetcher serving it: client tests run without network or subprocess."""
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,10 +36,10 @@ class Image:
 
 def make_image(version: int, fs_size: int = 5 * BLOCK_SIZE + 100, arch: str = "x86_64") -> Image:
     """A USR image as the image builder makes one: a filesystem (a squashfs superblock with
-    bytes_used, then filler), padding to 4096, a verity superblock and tree from the project's
+    bytes_used, then random bytes), padding to 4096, a verity superblock and tree from the project's
     own verity module; and a kernel carrying the root hash where GRUB reads it."""
     head = b"hsqs" + bytes(36) + fs_size.to_bytes(8, "little")
-    body = bytes((version * 7 + i) % 251 for i in range(fs_size - len(head)))
+    body = random.Random(version).randbytes(fs_size - len(head))  # incompressible, like squashfs
     offset = -(-fs_size // BLOCK_SIZE) * BLOCK_SIZE
     data = (head + body).ljust(offset, b"\0")
     params = VerityParams(offset // BLOCK_SIZE, b"")

@@ -140,7 +140,7 @@ class ReleaseClient:
         return self.endpoint.targets_url + name
 
     def source(self, target: TargetFile) -> TargetSource:
-        return TargetSource(self.endpoint.fetcher, self.url(target), target.length)
+        return TargetSource(self.endpoint.fetcher, target.path, self.url(target), target.length)
 
     def read(self, target: TargetFile) -> bytes:
         """A small target's bytes in memory, checked against its signed length and hashes."""

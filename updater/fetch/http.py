@@ -117,6 +117,8 @@ class HttpFetcher(StreamingFetcher):
         """The bytes of ``url`` from ``start`` to its end, or to the signed ``length``. The first
         request is made now (so HTTP errors surface here); the body comes lazily."""
         check_start(start, length)
+        if start == length:
+            return iter(())  # a resume at the very end: nothing is left to ask for
         download = _Download(self, url, start, length)
         download.connect()
         return download.chunks()

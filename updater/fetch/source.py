@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from tuf.ngclient.fetcher import FetcherInterface
 
 from updater.fetch.bounds import check_start
+from updater.fetch.failures import at_edge
 
 
 class StreamingFetcher(FetcherInterface):
@@ -31,9 +32,18 @@ class StreamingFetcher(FetcherInterface):
 @dataclass(frozen=True)
 class TargetSource:
     fetcher: StreamingFetcher
+    name: str  # the target's path, for messages
     url: str
     length: int  # the signed length
 
     def open(self, start: int = 0) -> Iterator[bytes]:
+        """The bytes from ``start`` to the signed length. Failures, now or while iterating,
+        are the project's ``TransportError`` or ``VerificationError``."""
         check_start(start, self.length)
-        return self.fetcher.stream(self.url, start, self.length)
+        with at_edge(f"fetching {self.name}"):
+            chunks = self.fetcher.stream(self.url, start, self.length)
+        return self._translated(chunks)
+
+    def _translated(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        with at_edge(f"fetching {self.name}"):
+            yield from chunks
