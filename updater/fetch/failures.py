@@ -18,9 +18,7 @@ from tuf.api import exceptions as tuf_errors
 
 from updater.errors import DeviceError, TransportError, UpdaterError, VerificationError
 
-_CLOCK_HINT = (
-    "the repository must be re-signed (updater repo expire), or this machine's clock is wrong"
-)
+_CLOCK_HINT = "re-sign the repository with updater repo expire, or check this machine's clock"
 
 
 # python-tuf's exception classes, most specific first: (class, project error, words, hint).
