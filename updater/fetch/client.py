@@ -98,6 +98,7 @@ class ReleaseClient:
     ) -> None:
         self.endpoint = where
         self.metadata_dir = Path(metadata_dir)
+        self._consistent: bool | None = None
         with at_edge("loading the trusted root"):
             self.metadata_dir.mkdir(parents=True, exist_ok=True)
             self._updater = Updater(
@@ -125,10 +126,14 @@ class ReleaseClient:
         return SignedTarget(target.path, target.length, dict(target.hashes), target.custom)
 
     def _consistent_snapshot(self) -> bool:
-        # python-tuf writes root.json only after verifying it: the newest trusted root.
-        with at_edge("reading the trusted root"):
-            root = Metadata[Root].from_file(str(self.metadata_dir / "root.json")).signed
-        return bool(root.consistent_snapshot)
+        # python-tuf writes root.json only after verifying it: the newest trusted root. Read
+        # once, after the refresh that produced the TargetFile being asked about (an Updater
+        # refreshes once in its life, so the root cannot change after that).
+        if self._consistent is None:
+            with at_edge("reading the trusted root"):
+                root = Metadata[Root].from_file(str(self.metadata_dir / "root.json")).signed
+            self._consistent = bool(root.consistent_snapshot)
+        return self._consistent
 
     def url(self, target: TargetFile) -> str:
         """Where the bytes of ``target`` are, named as python-tuf's ngclient names them (with
