@@ -17,6 +17,7 @@ from updater.release import Version, parse_version
 
 if TYPE_CHECKING:
     from updater.repo.repository import Expiry, Repository
+    from updater.repo.storage import DirStorage
 
 ROLE_NAMES = ("root", "targets", "snapshot", "timestamp")
 READ_SIZE = 4 << 20
@@ -60,7 +61,7 @@ def _frame_mib(text: str) -> int:
     return int(text)
 
 
-def _open(args: argparse.Namespace) -> tuple[Any, Repository]:
+def _open(args: argparse.Namespace) -> tuple[DirStorage, Repository]:
     from updater.repo.repository import Repository
     from updater.repo.storage import DirStorage
 
@@ -222,7 +223,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "add", "publish a release", cmd_add,
         description=ADD_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    add.add_argument("--version", required=True, type=_version, metavar="V", dest="version")
+    add.add_argument("--version", required=True, type=_version, metavar="V",
+                     help="release version: 1 to 4 dotted numbers, e.g. 3815.2.0")  # fmt: skip
     add.add_argument("--usr", required=True, metavar="IMAGE", help="USR image with verity tree")
     add.add_argument("--kernel", required=True, metavar="VMLINUZ", help="kernel with root hash")
     add.add_argument("--initrd", metavar="FILE", help="initrd (optional)")
@@ -230,7 +232,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--channel",
         type=config.option("update", "channel"),
         default="stable",
-        help="default: stable",
+        metavar="C",
+        help="release channel (default: stable)",
     )
     add.add_argument("--arch", choices=config.ARCHES, default=config.native_arch(),
                      help="default: this machine's")  # fmt: skip
