@@ -152,7 +152,9 @@ def esp(**extra: bytes) -> MemFiles:
 def test_plan_follows_grub_choice_and_builds_flatcar_cmdline() -> None:
     st = disk_state((1, 0, True), (2, 1, False))
     oem = MemFiles({"grub.cfg": b'set oem_id="qemu"\nset linux_append="x=1"\n'})
-    plan = bootflow.plan_boot(st, None, esp(flatcar__first_boot=b""), oem, BootSettings(), "")
+    plan = bootflow.plan_boot(
+        st, None, esp(flatcar__first_boot=b""), oem, BootSettings(), ""
+    )
     assert plan.slot.partition == 4 and plan.kernel == "flatcar/vmlinuz-b"
     assert plan.initrd == "flatcar/initrd-b"
     words = plan.cmdline.split()

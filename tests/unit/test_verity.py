@@ -48,7 +48,9 @@ def naive_levels(data: bytes, salt: bytes) -> tuple[list[bytes], bytes]:
 def make_data(blocks: int, seed: int) -> bytes:
     rng = random.Random(seed)
     # Mostly distinct blocks, and a few repeated ones so that equal digests appear too.
-    return b"".join(rng.randbytes(64) * 64 if i % 7 else b"\0" * 4096 for i in range(blocks))
+    return b"".join(
+        rng.randbytes(64) * 64 if i % 7 else b"\0" * 4096 for i in range(blocks)
+    )
 
 
 def tree_of(data: bytes, salt: bytes) -> VerityTree:
@@ -265,16 +267,11 @@ def parse(*argv: str) -> argparse.Namespace:
 def test_cli_arguments() -> None:
     args = parse("format", "d.img", "--hash-offset", "0x1000", "--salt", "-", "--json")
     assert (args.hash_offset, args.salt, args.json, args.func) == (
-        4096,
-        "-",
-        True,
-        verity_command.run_format,
+        4096, "-", True, verity_command.run_format
     )
     args = parse("verify", "d.img", "ab" * 32, "--hash-file", "h")
     assert (args.root_hash, args.hash_file, args.func) == (
-        b"\xab" * 32,
-        "h",
-        verity_command.run_verify,
+        b"\xab" * 32, "h", verity_command.run_verify
     )
 
 
