@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tuf.api.metadata import Metadata, MetaFile
+from tuf.api.metadata import Metadata, MetaFile, TargetFile
 from tuf.api.serialization.json import JSONSerializer
 
 from tests.unit.memrepo import MemoryRepo, make_image
@@ -221,10 +221,18 @@ def test_metadata_attacks_are_refused_in_one_line(
 # ----------------------------------------------------------------------------- target attacks
 
 
-def _stored(m: MemoryRepo, path: str) -> str:
+def corrupted(
+    m: MemoryRepo, tmp_path: Path, path: str, change: Callable[[bytes], bytes]
+) -> tuple[ReleaseClient, TargetFile]:
+    """A client and the signed target of ``path``, whose stored bytes went through ``change``."""
     target = m.repo.targets_md().signed.targets[path]
     folder, _, name = path.rpartition("/")
-    return f"targets/{folder}/{target.hashes['sha256']}.{name}"
+    stored = f"targets/{folder}/{target.hashes['sha256']}.{name}"
+    m.storage.files[stored] = change(m.storage.files[stored])
+    c = client(m, tmp_path)
+    signed = c.target(path)
+    assert signed is not None
+    return c, signed
 
 
 @pytest.mark.parametrize(
@@ -239,11 +247,7 @@ def _stored(m: MemoryRepo, path: str) -> str:
 def test_bad_target_bytes_are_refused(
     repo: MemoryRepo, tmp_path: Path, change: Callable[[bytes], bytes], message: str
 ) -> None:
-    stored = _stored(repo, "stable/x86_64/2/vmlinuz")
-    repo.storage.files[stored] = change(repo.storage.files[stored])
-    c = client(repo, tmp_path)
-    kernel = c.target("stable/x86_64/2/vmlinuz")
-    assert kernel is not None
+    c, kernel = corrupted(repo, tmp_path, "stable/x86_64/2/vmlinuz", change)
     dest = tmp_path / "vmlinuz"
     with pytest.raises(VerificationError, match=message):
         c.download(kernel, dest)
@@ -257,11 +261,7 @@ def test_bad_target_bytes_are_refused(
 def test_usr_source_refuses_wrong_lengths(
     repo: MemoryRepo, tmp_path: Path, change: Callable[[bytes], bytes], message: str
 ) -> None:
-    stored = _stored(repo, "stable/x86_64/2/usr.img.zst")
-    repo.storage.files[stored] = change(repo.storage.files[stored])
-    c = client(repo, tmp_path)
-    usr = c.target("stable/x86_64/2/usr.img.zst")
-    assert usr is not None
+    c, usr = corrupted(repo, tmp_path, "stable/x86_64/2/usr.img.zst", change)
     with pytest.raises(VerificationError, match=message):
         b"".join(c.source(usr).open(10))
 
