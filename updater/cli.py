@@ -14,6 +14,8 @@ from typing import NoReturn
 from updater import __version__
 from updater.commands import boot as boot_commands
 from updater.commands import config as config_commands
+from updater.commands import releases as release_commands
+from updater.commands import repo as repo_commands
 from updater.commands import slots as slot_commands
 from updater.commands import verity as verity_commands
 from updater.errors import UpdaterError
@@ -83,7 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMAND_MODULES = [slot_commands, boot_commands, verity_commands, config_commands]
+COMMAND_MODULES = [
+    slot_commands,
+    boot_commands,
+    verity_commands,
+    config_commands,
+    repo_commands,
+    release_commands,
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,7 @@ the flows that take a ``Config`` do.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import tomllib
@@ -239,6 +240,20 @@ def _check_table() -> None:
 
 
 _check_table()
+
+
+def option(section: str, key: str) -> Callable[[str], Any]:
+    """An argparse ``type`` for a command-line option that overrides ``[section] key``: the
+    option accepts exactly what the file accepts."""
+    setting = _BY_KEY[(section, key)]
+
+    def parse(text: str) -> Any:
+        try:
+            return setting.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def parse(text: str, source: str = CONFIG_PATH) -> Config:

@@ -54,5 +54,10 @@ class TransportError(UpdaterError):
     error status, a repository that cannot be read. Retrying later may help."""
 
 
+class ReleaseError(UpdaterError):
+    """The repository's releases do not allow what was asked: a pinned version it does not
+    offer, a downgrade without permission, releases only for another architecture."""
+
+
 class ToolMissing(UpdaterError):
     """An external program the operation needs is not installed."""

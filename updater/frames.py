@@ -50,19 +50,41 @@ class FrameTable:
     def uncompressed_size(self, index: int) -> int:
         return min(self.frame_size, self.size - index * self.frame_size)
 
+    def problem(self) -> str | None:
+        """What makes the table inconsistent with its sizes, or None. The caller picks the error
+        class: a bad table is the operator's mistake when publishing, hostile data when fetched."""
+        if self.frame_size <= 0 or self.frame_size % MiB:
+            return f"frame size {self.frame_size} is not a positive multiple of 1 MiB"
+        expected = frame_count(self.size, self.frame_size) if self.size > 0 else 0
+        if self.size <= 0 or len(self.frames) != expected:
+            return f"{len(self.frames)} frames for {self.size} bytes in frames of {self.frame_size}"
+        for index, frame in enumerate(self.frames):
+            bound = compressed_bound(self.uncompressed_size(index))
+            if not 0 < frame.compressed_size <= bound:
+                return (
+                    f"frame {index} has {frame.compressed_size} compressed bytes, "
+                    f"outside 1..{bound} for {self.uncompressed_size(index)} bytes of content"
+                )
+        return None
+
     def check(self) -> None:
         """Raise UsageError unless the table is consistent with its sizes."""
-        if self.frame_size <= 0 or self.frame_size % MiB:
-            raise UsageError(f"frame size {self.frame_size} is not a positive multiple of 1 MiB")
-        expected = -(-self.size // self.frame_size) if self.size > 0 else 0
-        if self.size <= 0 or len(self.frames) != expected:
-            raise UsageError(
-                f"{len(self.frames)} frames for {self.size} bytes in frames of {self.frame_size}"
-            )
+        problem = self.problem()
+        if problem:
+            raise UsageError(problem)
 
 
 def frame_count(size: int, frame_size: int) -> int:
     return -(-size // frame_size)
+
+
+def compressed_bound(size: int) -> int:
+    """The largest zstd frame that ``size`` bytes of content can take: zstd's own
+    ``ZSTD_COMPRESSBOUND`` (incompressible data is stored in raw blocks, each with a 3-byte
+    header) plus room for the frame header and checksum. A signed frame table claiming more is
+    not something ``compress_frames`` made."""
+    small = ((128 << 10) - size) >> 11 if size < (128 << 10) else 0
+    return size + (size >> 8) + small + 32
 
 
 def compress_frames(
@@ -86,16 +108,30 @@ def compress_frames(
         yield compressor.compress(bytes(pending)), len(pending)
 
 
+class TableBuilder:
+    """Collects the frame table while frames go somewhere else (a file, a stream); publishing
+    passes a whole image through without holding more than one frame."""
+
+    def __init__(self, frame_size: int) -> None:
+        self.frame_size = frame_size
+        self.size = 0
+        self.frames: list[Frame] = []
+
+    def add(self, data: bytes, length: int) -> bytes:
+        """Record one frame (compressed bytes, uncompressed length); returns ``data``."""
+        self.frames.append(Frame(len(data), hashlib.sha256(data).hexdigest()))
+        self.size += length
+        return data
+
+    def table(self) -> FrameTable:
+        result = FrameTable(self.frame_size, self.size, tuple(self.frames))
+        result.check()
+        return result
+
+
 def table_of(frames: Iterable[tuple[bytes, int]], frame_size: int) -> tuple[FrameTable, bytes]:
     """The frame table and the compressed bytes of a sequence from ``compress_frames`` (for
-    small images and tests; publishing streams frames to a file and builds the table itself)."""
-    out = bytearray()
-    table: list[Frame] = []
-    size = 0
-    for data, length in frames:
-        table.append(Frame(len(data), hashlib.sha256(data).hexdigest()))
-        out += data
-        size += length
-    result = FrameTable(frame_size, size, tuple(table))
-    result.check()
-    return result, bytes(out)
+    small images and tests)."""
+    builder = TableBuilder(frame_size)
+    out = b"".join(builder.add(data, length) for data, length in frames)
+    return builder.table(), out
