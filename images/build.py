@@ -95,7 +95,7 @@ HOST_TOOLS = {
     "unshare": "util-linux",
     "tar": "tar",
 }
-RECIPE = "4"  # bump to force a rebuild when something outside the hashed files changes
+RECIPE = "5"  # bump to force a rebuild when something outside the hashed files changes
 VERSIONS = (1, 2)
 
 
@@ -120,6 +120,9 @@ class BuildResult:
     kernel_v2: Path
     initrd: Path
     directory: Path
+    # A signed release repository (updater repo) publishing every built version on the stable
+    # channel, keys included; its root.json is the trusted root inside the images.
+    repo: Path
 
     def as_json(self) -> dict[str, str]:
         return {k: str(v) for k, v in asdict(self).items()}
@@ -240,6 +243,7 @@ def _result(final: Path) -> BuildResult:
         kernel_v2=final / "vmlinuz-v2",
         initrd=final / "initrd.img",
         directory=final,
+        repo=final / "repo",
     )
 
 
@@ -260,6 +264,11 @@ def _build_into(out: Path, tarball: Path, versions: Sequence[int]) -> None:
     progress("unpacking the Debian tree")
     run(["tar", "-C", str(tree), "--numeric-owner", "-xpf", str(tarball)])
     customize(tree)
+    repo = out / "repo"
+    updater_cli(["repo", "init", str(repo), "--expires-days", str(REPO_EXPIRY_DAYS)])
+    trusted = tree / "usr/share/updater/root.json"
+    trusted.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(repo / "metadata/root.json", trusted)
     kver = kernel_version(tree)
     shutil.copy2(tree / "boot/updater-initrd.img", out / "initrd.img")
     hashes: dict[int, str] = {}
@@ -269,6 +278,10 @@ def _build_into(out: Path, tarball: Path, versions: Sequence[int]) -> None:
         p.manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         hashes[version] = str(manifest["root_hash"])
         kernel_with_hash(tree / f"boot/vmlinuz-{kver}", p.kernel, hashes[version])
+        updater_cli(["repo", "add", str(repo), "--version", str(version), "--usr", str(p.usr),
+                     "--kernel", str(p.kernel), "--initrd", str(out / "initrd.img"),
+                     "--channel", "stable", "--arch", "x86_64",
+                     "--expires-days", str(REPO_EXPIRY_DAYS)])  # fmt: skip
     esp = make_esp(work, out / "vmlinuz-v1", out / "initrd.img", initial_env(hashes[1]))
     oem = make_oem(work)
     root = make_ext4(work, "rootfs", "ROOT", root_tree(tree, work), ROOT_SIZE)
@@ -280,11 +293,24 @@ def _build_into(out: Path, tarball: Path, versions: Sequence[int]) -> None:
     progress(f"built in {time.monotonic() - start:.0f} s")
 
 
+# Cached builds are reused for as long as their inputs do not change, so the test repository's
+# metadata must not expire under them (production repositories re-sign the timestamp daily).
+REPO_EXPIRY_DAYS = 3650
+
+
+def updater_cli(argv: list[str]) -> None:
+    """The project's own command line, from this checkout, as a publisher would run it."""
+    run([sys.executable, "-m", "updater", *argv], cwd=str(REPO))
+
+
 def export(result: BuildResult, dest: Path) -> BuildResult:
     """Copy the results into ``dest`` (sparse, reflinked where the filesystem can). Never hard
     links: a VM that boots the exported disk writes to it, and the cache must stay pristine."""
     dest.mkdir(parents=True, exist_ok=True)
     for src in sorted(result.directory.iterdir()):
+        if src.is_dir() and src.name == "repo":
+            shutil.rmtree(dest / src.name, ignore_errors=True)
+            run(["cp", "-a", "--reflink=auto", str(src), str(dest / src.name)])
         if not src.is_file():
             continue
         target = dest / src.name

@@ -246,6 +246,13 @@ IPv6AcceptRA=no
 """
 
 
+UPDATER_TOML = """# Test image: the VM tests serve the release repository at this address
+# (QEMU guestfwd to a server on the host's loopback).
+[update]
+repo = "http://10.0.2.100"
+"""
+
+
 def customize(tree: Path) -> None:
     """Everything the test image needs beyond the packages, done once for all versions."""
     progress("customising the tree (updater package, units, initramfs)")
@@ -272,6 +279,8 @@ def customize(tree: Path) -> None:
         link.unlink(missing_ok=True)
         link.symlink_to("/dev/null")
     write(tree / "etc/hostname", "updater\n")
+    # Releases come from the host: VM tests serve a repository at this guest address (guestfwd).
+    write(tree / "etc/updater/updater.toml", UPDATER_TOML)
     # A NIC appears only in VMs that are given one (restricted user networking to the host).
     write(tree / "etc/systemd/network/50-qemu.network", NETWORK)
     networkd = tree / "etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
