@@ -7,8 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -53,21 +52,6 @@ class Cli:
 @pytest.fixture
 def cli() -> Cli:
     return Cli()
-
-
-@pytest.fixture
-def fast_tmp(tmp_path: Path) -> Iterator[Path]:
-    """A scratch directory in memory when possible: the partitioning tools fsync after every
-    call, which costs up to a second each on a real disk and nothing on tmpfs."""
-    shm = Path("/dev/shm")
-    if not (shm.is_dir() and os.access(shm, os.W_OK)):
-        yield tmp_path
-        return
-    path = Path(tempfile.mkdtemp(prefix="updater-test-", dir=shm))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
