@@ -16,7 +16,9 @@ the image size. Nothing is written here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
+from contextlib import contextmanager
 
 from updater.errors import VerificationError
 from updater.slotwrite.blockio import SlotIO, aligned_buffer
@@ -24,7 +26,7 @@ from updater.slotwrite.facts import ImageFacts
 from updater.slotwrite.region import Target
 from updater.verity import BLOCK_SIZE, Superblock, digest_blocks, salted_hash
 from updater.veritycheck import check_data, check_tree, leaf_digests
-from updater.verityfile import default_workers, process_pool
+from updater.verityfile import process_pool
 
 READ_SIZE = 8 << 20  # O_DIRECT reads: larger requests keep a virtual disk's queue busy
 RANGE_SIZE = 64 << 20  # one task per range: 512 KiB of digests back
@@ -60,23 +62,41 @@ class _HashArea:
         return data
 
 
+@contextmanager
+def workers(count: int) -> Iterator[Executor | None]:
+    """The read-back's worker processes (None: hash in this process), started at once: forked
+    before the stream starts its threads and allocates its buffers, they copy neither, and
+    fork stays safe (``verityfile.process_pool`` falls back to forkserver when threads exist)."""
+    pool = process_pool(count) if count > 1 else None
+    if pool is None:
+        yield None
+        return
+    try:
+        pool.submit(int).result()  # a process pool forks its workers on the first task
+        yield pool
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
 def verify(
     target: Target,
     image: ImageFacts,
-    *,
-    workers: int | None = None,
+    pool: Executor | None,
     progress: Callable[[int], None] | None = None,
 ) -> None:
     """Raise VerificationError (the slot is not the signed image) or DeviceError (it cannot be
     read); ``progress`` gets the data bytes checked so far."""
     try:
-        _verify(target, image, workers or default_workers(), progress)
+        _verify(target, image, pool, progress)
     except VerificationError as exc:
         raise VerificationError(f"{target.path} read back: {exc.message}") from None
 
 
 def _verify(
-    target: Target, image: ImageFacts, workers: int, progress: Callable[[int], None] | None
+    target: Target,
+    image: ImageFacts,
+    pool: Executor | None,
+    progress: Callable[[int], None] | None,
 ) -> None:
     data_size = image.hash_offset
     ranges = [(s, min(RANGE_SIZE, data_size - s)) for s in range(0, data_size, RANGE_SIZE)]
@@ -88,13 +108,13 @@ def _verify(
                 f"the verity superblock counts {params.data_blocks} data blocks, "
                 f"the signed hash offset {image.data_blocks}"
             )
-        pool = process_pool(workers) if workers > 1 and len(ranges) > 1 else None
+        futures: list[Future[bytes]] = []
+        if pool is not None and len(ranges) > 1:
+            futures = [pool.submit(range_digests, target, params.salt, *r) for r in ranges]
+            results: Iterable[bytes] = (future.result() for future in futures)
+        else:
+            results = (range_digests(target, params.salt, *r) for r in ranges)
         try:
-            if pool is not None:
-                futures = [pool.submit(range_digests, target, params.salt, *r) for r in ranges]
-                results: Iterable[bytes] = (future.result() for future in futures)
-            else:
-                results = (range_digests(target, params.salt, *r) for r in ranges)
             # The tree first, while the workers hash data: a bad hash block is the better blame.
             check_tree(params, salted_hash(params.salt), image.root_hash, area.read)
             for (start, size), digests in zip(ranges, results, strict=True):
@@ -105,5 +125,5 @@ def _verify(
                 if progress is not None:
                     progress(start + size)
         finally:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
+            for future in futures:
+                future.cancel()  # after a mismatch the rest is not worth hashing

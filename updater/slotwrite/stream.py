@@ -41,7 +41,7 @@ from updater.slotwrite.source import ByteSource
 
 BUFFER_SIZE = 4 << 20
 BUFFERS = 4  # decompressed bytes in flight: 16 MiB, a quarter of the memory budget
-PIECES = 16  # source chunks in flight between fetch and decompress
+PIECES = 4  # source chunks in flight between fetch and decompress (1 MiB each from FileSource)
 READ_SIZE = 1 << 20  # what the decoder asks its input for at a time
 POLL = 0.1  # seconds between checks for another thread's failure while waiting
 

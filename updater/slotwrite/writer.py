@@ -41,6 +41,7 @@ from updater.slotwrite.journal import Journal
 from updater.slotwrite.region import Region, Target, refuse_unsafe, resolve
 from updater.slotwrite.source import ByteSource
 from updater.slotwrite.stream import Stream, WholeFileMismatch
+from updater.verityfile import default_workers
 
 
 class Phase(StrEnum):
@@ -124,7 +125,7 @@ def write_image(
             f"the image is {image.size} bytes, {destination.path} holds only {dest.size}"
         )
     report = progress or (lambda phase, done, total: None)
-    with _locked(state_dir):
+    with _locked(state_dir), readback.workers(workers or default_workers()) as pool:
         state, note = _start(state_dir, image, dest)
         first = state.frames_done
         whole_checked = False
@@ -134,8 +135,8 @@ def write_image(
             direct = io.direct
         try:
             readback.verify(
-                dest, image, workers=workers,
-                progress=lambda done: report(Phase.VERIFY, done, image.hash_offset),
+                dest, image, pool,
+                lambda done: report(Phase.VERIFY, done, image.hash_offset),
             )  # fmt: skip
         except VerificationError:
             journal.remove(state_dir)
