@@ -113,7 +113,7 @@ def _range_digests(path: str, salt: bytes, start: int, size: int) -> bytes:
     return b"".join(digests)
 
 
-def process_pool(workers: int) -> Executor | None:
+def _process_pool(workers: int) -> Executor | None:
     """A pool of worker processes, or None where none can be made (no POSIX semaphores, no
     /dev/shm, as in some initramfs). fork is the cheapest start, but forking a process that has
     threads can copy held locks. Imported here: multiprocessing costs a noticeable share of every
@@ -159,7 +159,7 @@ def compute_tree(
                 progress(done, total)
 
     if workers > 1 and len(ranges) > 1:
-        pool = process_pool(workers)
+        pool = _process_pool(workers)
         if pool is not None:
             with pool:
                 futures = [pool.submit(_range_digests, path, params.salt, *r) for r in ranges]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,33 @@ class Cli:
 @pytest.fixture
 def cli() -> Cli:
     return Cli()
+
+
+@contextlib.contextmanager
+def loop_device(
+    image: Path,
+    sector_size: int = 512,
+    partscan: bool = False,
+    offset: int = 0,
+    size: int | None = None,
+) -> Iterator[str]:
+    """A loop device over ``image`` (from ``offset``, ``size`` bytes), detached afterwards;
+    skips when the kernel or the container refuses loop devices."""
+    need_tools("losetup")
+    argv = ["losetup", "--find", "--show", f"--sector-size={sector_size}", f"--offset={offset}"]
+    argv += [f"--sizelimit={size}"] if size is not None else []
+    proc = subprocess.run(
+        [*argv, str(image)] + (["--partscan"] if partscan else []),
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot attach a loop device: {proc.stderr.strip()}")
+    dev = proc.stdout.strip()
+    try:
+        yield dev
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
 
 
 @pytest.fixture

@@ -95,7 +95,7 @@ def test_image_lands_in_the_slot_and_is_verified(
     assert events.index((Phase.VERIFY, checks[0], image.facts.hash_offset)) > len(writes) - 1
 
 
-def test_file_source_and_process_workers(image: ReleaseImage, slot: Path, fast_tmp: Path) -> None:
+def test_file_source_and_read_back_threads(image: ReleaseImage, slot: Path, fast_tmp: Path) -> None:
     compressed = fast_tmp / "usr.img.zst"
     compressed.write_bytes(image.compressed)
     result = write(
@@ -333,3 +333,17 @@ def test_signed_root_hash_of_another_image(image: ReleaseImage, slot: Path, fast
     other = make_image(seed=2).facts.root_hash
     with pytest.raises(VerificationError, match=f"signed root hash is {other.hex()}"):
         write(MemorySource(image.compressed), image.with_facts(root_hash=other), slot, fast_tmp)
+
+
+def test_unaligned_range_falls_back_to_buffered_io(image: ReleaseImage, tmp_path: Path) -> None:
+    # Not on tmpfs: a disk filesystem takes O_DIRECT, and refuses it for this offset (EINVAL).
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\x77" * (SLOT_SIZE + 100))
+    slot = Region(str(disk), offset=100, size=SLOT_SIZE)
+    result = write_image(
+        MemorySource(image.compressed), image.facts, slot, booted=None,
+        state_dir=str(tmp_path / "state"), workers=2,
+    )  # fmt: skip
+    assert not result.direct_io
+    content = disk.read_bytes()
+    assert content[:100] == b"\x77" * 100 and content[100 : 100 + len(image.raw)] == image.raw

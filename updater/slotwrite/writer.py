@@ -41,7 +41,6 @@ from updater.slotwrite.journal import Journal
 from updater.slotwrite.region import Region, Target, refuse_unsafe, resolve
 from updater.slotwrite.source import ByteSource
 from updater.slotwrite.stream import Stream, WholeFileMismatch
-from updater.verityfile import default_workers
 
 
 class Phase(StrEnum):
@@ -113,7 +112,8 @@ def write_image(
     """Write ``image`` from ``source`` into ``destination`` and verify it (see the module doc).
 
     ``booted`` is the running system's slot (None only where nothing is booted from this disk,
-    as in an installer); errors are typed by cause: VerificationError for bytes that are not the
+    as in an installer); ``workers`` is the number of read-back threads (default: one per core
+    and one more; 1: none). Errors are typed by cause: VerificationError for bytes that are not the
     signed image, TransportError or DeviceError from the source, DeviceError for the slot, and
     SlotError for a refused destination.
     """
@@ -125,22 +125,24 @@ def write_image(
             f"the image is {image.size} bytes, {destination.path} holds only {dest.size}"
         )
     report = progress or (lambda phase, done, total: None)
-    with _locked(state_dir), readback.workers(workers or default_workers()) as pool:
+    with _locked(state_dir):
         state, note = _start(state_dir, image, dest)
         first = state.frames_done
         whole_checked = False
+        # The descriptor stays open through the read-back: on a block device it is exclusive,
+        # so nothing can mount the slot between the write and its verification.
         with SlotIO(dest, write=True) as io:
             if first < state.frames:
                 whole_checked = _stream(source, image, io, state, state_dir, report)
+            try:
+                readback.verify(
+                    dest, image, workers=workers,
+                    progress=lambda done: report(Phase.VERIFY, done, image.hash_offset),
+                )  # fmt: skip
+            except VerificationError:
+                journal.remove(state_dir)
+                raise
             direct = io.direct
-        try:
-            readback.verify(
-                dest, image, pool,
-                lambda done: report(Phase.VERIFY, done, image.hash_offset),
-            )  # fmt: skip
-        except VerificationError:
-            journal.remove(state_dir)
-            raise
     written = image.size - image.table.uncompressed_offset(first)
     return WriteResult(first, state.frames, written, whole_checked, direct, note)
 
