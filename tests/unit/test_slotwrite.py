@@ -8,6 +8,7 @@ not by the writer); expected errors are the causes listed in the release format.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -347,3 +348,42 @@ def test_unaligned_range_falls_back_to_buffered_io(image: ReleaseImage, tmp_path
     assert not result.direct_io
     content = disk.read_bytes()
     assert content[:100] == b"\x77" * 100 and content[100 : 100 + len(image.raw)] == image.raw
+
+
+def test_booted_slot_is_never_opened(
+    image: ReleaseImage, slot: Path, fast_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    booted = fast_tmp / "booted.img"
+    booted.write_bytes(b"\x42" * SLOT_SIZE)
+    opened: list[str] = []
+    real_open = os.open
+
+    def recording(path: str, *args: object, **kwargs: object) -> int:
+        opened.append(os.path.realpath(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", recording)
+    write_image(
+        MemorySource(image.compressed), image.facts, Region(str(slot)),
+        booted=Region(str(booted)), state_dir=str(fast_tmp / "state"), workers=2,
+    )  # fmt: skip
+    assert str(slot) in opened and str(booted) not in opened
+
+
+class RefillingSource:
+    """Yields one bytearray, refilled with the next chunk each time (a buffer-reusing reader)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def open(self, start: int) -> Iterator[bytes]:
+        buffer = bytearray(64 << 10)
+        for offset in range(start, len(self.data), len(buffer)):
+            chunk = self.data[offset : offset + len(buffer)]
+            buffer[: len(chunk)] = chunk
+            yield buffer[: len(chunk)] if len(chunk) < len(buffer) else buffer  # type: ignore[misc]
+
+
+def test_source_that_reuses_its_buffer(image: ReleaseImage, slot: Path, fast_tmp: Path) -> None:
+    write(RefillingSource(image.compressed), image, slot, fast_tmp)
+    assert slot.read_bytes()[: len(image.raw)] == image.raw

@@ -231,7 +231,9 @@ class Stream:
         index, frame = self.first, hashlib.sha256()
         need = table.frames[index].compressed_size
         for chunk in chunks:
-            view = memoryview(chunk).cast("B")
+            # Pieces are hashed here and decoded later in another thread: a source that refills
+            # a mutable buffer would change them in between, so only immutable bytes are kept.
+            view = memoryview(chunk if type(chunk) is bytes else bytes(chunk)).cast("B")
             while view:
                 piece, view = view[:need], view[need:]
                 frame.update(piece)
