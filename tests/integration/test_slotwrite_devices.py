@@ -189,3 +189,27 @@ def test_io_error_while_writing(image: Image, fast_tmp: Path) -> None:
                 assert f.read(done * MiB) == image.raw[: done * MiB]
     assert done < len(image.facts.table.frames)
     assert re.search("Input/output error|No space left", failure.value.message)
+
+
+def test_io_error_from_a_device_mapper_error_target(
+    image: Image, disk: Path, fast_tmp: Path
+) -> None:
+    """dm's ``error`` target fails every request: the slot's first 2 MiB are a linear mapping
+    of a loop device, the rest is an error target."""
+    need_tools("dmsetup")
+    if subprocess.run(["dmsetup", "targets"], capture_output=True).returncode != 0:
+        pytest.skip("device-mapper is not available in this kernel")
+    name = f"updater-test-{os.getpid()}"
+    good = 2 * MiB // 512
+    with slot_of(disk, 1) as loop:
+        table = f"0 {good} linear {loop} 0\n{good} {SLOT // 512 - good} error\n"
+        # Without udev (containers, initramfs) dmsetup must make the node itself.
+        tool("dmsetup", "create", name, "--noudevsync", "--table", table)
+        try:
+            tool("dmsetup", "mknodes", name)
+            dest = f"/dev/mapper/{name}"
+            with pytest.raises(DeviceError, match=f"{dest} at byte {2 * MiB}: Input/output error"):
+                write(image, dest, None, fast_tmp / "state")
+            assert frames_done(fast_tmp / "state") == 2
+        finally:
+            subprocess.run(["dmsetup", "remove", name], check=False)

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from updater.errors import VerificationError
-from updater.frames import FrameTable, MiB
+from updater.frames import FrameTable, MiB, frame_count
 from updater.verity import BLOCK_SIZE, DIGEST_SIZE, VerityParams, hash_area_size
 
 MAX_FRAME_SIZE = 256 * MiB  # the decoder's window and a frame's download are bounded by this
@@ -60,7 +60,7 @@ class ImageFacts:
             )
         if not 0 < table.size <= MAX_IMAGE_SIZE or table.size % BLOCK_SIZE:
             raise VerificationError(f"image size {table.size} is not a multiple of {BLOCK_SIZE}")
-        if len(table.frames) != -(-table.size // table.frame_size):
+        if len(table.frames) != frame_count(table.size, table.frame_size):
             raise VerificationError(
                 f"{len(table.frames)} frames cannot hold {table.size} bytes "
                 f"in frames of {table.frame_size}"
