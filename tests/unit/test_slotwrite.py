@@ -387,3 +387,24 @@ class RefillingSource:
 def test_source_that_reuses_its_buffer(image: ReleaseImage, slot: Path, fast_tmp: Path) -> None:
     write(RefillingSource(image.compressed), image, slot, fast_tmp)
     assert slot.read_bytes()[: len(image.raw)] == image.raw
+
+
+def test_slot_swapped_after_its_check_is_not_written(
+    image: ReleaseImage, slot: Path, fast_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from updater.slotwrite import region, writer
+
+    other = fast_tmp / "other.img"
+    other.write_bytes(b"\x42" * SLOT_SIZE)
+    real = region.resolve
+
+    def resolve_then_swap(region: Region) -> object:
+        target = real(region)
+        if region.path == str(slot):
+            other.replace(slot)  # the checked name now points at another file
+        return target
+
+    monkeypatch.setattr(writer, "resolve", resolve_then_swap)
+    with pytest.raises(DeviceError, match="changed after it was checked"):
+        write(MemorySource(image.compressed), image, slot, fast_tmp)
+    assert slot.read_bytes() == b"\x42" * SLOT_SIZE

@@ -19,6 +19,7 @@ import errno
 import fcntl
 import mmap
 import os
+import stat
 
 from updater.errors import DeviceError
 from updater.slotwrite.region import Target
@@ -53,8 +54,20 @@ class SlotIO:
         if write and target.block:
             flags |= os.O_EXCL
         self.fd, self.direct = _open(target, flags)
+        if not self._is_target(os.fstat(self.fd)):
+            os.close(self.fd)
+            raise DeviceError(f"{target.path} changed after it was checked")
         if not self.direct:
             self.drop_cache()
+
+    def _is_target(self, st: os.stat_result) -> bool:
+        """The path was resolved (and checked against the booted slot) before it was opened: it
+        must still name the same device or file."""
+        if self.target.rdev is not None:
+            return stat.S_ISBLK(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) == (
+                self.target.rdev
+            )
+        return self.target.extent.base == ("file", st.st_dev, st.st_ino)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -8,10 +8,18 @@ and what runs under the GIL is a few statements per source chunk or 4 MiB buffer
   file), and refuses a byte beyond the signed length. A frame's last bytes are passed on only
   after its sha256 matched (and, for the last frame, after the whole file's did), so a frame that
   does not match can never be completed;
-- decompress (the calling thread): a fresh zstd decoder per frame, whose header must declare the
-  table's size; output into page-aligned 4 MiB buffers, exactly that many bytes and not one more;
+- decompress (the calling thread): the decoder starts afresh at every frame, whose header must
+  declare the table's size; output into page-aligned 4 MiB buffers, exactly that many bytes and
+  not one more;
 - write: pwrite of each buffer at its offset (O_DIRECT where possible); after a frame's last
   buffer and its verified end, fdatasync, then ``on_frame`` (the journal).
+
+Measured for a 1 GiB image (579 MiB compressed, local file) on a 2-core VM: the threads take
+0.67 s (fetch, both hashes), 0.70 s (decode) and 0.11 s (write) of CPU and run side by side; a
+pure-Python thread keeps 80% of its speed while another decodes, so the decoder holds the GIL
+only between calls. Processes would have to copy every decoded byte across (or map shared
+buffers per frame) to save GIL hand-overs that cost little here; ``readback`` measures the
+case where they might have mattered.
 
 Bytes of a frame are decompressed and written before its last compressed byte, and hence its
 hash, has arrived: holding a 32 MiB frame back would double the memory. They only reach the
