@@ -158,6 +158,8 @@ class HttpSource:
         headers = {"Range": f"bytes={start}-"} if start else {}
         with requests.get(self.url, headers=headers, stream=True, timeout=30) as response:
             response.raise_for_status()
+            if start and response.status_code != 206:
+                raise RuntimeError(f"{self.url} ignored the Range request")
             yield from response.iter_content(chunk_size=MiB)
 
 
