@@ -408,3 +408,16 @@ def test_slot_swapped_after_its_check_is_not_written(
     with pytest.raises(DeviceError, match="changed after it was checked"):
         write(MemorySource(image.compressed), image, slot, fast_tmp)
     assert slot.read_bytes() == b"\x42" * SLOT_SIZE
+
+
+def test_second_writer_on_the_same_state_is_refused(
+    image: ReleaseImage, slot: Path, fast_tmp: Path
+) -> None:
+    import fcntl
+
+    (fast_tmp / "state").mkdir()
+    with open(fast_tmp / "state" / journal_file.LOCKNAME, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(DeviceError, match="another slot write holds"):
+            write(UnopenedSource(), image, slot, fast_tmp)
+    assert_untouched(slot, fast_tmp)

@@ -58,7 +58,7 @@ class WriteResult:
     frames: int
     bytes_written: int
     whole_file_checked: bool
-    direct_io: bool  # the slot was written and read with O_DIRECT
+    direct_io: bool  # the slot was written with O_DIRECT (else buffered, then dropped)
     journal_note: str | None = None  # why an existing journal was not used, if it was not
 
 
