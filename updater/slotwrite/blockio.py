@@ -40,7 +40,9 @@ def _open(target: Target, flags: int) -> tuple[int, bool]:
             if exc.errno == errno.EINVAL and direct:
                 continue  # this filesystem has no O_DIRECT
             if exc.errno == errno.EBUSY:
-                raise DeviceError(f"{target.path} is in use (mounted, or held)") from None
+                raise DeviceError(
+                    f"{target.path} is in use (mounted, or held by another device)"
+                ) from None
             raise DeviceError(f"cannot open {target.path}: {exc.strerror}") from None
     raise AssertionError("unreachable: the buffered open either returns or raises")
 
