@@ -1,3 +1,5 @@
 from updater.cli import main
 
-raise SystemExit(main())
+# Guarded: worker processes started with forkserver or spawn import the main module again.
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -6,9 +6,10 @@ possible: a rerun restarts at a frame boundary with an HTTP Range request and a 
 and each frame is checked against its own signed hash, because a hashlib state over the whole file
 does not survive a power cut.
 
-This module compresses (for ``updater repo add``) and describes the frame table; it does no file or
-network I/O and does not decide whether a table is trustworthy (``updater.release`` validates the
-signed metadata, the slot writer checks the bytes).
+This module compresses (for ``updater repo add``), describes the frame table, and checks a frame's
+header before a decompressor trusts it (for the slot writer). It does no file or network I/O and
+does not decide whether a table is trustworthy (``updater.release`` validates the signed metadata,
+the slot writer checks the bytes).
 """
 
 from __future__ import annotations
@@ -16,12 +17,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from updater.errors import UsageError
+from updater.errors import UsageError, VerificationError
+
+if TYPE_CHECKING:
+    import zstandard
 
 MiB = 1 << 20
 DEFAULT_FRAME_SIZE = 32 * MiB
 DEFAULT_LEVEL = 10  # measured on squashfs payloads: most of level 19's size at a tenth of the time
+HEADER_MAX = 18  # magic (4), descriptor (1), window (1), dictionary id (<= 4), content size (<= 8)
 
 
 @dataclass(frozen=True)
@@ -135,3 +141,39 @@ def table_of(frames: Iterable[tuple[bytes, int]], frame_size: int) -> tuple[Fram
     builder = TableBuilder(frame_size)
     out = b"".join(builder.add(data, length) for data, length in frames)
     return builder.table(), out
+
+
+def window_limit(frame_size: int) -> int:
+    """The largest decoder window a frame of ``frame_size`` bytes can need: zstd sizes a
+    single-segment frame's window to its content size, and the limit the decoder takes is a
+    power of two (it becomes a window log)."""
+    return 1 << max(frame_size - 1, 1).bit_length()
+
+
+def decompressor(frame_size: int) -> zstandard.ZstdDecompressor:
+    """A decoder whose memory is bounded by the frame size, whatever a frame header asks for."""
+    import zstandard
+
+    return zstandard.ZstdDecompressor(max_window_size=window_limit(frame_size))
+
+
+def check_header(head: bytes, index: int, expected_size: int, frame_size: int) -> None:
+    """Raise VerificationError unless ``head`` (the first ``HEADER_MAX`` bytes of frame ``index``,
+    or all of it when shorter) opens a zstd frame that declares exactly ``expected_size`` bytes of
+    content and a window of at most ``window_limit(frame_size)``."""
+    import zstandard
+
+    try:
+        params = zstandard.get_frame_parameters(head)
+    except zstandard.ZstdError as exc:
+        raise VerificationError(f"frame {index} has no valid zstd frame header: {exc}") from None
+    if params.content_size == zstandard.CONTENTSIZE_UNKNOWN:
+        raise VerificationError(f"frame {index} does not declare its content size")
+    if params.content_size != expected_size:
+        raise VerificationError(
+            f"frame {index} declares {params.content_size} bytes, the table {expected_size}"
+        )
+    if params.window_size > window_limit(frame_size):
+        raise VerificationError(
+            f"frame {index} asks for a {params.window_size}-byte window, more than its frame size"
+        )

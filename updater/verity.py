@@ -251,7 +251,7 @@ class VerityTreeBuilder:
         return VerityTree.from_leaf_digests(self.params, b"".join(self._digests))
 
 
-def _first_digest_difference(a: bytes, b: bytes) -> int | None:
+def first_digest_difference(a: bytes, b: bytes) -> int | None:
     """Index of the first 32-byte digest where ``a`` and ``b`` differ, None when equal."""
     if a == b:
         return None
@@ -290,7 +290,7 @@ def check_hash_area(computed: VerityTree, tree_on_disk: bytes, expected_root: by
     for level, blocks in reversed(list(enumerate(on_disk))):
         parents = on_disk[level + 1] if level + 1 < len(on_disk) else expected_root
         hashed = digest_blocks(salted, blocks)
-        bad = _first_digest_difference(hashed, parents[: len(hashed)])
+        bad = first_digest_difference(hashed, parents[: len(hashed)])
         if bad is not None:
             where = "the root hash" if level + 1 == len(on_disk) else f"level {level + 1}"
             raise VerificationError(
@@ -301,7 +301,7 @@ def check_hash_area(computed: VerityTree, tree_on_disk: bytes, expected_root: by
     digests_size = params.data_blocks * DIGEST_SIZE
     leaf = on_disk[0][:digests_size] if on_disk else expected_root
     recomputed = computed.levels[0][:digests_size] if on_disk else computed.root_hash
-    bad = _first_digest_difference(recomputed, leaf)
+    bad = first_digest_difference(recomputed, leaf)
     if bad is not None:
         raise VerificationError(f"data block {bad} does not match its hash")
     for level, blocks in enumerate(on_disk):

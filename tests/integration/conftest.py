@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -55,19 +55,31 @@ def cli() -> Cli:
     return Cli()
 
 
-@pytest.fixture
-def fast_tmp(tmp_path: Path) -> Iterator[Path]:
-    """A scratch directory in memory when possible: the partitioning tools fsync after every
-    call, which costs up to a second each on a real disk and nothing on tmpfs."""
-    shm = Path("/dev/shm")
-    if not (shm.is_dir() and os.access(shm, os.W_OK)):
-        yield tmp_path
-        return
-    path = Path(tempfile.mkdtemp(prefix="updater-test-", dir=shm))
+@contextlib.contextmanager
+def loop_device(
+    image: Path,
+    sector_size: int = 512,
+    partscan: bool = False,
+    offset: int = 0,
+    size: int | None = None,
+) -> Iterator[str]:
+    """A loop device over ``image`` (from ``offset``, ``size`` bytes), detached afterwards;
+    skips when the kernel or the container refuses loop devices."""
+    need_tools("losetup")
+    argv = ["losetup", "--find", "--show", f"--sector-size={sector_size}", f"--offset={offset}"]
+    argv += [f"--sizelimit={size}"] if size is not None else []
+    proc = subprocess.run(
+        [*argv, str(image)] + (["--partscan"] if partscan else []),
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot attach a loop device: {proc.stderr.strip()}")
+    dev = proc.stdout.strip()
     try:
-        yield path
+        yield dev
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        subprocess.run(["losetup", "-d", dev], check=False)
 
 
 @pytest.fixture

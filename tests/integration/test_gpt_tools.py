@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
-import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ import pytest
 from updater import gpt, gptformat, layout, slots, state
 
 from ..unit.memdisk import REGIONS, region_lba
-from .conftest import CgptField, Cli, need_tools, sgdisk_attributes, sha, tool
+from .conftest import CgptField, Cli, loop_device, need_tools, sgdisk_attributes, sha, tool
 
 pytestmark = pytest.mark.integration
 
@@ -260,24 +258,6 @@ def test_rollback_to_a_good_slot(flatcar_disk: Path, cli: Cli, cgpt_field: CgptF
     assert out["next"] == 3
     assert [cgpt_field(flatcar_disk, 3, f) for f in "PTS"] == [2, 0, 1]
     assert [cgpt_field(flatcar_disk, 4, f) for f in "PTS"] == [1, 0, 1]
-
-
-@contextlib.contextmanager
-def loop_device(image: Path, sector_size: int, partscan: bool = False) -> Iterator[str]:
-    need_tools("losetup")
-    proc = subprocess.run(
-        ["losetup", "--find", "--show", f"--sector-size={sector_size}", str(image)]
-        + (["--partscan"] if partscan else []),
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot attach a loop device: {proc.stderr.strip()}")
-    dev = proc.stdout.strip()
-    try:
-        yield dev
-    finally:
-        subprocess.run(["losetup", "-d", dev], check=False)
 
 
 def test_4096_byte_sectors_on_a_loop_device(
