@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from updater import __version__
+from updater.commands import agent as agent_commands
 from updater.commands import boot as boot_commands
 from updater.commands import config as config_commands
+from updater.commands import lock as lock_commands
 from updater.commands import slots as slot_commands
 from updater.commands import verity as verity_commands
 from updater.errors import UpdaterError
@@ -83,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMAND_MODULES = [slot_commands, boot_commands, verity_commands, config_commands]
+COMMAND_MODULES = [slot_commands, boot_commands, verity_commands, config_commands,
+                   agent_commands, lock_commands]  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
