@@ -219,6 +219,8 @@ def _staged_guard(rec: Record, f: Facts, p: Policy) -> Record | None:
     if b.next_slot != rec.target_slot or b.other.version != rec.version:
         return _fail(rec, f, p, f"release {rec.version} is no longer set to boot next: the A/B "
                                 "state was changed outside the agent")  # fmt: skip
+    if p.strategy is RebootStrategy.OFF and rec.state is not State.STAGED:
+        return _to(rec, State.STAGED, f)  # switched off meanwhile: someone else reboots
     return None
 
 
@@ -245,8 +247,6 @@ def _waiting_for_window(rec: Record, f: Facts, p: Policy) -> Step | Record:
     changed = _staged_guard(rec, f, p)
     if changed is not None:
         return changed
-    if p.strategy is RebootStrategy.OFF:
-        return _to(rec, State.STAGED, f)
     opening = schedule.next_opening(p.windows, f.now, p.zone)
     if opening is not None and opening <= f.now:
         return _to(rec, State.WAITING_FOR_LOCK, f)
@@ -258,8 +258,6 @@ def _waiting_for_lock(rec: Record, f: Facts, p: Policy) -> Step | Record:
     changed = _staged_guard(rec, f, p)
     if changed is not None:
         return changed
-    if p.strategy is RebootStrategy.OFF:
-        return _to(rec, State.STAGED, f)
     if not schedule.window_open(p.windows, f.now, p.zone):
         return _to(rec, State.WAITING_FOR_WINDOW, f)
     if not p.locking:

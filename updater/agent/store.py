@@ -16,10 +16,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from updater import atomicfile
 from updater.agent import record
 from updater.agent.record import Record
 from updater.errors import DeviceError, UpdaterError
@@ -28,24 +28,10 @@ STATE_FILE = "agent.json"
 
 
 def write_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """``atomicfile.write`` creating the directory first; ``mode`` 0644 by default, so that
+    node_exporter and status readers that are not root can read what the agent writes."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomicfile.write(path, data, mode)
 
 
 class Store:
