@@ -7,8 +7,8 @@ Directory ``DIR`` of one machine:
 - ``esp/``: an empty directory used as the ESP, so no grubenv is involved;
 - ``booted``: the letter of the booted slot, written by the harness at each simulated boot;
 - ``version-A``, ``version-B``: the version each slot holds (missing: the slot is empty);
-- ``reboot``: written by ``reboot`` (``{"via": ..., "next": ...}``) just before the agent process
-  ends, as a real reboot would end it.
+- ``reboot``: written by ``reboot`` (``{"via": ..., "next": ..., "time": ...}``, the simulated
+  time) just before the agent process ends, as a real reboot would end it.
 
 ``stage`` makes the inactive slot unbootable, writes its version file (no image), then
 ``set-active``. Releases come from ``releases.json`` in ``[update] repo`` (an absolute directory):
@@ -152,7 +152,7 @@ class Simulator:
 
     def reboot(self, via: str) -> None:
         nxt = self._state().next
-        doc = {"via": via, "next": nxt.letter if nxt else None}
+        doc = {"via": via, "next": nxt.letter if nxt else None, "time": sim_now()}
         write_atomic(self.dir / "reboot", json.dumps(doc).encode())
         raise SimulatedReboot()
 
@@ -198,25 +198,30 @@ def boot(directory: str) -> str:
     return letter
 
 
-class SimClock:
-    """Real time shifted by the seconds in ``$UPDATER_SIM_CLOCK``'s file (0 when unset), read
-    at every call, so a test moves every simulated machine's clock at once."""
+def sim_now() -> float:
+    """Real time shifted by the seconds in ``$UPDATER_SIM_CLOCK``'s file (0 when unset)."""
+    path = os.environ.get(CLOCK_ENV)
+    offset = 0.0
+    if path:
+        text = _read(Path(path)) or "0"
+        try:
+            offset = float(text)
+        except ValueError:
+            raise DataError(f"{path}: not a number of seconds") from None
+    return time.time() + offset
 
-    slice = 0.2  # sleep in short steps so that a moved clock is noticed soon
+
+class SimClock:
+    """``sim_now``, read at every call, so a test moves every simulated machine's clock at
+    once by rewriting one file."""
+
+    slice = 0.4  # sleep in short steps so that a moved clock is noticed soon
 
     def __init__(self, stop: threading.Event) -> None:
-        self.path = os.environ.get(CLOCK_ENV)
         self.stop = stop
 
     def now(self) -> float:
-        offset = 0.0
-        if self.path:
-            text = _read(Path(self.path)) or "0"
-            try:
-                offset = float(text)
-            except ValueError:
-                raise DataError(f"{self.path}: not a number of seconds") from None
-        return time.time() + offset
+        return sim_now()
 
     def sleep(self, seconds: float) -> None:
         self.stop.wait(max(0.0, min(seconds, self.slice)))

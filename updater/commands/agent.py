@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from updater import config, jsonout
-from updater.agent import build, report
-from updater.agent.runner import Mode
-from updater.agent.seam import System
+from updater.agent import report
 from updater.agent.store import Store
 from updater.errors import UpdaterError
+
+if TYPE_CHECKING:
+    from updater.agent.runner import Mode
+    from updater.agent.seam import System
+
+# The agent's machinery (requests, prometheus_client) is imported when the agent runs, not when
+# any other command starts: start-up time counts on small machines.
 
 
 def update_flow_system(cfg: config.Config) -> System:
@@ -31,6 +37,8 @@ def _system(args: argparse.Namespace, cfg: config.Config) -> tuple[System, bool]
 
 
 def _run(args: argparse.Namespace, mode: Mode) -> int:
+    from updater.agent import build
+
     cfg = config.load(args.config)
     system, simulated = _system(args, cfg)
     if simulated:
@@ -44,10 +52,14 @@ def _run(args: argparse.Namespace, mode: Mode) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
+    from updater.agent.runner import Mode
+
     return _run(args, Mode.ONCE if args.once else Mode.FOREVER)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from updater.agent.runner import Mode
+
     return _run(args, Mode.VERIFY)
 
 

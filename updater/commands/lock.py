@@ -7,15 +7,17 @@ import argparse
 import signal
 import sys
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from updater import config, jsonout
-from updater.agent.notify import Notifier
 from updater.config import LockBackend
 from updater.errors import DataError, UpdaterError, UsageError
 from updater.rebootlock import semaphore
-from updater.rebootlock.etcd import EtcdGateway, EtcdSemaphore, holder_json
-from updater.rebootlock.fleetlock import FleetLockServer
+
+if TYPE_CHECKING:
+    from updater.rebootlock.etcd import EtcdSemaphore
+
+# requests and http.server are imported when a lock command runs, not at every start-up.
 
 
 def _semaphore(args: argparse.Namespace) -> tuple[EtcdSemaphore, config.LockSettings]:
@@ -31,11 +33,15 @@ def _semaphore(args: argparse.Namespace) -> tuple[EtcdSemaphore, config.LockSett
             "lock commands talk to etcd: [lock] backend must be etcd, with endpoints",
             hint=f"see the [lock] section of {config.CONFIG_PATH}",
         )
+    from updater.rebootlock.etcd import EtcdGateway, EtcdSemaphore
+
     gateway = EtcdGateway(settings.endpoints, settings.timeout)
     return EtcdSemaphore(gateway, settings.prefix), settings
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from updater.rebootlock.etcd import holder_json
+
     sem, _ = _semaphore(args)
     groups = sem.status(args.group)
     if args.json:
@@ -83,6 +89,9 @@ def _listen(text: str) -> tuple[str, int]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from updater.agent.notify import Notifier
+    from updater.rebootlock.fleetlock import FleetLockServer
+
     sem, settings = _semaphore(args)
     server = FleetLockServer(_listen(args.listen), sem, max(2, round(settings.ttl)))
 
