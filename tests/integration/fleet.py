@@ -290,6 +290,15 @@ class Fleet:
 
         wait_until(what, check, timeout, self.logs)
 
+    def update_all(self, version: str, timeout: float = 120) -> None:
+        """Start every agent, run until each machine committed ``version``, stop them."""
+        try:
+            self.start()
+            self.run_until(f"every machine on release {version}",
+                           lambda: all(m.committed(version) for m in self.machines), timeout)
+        finally:
+            self.stop()
+
     def logs(self) -> str:
         return "\n".join(f"--- {m.name}\n{m.log()}" for m in self.machines)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from tests.integration.fleet import (
     Fleet,
     RawEtcd,
     SimMachine,
-    etcd_server,
     machine_id_with_seed,
     new_fleet,
     publish,
@@ -33,13 +31,6 @@ from tests.integration.fleet import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def etcd(fast_tmp: Path) -> Iterator[EtcdServer]:
-    need_tools("etcd", "sgdisk")
-    with etcd_server(fast_tmp) as server:
-        yield server
 
 
 def lock_config(etcd: EtcdServer, group: str, ttl: int = 30, agent: str = "") -> str:
@@ -63,12 +54,7 @@ def test_reboots_stay_within_each_groups_maximum(etcd: EtcdServer, fast_tmp: Pat
         assert doc["via"] == "kexec" and doc["next"] == "B"
 
     fleet.on_reboot = on_reboot
-    try:
-        fleet.start()
-        fleet.run_until("every machine on release 2",
-                        lambda: all(m.committed("2") for m in fleet.machines))  # fmt: skip
-    finally:
-        fleet.stop()
+    fleet.update_all("2")
     assert raw.most_holders("a") == 1
     assert raw.most_holders("b") <= 2
     assert raw.holders("a") == [] and raw.holders("b") == []
@@ -196,3 +182,47 @@ def test_waves_start_in_order(etcd: EtcdServer, fast_tmp: Path) -> None:
     for w, names in enumerate(waves):
         for n in names:
             assert starts[w] <= by_name[n].reboots[0]["time"]
+
+
+def test_killed_and_power_cut_during_verification(fast_tmp: Path) -> None:
+    """SIGKILL while the health checks run: the restarted agent checks again and commits. A
+    power cut there instead: GRUB boots the previous slot (the trial's one try is spent), the
+    release is blocked, and offered again only after ``updater agent forget``."""
+    need_tools("sgdisk")
+    repo = fast_tmp / "repo"
+    publish(repo, [{"version": "2"}])
+    healthy = fast_tmp / "healthy"
+    config = f'[health]\ncommands = ["test -e {healthy}"]\ndeadline = 600\ninterval = 0.2\n'
+    fleet = new_fleet(fast_tmp / "m", repo, ["killed", "cut"], lambda n: config)
+    killed, cut = fleet.machines
+
+    def verifying(m: SimMachine) -> bool:
+        return m.record().get("state") == "verifying" and m.record().get("booted_version") == "2"
+
+    try:
+        fleet.start()
+        fleet.run_until("both machines verifying release 2",
+                        lambda: verifying(killed) and verifying(cut))  # fmt: skip
+        killed.kill()
+        killed.start()
+        cut.kill()
+        assert cut.boot() == "A", "GRUB falls back: the trial slot's one try is spent"
+        cut.start()
+        fleet.run_until("the cut machine back on release 1",
+                        lambda: cut.record().get("rollbacks") == 1)  # fmt: skip
+        healthy.touch()
+        fleet.run_until("the killed machine on release 2", lambda: killed.committed("2"))
+        rec = cut.record()
+        assert rec["blocked"][0]["version"] == "2" and rec["blocked"][0]["reason"] == "boot-failed"
+        assert (cut.dir / "booted").read_text().strip() == "A"
+        status = json.loads(run_updater("--config", cut.cfg, "--disk", str(cut.dir / "disk.img"),
+                                        "--booted", "A", "status", "--json"))  # fmt: skip
+        assert status["agent"]["blocked"][0]["version"] == "2"
+        assert status["slots"][1]["priority"] == 0 or not status["slots"][1]["successful"]
+        assert "release 2 may be offered again" in run_updater("--config", cut.cfg, "agent",
+                                                               "forget", "2")  # fmt: skip
+        fleet.run_until("the cut machine on release 2 after forget", lambda: cut.committed("2"),
+                        timeout=60)  # fmt: skip
+    finally:
+        fleet.stop()
+    assert len(killed.reboots) == 1 and len(cut.reboots) == 2

@@ -136,8 +136,11 @@ def _fail(rec: Record, f: Facts, p: Policy, message: str) -> Record:
                healthy=False, returning=False)  # fmt: skip
 
 
-def _rollback(rec: Record, f: Facts, reason: Reason, message: str, *, returning: bool) -> Record:
+def _rollback(rec: Record, f: Facts, p: Policy, reason: Reason, message: str, *,
+              returning: bool) -> Record:  # fmt: skip
+    # The next check waits for the interval, so that rolled-back and its reason stay visible.
     return _to(rec.block(rec.version, reason, f.now), State.ROLLED_BACK, f,
+               next_check=_next_check(f, p),
                rollbacks=rec.rollbacks + 1, last_error=message, returning=returning,
                healthy=False, signalled=False, reboot_attempts=0,
                reboot_requested=None)  # fmt: skip
@@ -272,7 +275,7 @@ def _rebooting(rec: Record, f: Facts, p: Policy) -> Step | Record:
     if b.other.letter == rec.target_slot and not b.other.bootable:
         # Its one try is spent and the previous slot is booted: the new slot did not come up
         # (a failed or hung boot, a reset); GRUB fell back, as designed.
-        return _rollback(rec, f, Reason.BOOT, f"release {rec.version} did not boot; the "
+        return _rollback(rec, f, p, Reason.BOOT, f"release {rec.version} did not boot; the "
                          "previous slot was booted again", returning=False)  # fmt: skip
     if b.next_slot != rec.target_slot or b.other.version != rec.version:
         return _fail(rec, f, p, f"release {rec.version} is no longer set to boot next: the A/B "
@@ -283,7 +286,7 @@ def _rebooting(rec: Record, f: Facts, p: Policy) -> Step | Record:
 def _verifying_rule(rec: Record, f: Facts, p: Policy) -> Step | Record:
     b = f.booted
     if b.slot.letter != rec.target_slot:
-        return _rollback(rec, f, Reason.BOOT, f"the trial boot of release {rec.version} ended "
+        return _rollback(rec, f, p, Reason.BOOT, f"the trial boot of release {rec.version} ended "
                          "before it was verified; the previous slot was booted again",
                          returning=False)  # fmt: skip
     if b.slot.successful:  # marked good already (the record was not written before a crash)
@@ -353,7 +356,7 @@ def absorb(rec: Record, action: Action, result: Result, f: Facts, p: Policy) -> 
         case Do.VERIFY, Done():
             return replace(rec, healthy=True, last_error=None)
         case Do.VERIFY, Unhealthy(reason):
-            return _rollback(rec, f, Reason.HEALTH, f"health check failed: {reason}",
+            return _rollback(rec, f, p, Reason.HEALTH, f"health check failed: {reason}",
                              returning=True)  # fmt: skip
         case Do.MARK_GOOD, Done():
             return _commit(rec, f, p)
@@ -370,7 +373,7 @@ def _failed(rec: Record, action: Action, message: str, f: Facts, p: Policy) -> R
     if action.do is Do.MARK_GOOD:
         # A slot that cannot be marked good would fall back at the next boot anyway; go back
         # now, in a controlled way, holding the lock.
-        return _rollback(rec, f, Reason.HEALTH, f"mark-good failed: {message}", returning=True)
+        return _rollback(rec, f, p, Reason.HEALTH, f"mark-good failed: {message}", returning=True)
     return replace(rec, last_error=f"{action.do} failed: {message}", next_try=f.now + p.retry)
 
 

@@ -133,7 +133,7 @@ class Agent:
                 step = machine.decide(rec, facts, self.policy)
                 if step.record != rec:
                     self._save(step.record)
-            self._report(step)
+            self._report(step, rec)
             if not ready:
                 self.notifier.ready(self._status(step))
                 ready = True
@@ -156,7 +156,7 @@ class Agent:
                 new = machine.absorb(rec, action, result, after, self.policy)
                 self._save(new)
             if new.state is not rec.state:
-                self._report(Step(new, Action(Do.SLEEP)))
+                self._report(Step(new, Action(Do.SLEEP)), rec)
         self.say("stopped")
         return 0
 
@@ -270,15 +270,18 @@ class Agent:
             text += f"; {step.action.why}"
         return text
 
-    def _report(self, step: Step) -> None:
+    def _report(self, step: Step, before: Record) -> None:
+        rec = step.record
+        if rec.rollbacks > before.rollbacks:  # also when the rules moved on in the same step
+            self.say(f"rolled back release {rec.version}: {rec.last_error}")
+        elif rec.state is State.FAILED and before.state is not State.FAILED:
+            self.say(f"the cycle failed: {rec.last_error}")
         text = self._status(step)
         if text == self._said:
             return
         self._said = text
         if step.action.do is Do.SLEEP and step.action.until:
             text += f" (until {rfc3339(step.action.until)})"
-        if step.record.last_error and step.record.state is State.FAILED:
-            text += f"; last error: {step.record.last_error}"
         self.say(text)
         self.notifier.status(self._status(step))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from updater import config, jsonout
@@ -71,6 +72,9 @@ def cmd_forget(args: argparse.Namespace) -> int:
         rec = store.load()
         wanted = None if args.all else frozenset(args.versions)
         after = rec.forget(wanted)
+        if after.blocked != rec.blocked:
+            # Check soon: a running agent reads the record again at its next step.
+            after = replace(after, next_check=None)
         store.save(after)
     gone = sorted(rec.blocked_versions() - after.blocked_versions())
     for version in args.versions:
