@@ -426,9 +426,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lock", "id", _holder,
             "This machine's holder id; empty: derived from the machine id."),
     Setting("lock", "ttl", _seconds(2, 86400),
-            "Seconds the etcd lease of a holder lives without being renewed: it must cover a "
-            "reboot and the health checks (the agent renews it after booting), and is how long "
-            "a machine that died holding the lock blocks its group."),
+            "Seconds the etcd lease of a holder lives without being renewed: it must cover one "
+            "reboot until the agent runs again (it renews the lease after booting and while it "
+            "verifies), and is how long a machine that died holding the lock blocks its group."),
     Setting("lock", "retry", _seconds(0.1, 3600),
             "Seconds between attempts at a busy lock, and after a failed step."),
     Setting("lock", "prefix", _prefix, "The etcd key prefix of the semaphores."),
@@ -441,8 +441,9 @@ SETTINGS: tuple[Setting, ...] = (
             "systemd units that must be active."),
     Setting("health", "timeout", _seconds(1, 3600), "Seconds each command may take."),
     Setting("health", "deadline", _seconds(1, 86400),
-            "Seconds after boot by which every check must pass at once; failing checks are "
-            "retried until then, and the release is rolled back after it."),
+            "Seconds, from when the agent finds the new slot booted, by which every check must "
+            "pass in one round; failing checks are retried until then, and the release is "
+            "rolled back after it."),
     Setting("health", "interval", _seconds(0.1, 600),
             "Seconds between rounds of checks while some still fail."),
 )  # fmt: skip
