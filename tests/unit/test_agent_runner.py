@@ -274,3 +274,11 @@ def test_a_second_agent_is_refused(tmp_path: Path) -> None:
     with store.running(), pytest.raises(UpdaterError, match="another updater agent is running"):
         with store.running():
             pass
+
+
+def test_verify_leaves_the_boot_to_a_running_agent(tmp_path: Path) -> None:
+    m = FakeMachine()
+    a = agent(tmp_path, m, lock=None, health=FakeHealth(), clock=FakeClock())
+    with Store(str(tmp_path / "state")).running():
+        assert a.run(Mode.VERIFY) == 0
+    assert m.calls == []

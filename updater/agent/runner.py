@@ -20,6 +20,7 @@ releasing the lock; for ``updater-mark-good.service``).
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import sys
@@ -38,7 +39,7 @@ from updater.agent.notify import Notifier
 from updater.agent.record import DESCRIPTIONS, RESTING, Record, State
 from updater.agent.schedule import rfc3339
 from updater.agent.seam import System
-from updater.agent.store import Store, write_atomic
+from updater.agent.store import AgentRunning, Store, write_atomic
 from updater.errors import UpdaterError
 
 REBOOT_REQUIRED_TEXT = b"*** System restart required ***\n"
@@ -113,7 +114,14 @@ class Agent:
 
     # ------------------------------------------------------------------------------ the loop
     def run(self, mode: Mode) -> int:
-        with self.store.running():
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(self.store.running())
+            except AgentRunning:
+                if mode is not Mode.VERIFY:
+                    raise
+                self.say("the agent is running and verifies the boot itself")
+                return 0
             self._signals()
             try:
                 return self._loop(mode)

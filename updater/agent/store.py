@@ -27,6 +27,10 @@ from updater.errors import DeviceError, UpdaterError
 STATE_FILE = "agent.json"
 
 
+class AgentRunning(UpdaterError):
+    """Another agent process holds this state directory."""
+
+
 def write_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> None:
     """``atomicfile.write`` creating the directory first; ``mode`` 0644 by default, so that
     node_exporter and status readers that are not root can read what the agent writes."""
@@ -82,7 +86,7 @@ class Store:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 pid = os.pread(fd, 20, 0).decode(errors="replace").strip()
-                raise UpdaterError(f"another updater agent is running (pid {pid or '?'})",
+                raise AgentRunning(f"another updater agent is running (pid {pid or '?'})",
                                    hint="stop it first") from None  # fmt: skip
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
