@@ -109,8 +109,8 @@ class Agent:
     ttl: float = 900.0
     health_timeout: float = 60.0  # the longest single check: the watchdog is stretched by it
     draw: Callable[[], float] = random.random
-    _said: str = ""
-    _renewed: float = 0.0
+    _said: str = field(default="", init=False)  # the last status reported
+    _renewed: float = field(default=0.0, init=False)  # when the lock's lease was last renewed
 
     # ------------------------------------------------------------------------------ the loop
     def run(self, mode: Mode) -> int:

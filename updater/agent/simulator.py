@@ -19,6 +19,9 @@ A simulated boot is the harness's part, what GRUB does: ``updater --disk DIR/dis
 (consume the chosen slot's try), then write its letter to ``booted`` (``boot`` below does both
 in-process). The clock is real time plus the seconds in the file named by
 ``$UPDATER_SIM_CLOCK`` (read only here), so tests move time without touching the system clock.
+
+It does not write images, verify anything or reboot anything: it is the seam's stand-in for
+tests, never a way to update a machine.
 """
 
 from __future__ import annotations
