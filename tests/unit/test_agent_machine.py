@@ -228,3 +228,22 @@ def test_decide_always_settles_on_one_action(
     step = machine.decide(rec, Facts(NOW, b, 0.3), policy(strategy=strategy))
     if step.action.do is Do.SLEEP:
         assert step.action.until is not None and step.action.until > NOW
+
+
+def test_going_back_that_keeps_failing_gives_the_lock_back_first() -> None:
+    m = staged()
+    m.power_on()
+    ticket = LockTicket("etcd", "m1", "default", 7)
+    rec = Record(state=State.ROLLED_BACK, version="2", from_slot="A", target_slot="B",
+                 returning=True, lock=ticket).block("2", Reason.HEALTH, NOW)  # fmt: skip
+    now = NOW
+    for _ in range(3):
+        step = machine.decide(rec, facts(m, now), P)
+        assert step.action == machine.Action(Do.MARK_BAD, slot="B")
+        rec = machine.absorb(step.record, step.action, machine.Failed("write error"),
+                             facts(m, now), P)  # fmt: skip
+        now += 61
+    step = machine.decide(rec, facts(m, now), P)
+    assert step.action.do is Do.RELEASE, "the fleet is not held up by one stuck machine"
+    rec = machine.absorb(step.record, step.action, machine.Done(), facts(m, now), P)
+    assert machine.decide(rec, facts(m, now), P).action.do is Do.MARK_BAD, "and it keeps trying"

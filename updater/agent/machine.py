@@ -170,23 +170,29 @@ def _reboot(rec: Record, f: Facts, p: Policy, *, why: str, capped: bool) -> Step
     return Step(nxt, Action(Do.REBOOT, via=str(p.strategy)))
 
 
+def _go_back(rec: Record, f: Facts, p: Policy) -> Step:
+    """Still on the slot that failed: mark it bad, then reboot into the previous one."""
+    if f.booted.slot.priority > 0:
+        return Step(rec, Action(Do.MARK_BAD, slot=rec.target_slot))
+    out = _reboot(rec, f, p, why="going back to the previous slot", capped=False)
+    assert isinstance(out, Step)  # uncapped: never gives up
+    return out
+
+
 def _resting(rec: Record, f: Facts, p: Policy) -> Step | Record:
     b = f.booted
-    if rec.state is State.ROLLED_BACK:
-        if rec.returning:
-            if b.slot.letter != rec.target_slot:  # back on the previous slot
-                return replace(rec, returning=False, signalled=False, reboot_attempts=0,
-                               reboot_requested=None)  # fmt: skip
-            if b.slot.priority > 0:
-                return Step(rec, Action(Do.MARK_BAD, slot=rec.target_slot))
-            if rec.reboot_attempts < p.max_reboot_attempts or rec.lock is None:
-                return _reboot(rec, f, p, why="going back to the previous slot", capped=False)
-        elif b.other.letter == rec.target_slot and b.other.bootable:
-            return Step(rec, Action(Do.MARK_BAD, slot=rec.target_slot))
+    if rec.returning and b.slot.letter != rec.target_slot:  # back on the previous slot
+        return replace(rec, returning=False, signalled=False, reboot_attempts=0,
+                       reboot_requested=None)  # fmt: skip
+    if rec.returning and (rec.lock is None or rec.reboot_attempts < p.max_reboot_attempts):
+        return _go_back(rec, f, p)
+    if rec.state is State.ROLLED_BACK and not rec.returning and b.other.bootable and (
+            b.other.letter == rec.target_slot and rec.version in rec.blocked_versions()):
+        return Step(rec, Action(Do.MARK_BAD, slot=rec.target_slot))  # it must never boot again
     if rec.lock is not None:
         return Step(rec, Action(Do.RELEASE))
-    if rec.returning:  # could not reboot back: keep trying, without holding the fleet's lock
-        return _reboot(rec, f, p, why="going back to the previous slot", capped=False)
+    if rec.returning:  # going back keeps failing: keep trying, without the fleet's lock
+        return _go_back(rec, f, p)
     if b.slot.successful and rec.committed_slot != b.slot.letter:
         # A good slot the agent did not commit is booted: a manual rollback (or the first run).
         # The release it moved away from is not offered again until an operator says so.
@@ -374,7 +380,9 @@ def _failed(rec: Record, action: Action, message: str, f: Facts, p: Policy) -> R
         # A slot that cannot be marked good would fall back at the next boot anyway; go back
         # now, in a controlled way, holding the lock.
         return _rollback(rec, f, p, Reason.HEALTH, f"mark-good failed: {message}", returning=True)
-    return replace(rec, last_error=f"{action.do} failed: {message}", next_try=f.now + p.retry)
+    attempts = rec.reboot_attempts + (action.do is Do.MARK_BAD and rec.returning)
+    return replace(rec, last_error=f"{action.do} failed: {message}", next_try=f.now + p.retry,
+                   reboot_attempts=attempts)  # fmt: skip
 
 
 def _offered(rec: Record, offer: Offer | None, f: Facts, p: Policy) -> Record:
