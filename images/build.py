@@ -20,7 +20,8 @@ What gets built, Flatcar style:
   the first-boot marker; USR-A = version 1; USR-B empty; OEM; ROOT = the tree without ``/usr``.
 
 Results live in ``${UPDATER_CACHE:-~/.cache/updater}/images/<hash>``, where the hash covers every
-input (packages, mirror, this file, initrd-hooks, grub, the updater package, versions). A build
+input (packages, mirror, this file, initrd-hooks, grub, systemd units, the updater package,
+versions). A build
 with unchanged inputs only checks that directory. Each directory is written under a temporary
 name and renamed into place, so a crash never leaves a half-built result that looks complete.
 
@@ -145,7 +146,7 @@ def build_key(versions: Sequence[int]) -> str:
     h = hashlib.sha256(f"build {RECIPE} {rootfs_key()} {list(versions)}\n".encode())
     h.update(f"{USR_SIZE} {ESP_SIZE} {OEM_SIZE} {ROOT_SIZE} {GRUB_MODULES}".encode())
     inputs: list[Path] = []
-    for sub in ("images", "initrd-hooks", "grub", "updater"):
+    for sub in ("images", "initrd-hooks", "grub", "updater", "systemd"):
         inputs += list(_files(REPO / sub))
     digest_files(h, [*inputs, REPO / "pyproject.toml"])  # the runtime dependencies
     return h.hexdigest()[:20]

@@ -208,6 +208,26 @@ ExecStart=-/sbin/agetty --autologin root --noclear --keep-baud 115200,57600,3840
 """
 
 
+# The project's units (systemd/) go where packages put theirs. Only updater-sync.service is
+# enabled: the agent and the health-gated mark-good would change the A/B state by themselves,
+# which the VM tests drive step by step (test_kexec relies on a trial slot NOT being marked good
+# by itself); a test that wants them enables them (systemctl enable, or a symlink in the tree).
+ENABLED_UNITS = {"updater-sync.service": "sysinit.target.wants"}
+
+
+def install_units(tree: Path) -> None:
+    dest = tree / "usr/lib/systemd/system"
+    dest.mkdir(parents=True, exist_ok=True)
+    for unit in sorted((REPO / "systemd").glob("*.service")):
+        shutil.copyfile(unit, dest / unit.name)
+        (dest / unit.name).chmod(0o644)
+    for name, wants in ENABLED_UNITS.items():
+        link = tree / "etc/systemd/system" / wants / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(f"/usr/lib/systemd/system/{name}")
+
+
 def runtime_requirements() -> list[str]:
     """The project's runtime dependencies, as pyproject.toml declares them (one source of truth)."""
     with (REPO / "pyproject.toml").open("rb") as f:
@@ -263,6 +283,7 @@ def customize(tree: Path) -> None:
     shutil.copytree(REPO / "updater", dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     write(tree / "usr/bin/updater", '#!/bin/sh\nexec python3 -m updater "$@"\n', 0o755)
 
+    install_units(tree)
     write(tree / "usr/lib/updater-image/ready", READY_SCRIPT, 0o755)
     write(tree / "etc/systemd/system/updater-ready.service", READY_UNIT)
     wants = tree / "etc/systemd/system/multi-user.target.wants"

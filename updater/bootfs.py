@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
-from updater import gptformat
+from updater import atomicfile, gptformat
 from updater.errors import DeviceError
 from updater.run import require_tool, run
 
@@ -56,22 +56,7 @@ class DirFiles:
 
     def write(self, rel: str, data: bytes) -> None:
         """Atomic: temp file in the same directory, fsync, rename, fsync the directory."""
-        path = self._path(rel)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        atomicfile.write(self._path(rel), data)
 
     def local_copy(self, rel: str, directory: str) -> str:
         path = self._path(rel)

@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from updater import __version__
+from updater.commands import agent as agent_commands
 from updater.commands import boot as boot_commands
 from updater.commands import config as config_commands
+from updater.commands import lock as lock_commands
 from updater.commands import releases as release_commands
 from updater.commands import repo as repo_commands
 from updater.commands import slots as slot_commands
@@ -92,6 +94,8 @@ COMMAND_MODULES = [
     config_commands,
     repo_commands,
     release_commands,
+    agent_commands,
+    lock_commands,
 ]
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
@@ -27,6 +28,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from updater.agent.schedule import Window, parse_window
 from updater.cmdline import Delivery, split_cmdline
 from updater.errors import UsageError
 
@@ -41,6 +43,20 @@ class RebootVia(StrEnum):
     KEXEC = "kexec"
     FIRMWARE = "firmware"
     NONE = "none"
+
+
+class RebootStrategy(StrEnum):
+    """How the agent reboots into a staged release: ``off`` leaves it to someone else."""
+
+    KEXEC = "kexec"
+    FIRMWARE = "firmware"
+    OFF = "off"
+
+
+class LockBackend(StrEnum):
+    NONE = "none"
+    ETCD = "etcd"
+    FLEETLOCK = "fleetlock"
 
 
 ARCHES = ("x86_64", "arm64")
@@ -75,13 +91,57 @@ class UpdateSettings:
 
 
 @dataclass(frozen=True)
+class AgentSettings:
+    interval: float = 3600.0
+    jitter: float = 0.1
+    channel: str = ""
+    version: str = ""
+    reboot: RebootStrategy = RebootStrategy.KEXEC
+    windows: tuple[Window, ...] = ()
+    timezone: str = "localtime"
+    machine_id_file: str = "/etc/machine-id"
+    metrics_file: str = "/var/lib/prometheus/node-exporter/updater.prom"
+    reboot_required_file: str = "/run/reboot-required"
+
+
+@dataclass(frozen=True)
+class LockSettings:
+    backend: LockBackend = LockBackend.NONE
+    endpoints: tuple[str, ...] = ()
+    group: str = "default"
+    id: str = ""
+    ttl: float = 900.0
+    retry: float = 60.0
+    prefix: str = "updater/reboot-lock"
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    commands: tuple[tuple[str, ...], ...] = ()
+    units: tuple[str, ...] = ()
+    timeout: float = 60.0
+    deadline: float = 300.0
+    interval: float = 10.0
+
+
+@dataclass(frozen=True)
 class Config:
     boot: BootSettings = field(default_factory=BootSettings)
     update: UpdateSettings = field(default_factory=UpdateSettings)
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    lock: LockSettings = field(default_factory=LockSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
     source: str | None = None  # the file it was read from; None: every default
 
 
-SECTIONS: Mapping[str, type[Any]] = {"boot": BootSettings, "update": UpdateSettings}
+SECTIONS: Mapping[str, type[Any]] = {
+    "boot": BootSettings,
+    "update": UpdateSettings,
+    "agent": AgentSettings,
+    "lock": LockSettings,
+    "health": HealthSettings,
+}
 
 # ------------------------------------------------------------------------------ value parsers
 # Each takes the TOML value and returns the setting's value, or raises ValueError whose text
@@ -172,6 +232,108 @@ def _count(low: int, high: int) -> Callable[[object], int]:
     return parse
 
 
+def _optional_name(value: object) -> str:
+    return value if value == "" else _name(value)
+
+
+def _fraction(value: object) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 0.5:
+        return float(value)
+    raise ValueError(f"must be a number from 0 to 0.5, not {value!r}")
+
+
+def _windows(value: object) -> tuple[Window, ...]:
+    if not isinstance(value, list) or len(value) > 64:
+        raise ValueError("must be a list of at most 64 windows")
+    return tuple(parse_window(v) for v in value)
+
+
+_ZONE = re.compile(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*")
+
+
+def _timezone(value: object) -> str:
+    """``localtime`` (the machine's, /etc/localtime) or an IANA name; whether the name exists
+    is checked where the zone is loaded (the agent), since that reads the zone database."""
+    if isinstance(value, str) and len(value) <= 64 and _ZONE.fullmatch(value) and ".." not in value:
+        return value
+    raise ValueError(f"must be localtime or a time zone name such as Europe/Berlin, not {value!r}")
+
+
+def _optional_path(value: object) -> str:
+    return value if value == "" else _absolute_path(value)
+
+
+def _urls(value: object) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or len(items) > 16:
+        raise ValueError("must be a URL or a list of at most 16 URLs")
+    for item in items:
+        if not (isinstance(item, str) and _URL.fullmatch(item)):
+            raise ValueError(f"{item!r} is not an http:// or https:// URL")
+    return tuple(str(i).rstrip("/") for i in items)
+
+
+_GROUP = re.compile(r"[a-zA-Z0-9.-]{1,64}")  # FleetLock's group rule, bounded
+
+
+def _group(value: object) -> str:
+    if isinstance(value, str) and _GROUP.fullmatch(value):
+        return value
+    raise ValueError(f"must be 1-64 of a-z A-Z 0-9 . - (FleetLock's rule), not {value!r}")
+
+
+_HOLDER = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+
+
+def _holder(value: object) -> str:
+    if isinstance(value, str) and (value == "" or _HOLDER.fullmatch(value)):
+        return value
+    raise ValueError(f"must be 1-128 of A-Z a-z 0-9 . _ : @ -, not {value!r}")
+
+
+_PREFIX = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
+
+
+def _prefix(value: object) -> str:
+    if isinstance(value, str) and len(value) <= 128 and _PREFIX.fullmatch(value):
+        return value
+    raise ValueError(f"must be key words joined by /, such as updater/reboot-lock, not {value!r}")
+
+
+def _commands(value: object) -> tuple[tuple[str, ...], ...]:
+    """Each command a string (split as a POSIX shell would, without running a shell) or a list
+    of arguments."""
+    if not isinstance(value, list) or len(value) > 64:
+        raise ValueError("must be a list of at most 64 commands")
+    out = []
+    for item in value:
+        if isinstance(item, str):
+            try:
+                argv = shlex.split(item)
+            except ValueError as exc:
+                raise ValueError(f"{item!r}: {exc}") from None
+        elif isinstance(item, list) and all(isinstance(a, str) for a in item):
+            argv = list(item)
+        else:
+            raise ValueError(f"{item!r} is not a command string or a list of arguments")
+        if not argv or not all(a.isprintable() for a in argv):
+            raise ValueError(f"{item!r} is empty or holds control characters")
+        out.append(tuple(argv))
+    return tuple(out)
+
+
+_UNIT = re.compile(r"[A-Za-z0-9:_.@\\-]{1,255}")
+
+
+def _units(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > 64:
+        raise ValueError("must be a list of at most 64 unit names")
+    for item in value:
+        if not (isinstance(item, str) and _UNIT.fullmatch(item) and "." in item):
+            raise ValueError(f"{item!r} is not a unit name such as sshd.service")
+    return tuple(value)
+
+
 # ---------------------------------------------------------------------------------- the table
 
 
@@ -227,6 +389,64 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds without progress after which a connection or a read is given up."),
     Setting("update", "retries", _count(0, 20),
             "Retries, with exponential backoff, after a transient network failure."),
+    Setting("agent", "interval", _seconds(1, 7 * 86400),
+            "Seconds between checks for a release."),
+    Setting("agent", "jitter", _fraction,
+            "Spread of each pause between checks: 0.1 draws it from 90% to 110% of `interval`, "
+            "so that a fleet started together does not ask the repository together."),
+    Setting("agent", "channel", _optional_name,
+            "The channel the agent follows; empty: `[update] channel`."),
+    Setting("agent", "version", _optional_name,
+            "Pin the machine to this release (also older ones); empty: the newest."),
+    Setting("agent", "reboot", _enum(RebootStrategy),
+            "How the agent reboots into a staged release: `kexec` (falling back to the "
+            "firmware where kexec is impossible), `firmware`, or `off`: write "
+            "`reboot_required_file` and let someone else reboot (kured, an operator)."),
+    Setting("agent", "windows", _windows,
+            "Maintenance windows for reboots, e.g. `[{days = [\"Sat\", \"Sun\"], start = "
+            "\"02:00\", minutes = 120}]`: local start time on those days, length in minutes. "
+            "Empty: any time."),
+    Setting("agent", "timezone", _timezone,
+            "The time zone of `windows`: `localtime` (the machine's, /etc/localtime) or a name "
+            "such as `Europe/Berlin`."),
+    Setting("agent", "machine_id_file", _absolute_path,
+            "The machine id (machine-id(5)) from which the rollout wave seed (0..2047) and the "
+            "lock holder id are derived."),
+    Setting("agent", "metrics_file", _optional_path,
+            "Prometheus text file for node_exporter's textfile collector; empty: none."),
+    Setting("agent", "reboot_required_file", _absolute_path,
+            "Written when a reboot is needed and `reboot` is `off` (the file kured watches)."),
+    Setting("lock", "backend", _enum(LockBackend),
+            "Reboot coordination: `none`, `etcd` (a semaphore in etcd v3) or `fleetlock` (a "
+            "FleetLock server)."),
+    Setting("lock", "endpoints", _urls,
+            "etcd client URLs (tried in order), or the FleetLock server's base URL."),
+    Setting("lock", "group", _group,
+            "The reboot group: each group has its own maximum number of machines rebooting at "
+            "once."),
+    Setting("lock", "id", _holder,
+            "This machine's holder id; empty: derived from the machine id."),
+    Setting("lock", "ttl", _seconds(2, 86400),
+            "Seconds the etcd lease of a holder lives without being renewed: it must cover one "
+            "reboot until the agent runs again (it renews the lease after booting and while it "
+            "verifies), and is how long a machine that died holding the lock blocks its group."),
+    Setting("lock", "retry", _seconds(0.1, 3600),
+            "Seconds between attempts at a busy lock, and after a failed step."),
+    Setting("lock", "prefix", _prefix, "The etcd key prefix of the semaphores."),
+    Setting("lock", "timeout", _seconds(0.5, 300),
+            "Seconds to wait for etcd or the FleetLock server."),
+    Setting("health", "commands", _commands,
+            "Commands that must exit 0 on a healthy system (strings split like a shell would, "
+            "or argument lists); no shell runs them."),
+    Setting("health", "units", _units,
+            "systemd units that must be active."),
+    Setting("health", "timeout", _seconds(1, 3600), "Seconds each command may take."),
+    Setting("health", "deadline", _seconds(1, 86400),
+            "Seconds, from when the agent finds the new slot booted, by which every check must "
+            "pass in one round; failing checks are retried until then, and the release is "
+            "rolled back after it."),
+    Setting("health", "interval", _seconds(0.1, 600),
+            "Seconds between rounds of checks while some still fail."),
 )  # fmt: skip
 
 _BY_KEY = {(s.section, s.key): s for s in SETTINGS}
@@ -327,8 +547,12 @@ def show(value: Any) -> str:
     """A value as it is written in TOML."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, tuple):
+    if isinstance(value, tuple | list):
         return "[" + ", ".join(show(v) for v in value) + "]"
+    if isinstance(value, Window):
+        value = value.as_toml()
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {show(v)}" for k, v in value.items()) + "}"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, float) and value.is_integer():
@@ -341,8 +565,16 @@ def as_dict(config: Config) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for s in SETTINGS:
         value = getattr(getattr(config, s.section), s.key)
-        out.setdefault(s.section, {})[s.key] = list(value) if isinstance(value, tuple) else value
+        out.setdefault(s.section, {})[s.key] = _plain(value)
     return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Window):
+        return value.as_toml()
+    return value
 
 
 def reference() -> str:

@@ -10,10 +10,14 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from updater import layout
+
+if TYPE_CHECKING:
+    from tests.integration.fleet import EtcdServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,3 +116,13 @@ def sgdisk_attributes(disk: Path, part: int) -> int:
         if line.startswith("Attribute flags:"):
             return int(line.split(":", 1)[1].strip(), 16)
     raise AssertionError("sgdisk printed no attribute flags")
+
+
+@pytest.fixture
+def etcd(fast_tmp: Path) -> Iterator[EtcdServer]:
+    """A real etcd (Debian's etcd-server) on 127.0.0.1, its data in memory."""
+    need_tools("etcd", "sgdisk")
+    from tests.integration.fleet import etcd_server
+
+    with etcd_server(fast_tmp) as server:
+        yield server

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from datetime import time
 from pathlib import Path
 
 import pytest
 
 from updater import config
+from updater.agent import schedule
 from updater.cmdline import Delivery
 from updater.config import BootSettings, Config, RebootVia, UpdateSettings
 from updater.errors import UsageError
@@ -73,7 +75,7 @@ def test_native_arch(machine: str, arch: str) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[nope]\n", r"unknown section \[nope\] \(known: boot, update\)"),
+        ("[nope]\n", r"unknown section \[nope\] \(known: boot, update, agent, lock, health\)"),
         ("[boot]\nnope = 1\n", r"unknown setting \[boot\] nope \(known: extra_args, "),
         ("boot = 1\n", "boot must be a \\[section\\]"),
         ('[boot]\nverity = "yes"\n', r"\[boot\] verity must be true or false"),
@@ -147,3 +149,60 @@ def test_reference_lists_every_setting_once() -> None:
 def test_readme_carries_the_reference() -> None:
     """The README's configuration section is exactly what the table renders."""
     assert config.reference() in README.read_text()
+
+
+def test_agent_lock_and_health_sections() -> None:
+    cfg = config.parse(
+        "[agent]\ninterval = 600\njitter = 0.2\nchannel = \"beta\"\nversion = \"3.1\"\n"
+        'reboot = "off"\ntimezone = "Europe/Berlin"\nmachine_id_file = "/srv/machine-id"\n'
+        'metrics_file = ""\nreboot_required_file = "/tmp/rr"\n'
+        'windows = [{days = ["Sat", "sun"], start = "02:00", minutes = 90}]\n'
+        '[lock]\nbackend = "etcd"\nendpoints = ["http://10.0.0.1:2379/", "https://e:2379"]\n'
+        'group = "workers.eu-1"\nid = "node-7"\nttl = 600\nretry = 5\nprefix = "fleet/locks"\n'
+        "timeout = 3\n"
+        '[health]\ncommands = ["curl -fsS \'http://localhost/health z\'", ["/bin/true", "-x"]]\n'
+        'units = ["sshd.service", "getty@tty1.service"]\ntimeout = 20\ndeadline = 120\n'
+        "interval = 2\n",
+        "x.toml",
+    )
+    a, lk, h = cfg.agent, cfg.lock, cfg.health
+    assert (a.interval, a.jitter, a.channel, a.version, a.reboot) == (
+        600.0, 0.2, "beta", "3.1", config.RebootStrategy.OFF)
+    assert a.windows == (schedule.Window((5, 6), time(2, 0), 90),)
+    assert (a.timezone, a.machine_id_file) == ("Europe/Berlin", "/srv/machine-id")
+    assert a.metrics_file == ""
+    assert lk.backend is config.LockBackend.ETCD
+    assert lk.endpoints == ("http://10.0.0.1:2379", "https://e:2379")
+    assert (lk.group, lk.id, lk.ttl, lk.retry, lk.prefix) == ("workers.eu-1", "node-7", 600.0,
+                                                              5.0, "fleet/locks")
+    assert h.commands == (("curl", "-fsS", "http://localhost/health z"), ("/bin/true", "-x"))
+    assert h.units == ("sshd.service", "getty@tty1.service") and h.deadline == 120.0
+    shown = "[agent]\n" + "".join(f"{k} = {config.show(getattr(a, k))}\n"
+                                  for k in config.as_dict(cfg)["agent"])
+    assert config.parse(shown, "y").agent == a, "show writes windows back as TOML"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[agent]\nreboot = "later"\n', "kexec, firmware, off"),
+        ("[agent]\njitter = 0.9\n", "from 0 to 0.5"),
+        ("[agent]\ninterval = 0\n", "from 1 to"),
+        ('[agent]\ntimezone = "../../etc/passwd"\n', "time zone name"),
+        ('[agent]\nwindows = [{days = ["Sat"], start = "2am", minutes = 5}]\n', "HH:MM"),
+        ('[agent]\nwindows = "Sat 02:00"\n', "must be a list"),
+        ('[lock]\nbackend = "zookeeper"\n', "none, etcd, fleetlock"),
+        ('[lock]\nendpoints = ["etcd:2379"]\n', "is not an http:// or https:// URL"),
+        ('[lock]\ngroup = "a b"\n', "FleetLock's rule"),
+        ('[lock]\nid = "a/b"\n', "must be 1-128"),
+        ("[lock]\nttl = 1\n", "from 2 to"),
+        ('[lock]\nprefix = "/abs/"\n', "key words joined by /"),
+        ('[health]\ncommands = ["unterminated \'quote"]\n', "No closing quotation"),
+        ('[health]\ncommands = [""]\n', "is empty"),
+        ("[health]\ncommands = [[1]]\n", "is not a command string"),
+        ('[health]\nunits = ["sshd"]\n', "is not a unit name"),
+    ],
+)
+def test_agent_setting_errors(text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        config.parse(text, "x.toml")

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from updater import gpt, jsonout, layout, slots, state
+from updater.agent import report as agent_report
 from updater.errors import SlotError, UsageError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -34,8 +35,9 @@ def _format_slots(st: state.DiskState, after: tuple[slots.Slot, ...] | None = No
 
 def cmd_status(args: argparse.Namespace) -> int:
     st = state.load(args.disk, args.booted, args.esp)
+    agent = agent_report.status_json(args.config)
     if args.json:
-        _out(jsonout.dumps(st.to_json()))
+        _out(jsonout.dumps({**st.to_json(), "agent": agent}))
         return 0
     t = st.table
     backup = t.backup.problem or ("stale" if t.backup_stale else "valid")
@@ -43,6 +45,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     _out(_format_slots(st))
     if st.next is None:
         _out("no slot is bootable\n")
+    _out(agent_report.status_line(agent))
     return 0
 
 

@@ -1,0 +1,182 @@
+"""Fakes for the agent's unit tests: a machine whose A/B state is decided by the real slot rules
+(``updater.slots``) in memory, a reboot lock with a holder limit, scripted health checks and a
+clock that sleeps by moving time forward."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC
+from pathlib import Path
+
+from updater import slots
+from updater.agent.machine import Policy
+from updater.agent.notify import Notifier
+from updater.agent.record import LockTicket
+from updater.agent.runner import Agent
+from updater.agent.seam import Booted, Offer, Progress, SlotView
+from updater.agent.store import Store
+from updater.config import RebootStrategy
+from updater.errors import TransportError, VerificationError
+
+GOOD = slots.encode(0, priority=1, tries=0, successful=True)
+
+
+class FakeReboot(BaseException):
+    """The process ends with the reboot (as the simulator's SystemExit does)."""
+
+
+class Crash(BaseException):
+    """The process dies here (kill -9, power cut)."""
+
+
+@dataclass
+class FakeMachine:
+    table: list[slots.Slot] = field(default_factory=lambda: [
+        slots.Slot(3, "USR-A", uuid.uuid4(), GOOD), slots.Slot(4, "USR-B", uuid.uuid4(), 0)])
+    booted_letter: str = "A"
+    versions: dict[str, str] = field(default_factory=lambda: {"A": "1"})
+    releases: list[Offer] = field(default_factory=lambda: [Offer("2")])
+    broken: set[str] = field(default_factory=set)
+    offline: bool = False
+    reboots: list[str] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    crash_after: str | None = None  # a method name: crash right after it did its work
+
+    def _slot(self, letter: str) -> slots.Slot:
+        return next(s for s in self.table if s.letter == letter)
+
+    def _apply(self, t: slots.Transition) -> None:
+        self.table = slots.apply(self.table, t.changes)
+
+    def _done(self, name: str) -> None:
+        self.calls.append(name)
+        if self.crash_after == name:
+            self.crash_after = None
+            raise Crash(name)
+
+    def booted(self) -> Booted:
+        def view(s: slots.Slot) -> SlotView:
+            letter = s.letter or "?"
+            return SlotView(letter, self.versions.get(letter), s.priority, s.tries, s.successful)
+
+        mine = self._slot(self.booted_letter)
+        other = slots.other_slot(self.table, mine.partition)
+        nxt = slots.choose_next(self.table)
+        return Booted(view(mine), view(other), nxt.letter if nxt else None)
+
+    def available(self, channel: str, pin: str | None, blocked: frozenset[str]) -> Offer | None:
+        if self.offline:
+            raise TransportError("repository unreachable")
+        mine = int(self.versions[self.booted_letter])
+        newer = [o for o in self.releases if int(o.version) > mine and o.version not in blocked]
+        self._done("available")
+        return max(newer, key=lambda o: int(o.version)) if newer else None
+
+    def stage(self, offer: Offer, progress: Progress) -> None:
+        other = slots.other_slot(self.table, self._slot(self.booted_letter).partition)
+        self._apply(slots.mark_bad(self.table, other.partition))
+        progress(0, 1)
+        if offer.version in self.broken:
+            raise VerificationError(f"release {offer.version} does not match its hash")
+        self.versions[other.letter or "?"] = offer.version
+        self._apply(slots.set_active(self.table, other.partition))
+        self._done("stage")
+
+    def reboot(self, via: str) -> None:
+        self.reboots.append(via)
+        self.calls.append("reboot")
+        raise FakeReboot(via)
+
+    def mark_good(self) -> None:
+        self._apply(slots.mark_good(self.table, self._slot(self.booted_letter).partition))
+        self._done("mark_good")
+
+    def mark_bad(self, slot: str) -> None:
+        self._apply(slots.mark_bad(self.table, self._slot(slot).partition))
+        self._done("mark_bad")
+
+    def power_on(self) -> str:
+        """GRUB: choose the slot, consume its try, boot it."""
+        chosen, t = slots.next_boot(self.table)
+        self._apply(t)
+        self.booted_letter = chosen.letter or "?"
+        return self.booted_letter
+
+
+@dataclass
+class FakeSemaphore:
+    max: int = 1
+    holders: dict[str, int] = field(default_factory=dict)  # id -> lease
+    taken: list[str] = field(default_factory=list)
+    leases: int = 0
+
+
+@dataclass
+class FakeLock:
+    sem: FakeSemaphore
+    holder: str = "m1"
+    group: str = "default"
+    backend: str = "etcd"
+
+    def acquire(self) -> LockTicket | tuple[str, ...]:
+        if self.holder in self.sem.holders:
+            return LockTicket("etcd", self.holder, self.group, self.sem.holders[self.holder])
+        if len(self.sem.holders) >= self.sem.max:
+            return tuple(self.sem.holders)
+        self.sem.leases += 1
+        self.sem.holders[self.holder] = self.sem.leases
+        self.sem.taken.append(self.holder)
+        return LockTicket("etcd", self.holder, self.group, self.sem.leases)
+
+    def refresh(self, ticket: LockTicket) -> bool:
+        return self.sem.holders.get(ticket.id) == ticket.lease
+
+    def release(self, ticket: LockTicket) -> None:
+        if self.sem.holders.get(ticket.id) == ticket.lease:
+            del self.sem.holders[ticket.id]
+
+
+@dataclass
+class FakeHealth:
+    failure: str | None = None
+    rounds: int = 0
+
+    def verify(self, deadline: float, tick: Callable[[], None]) -> str | None:
+        self.rounds += 1
+        tick()
+        return self.failure
+
+
+class FakeClock:
+    slice = 3600.0
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.t = now
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += max(seconds, 0.001)
+
+
+def policy(**changes: object) -> Policy:
+    values: dict[str, object] = dict(
+        interval=3600.0, jitter=0.0, strategy=RebootStrategy.KEXEC, windows=(), zone=UTC,
+        locking=True, retry=60.0, health_deadline=300.0, seed=100)  # fmt: skip
+    values.update(changes)
+    return Policy(**values)  # type: ignore[arg-type]
+
+
+def agent(tmp: Path, m: FakeMachine, *, lock: FakeLock | None, health: FakeHealth,
+          clock: FakeClock, pol: Policy | None = None) -> Agent:  # fmt: skip
+    return Agent(
+        system=m, store=Store(str(tmp / "state")), policy=pol or policy(locking=lock is not None),
+        channel="stable", pin=None, lock=lock, health=health, clock=clock,
+        stop=threading.Event(), notifier=Notifier(env={}),
+        metrics_file=str(tmp / "metrics.prom"),
+        reboot_required_file=str(tmp / "reboot-required"), draw=lambda: 0.5,
+    )  # fmt: skip

@@ -1,0 +1,249 @@
+"""The agent's pure rules: one decision or one result at a time, with the A/B facts taken from a
+machine run by the real slot rules (``tests.unit.agentfakes.FakeMachine``)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.unit.agentfakes import FakeMachine, policy
+from updater import slots
+from updater.agent import machine
+from updater.agent.machine import Do, Facts
+from updater.agent.record import LockTicket, Reason, Record, State
+from updater.agent.schedule import parse_waves, parse_window
+from updater.agent.seam import Booted, Offer, SlotView
+from updater.config import RebootStrategy
+
+NOW = 1_700_000_000.0  # Tuesday 2023-11-14 22:13:20 UTC
+P = policy()
+
+
+def facts(m: FakeMachine, now: float = NOW, **kw: object) -> Facts:
+    return Facts(now, m.booted(), 0.5, **kw)  # type: ignore[arg-type]
+
+
+def staged() -> FakeMachine:
+    m = FakeMachine()
+    m.versions["B"] = "2"
+    m._apply(slots.set_active(m.table, 4))
+    return m
+
+
+IN_FLIGHT = Record(state=State.WAITING_FOR_LOCK, version="2", from_slot="A", from_version="1",
+                   target_slot="B", committed_slot="A", committed_version="1")  # fmt: skip
+
+
+def test_first_check_is_due_at_once_and_later_after_the_interval() -> None:
+    step = machine.decide(Record(), facts(FakeMachine()), P)
+    assert step.action.do is Do.CHECK and step.record.state is State.CHECKING
+    assert step.record.committed_slot == "A" and step.record.committed_version == "1"
+    rec = machine.absorb(step.record, step.action, machine.Offered(None), facts(FakeMachine()), P)
+    assert rec.state is State.IDLE and rec.next_check == NOW + 3600 and rec.last_check == NOW
+    step = machine.decide(rec, facts(FakeMachine(), NOW + 10), P)
+    assert step.action == machine.Action(Do.SLEEP, until=NOW + 3600, why="next check")
+    assert machine.decide(rec, facts(FakeMachine(), NOW + 3600), P).action.do is Do.CHECK
+    assert machine.decide(rec, facts(FakeMachine(), NOW + 10, force_check=True), P
+                          ).action.do is Do.CHECK  # fmt: skip
+
+
+def test_a_release_waits_for_its_wave() -> None:
+    m = FakeMachine()
+    waves = parse_waves([[50, "2023-11-15T00:00:00Z"], [2048, "2023-11-16T00:00:00Z"]])
+    checking = machine.decide(Record(), facts(m), P).record
+    offer = Offer("2", waves)
+    rec = machine.absorb(checking, machine.Action(Do.CHECK), machine.Offered(offer), facts(m), P)
+    wave2 = waves[1].start  # seed 100 is in the second wave
+    assert rec.state is State.IDLE and rec.available == "2" and rec.wave_start == wave2
+    assert rec.next_check == NOW + 3600
+    step = machine.decide(rec, facts(m, NOW + 3600), P)
+    assert step.action.do is Do.CHECK
+    later = machine.absorb(step.record, step.action, machine.Offered(offer), facts(m, wave2), P)
+    assert later.state is State.DOWNLOADING and later.target_slot == "B"
+    first = machine.absorb(checking, machine.Action(Do.CHECK), machine.Offered(offer), facts(m),
+                           policy(seed=10))  # fmt: skip
+    assert first.state is State.IDLE and first.wave_start == waves[0].start
+
+
+def test_a_blocked_release_is_never_taken() -> None:
+    m = FakeMachine()
+    rec = Record(state=State.CHECKING).block("2", Reason.HEALTH, NOW)
+    out = machine.absorb(rec, machine.Action(Do.CHECK), machine.Offered(Offer("2")), facts(m), P)
+    assert out.state is State.IDLE and out.available is None
+
+
+def test_waiting_for_the_window_then_the_lock() -> None:
+    m = staged()
+    window = parse_window({"days": ["Wed"], "start": "01:00", "minutes": 30})
+    p = policy(windows=(window,))
+    rec = replace(IN_FLIGHT, state=State.STAGED)
+    step = machine.decide(rec, facts(m), p)
+    assert step.record.state is State.WAITING_FOR_WINDOW
+    assert step.action.do is Do.SLEEP and step.action.until == NOW + 2 * 3600 + 46 * 60 + 40
+    step = machine.decide(step.record, facts(m, step.action.until or 0), p)
+    assert step.record.state is State.WAITING_FOR_LOCK and step.action.do is Do.ACQUIRE
+    # the lock stays busy past the window's end: back to waiting for the next window
+    busy = machine.absorb(step.record, step.action, machine.Busy(("m7",)), facts(m), p)
+    closed = NOW + 3 * 3600 + 30 * 60
+    assert machine.decide(busy, facts(m, closed), p).record.state is State.WAITING_FOR_WINDOW
+
+
+def test_busy_lock_names_the_holders_and_retries_later() -> None:
+    m = staged()
+    rec = machine.absorb(IN_FLIGHT, machine.Action(Do.ACQUIRE), machine.Busy(("m7", "m9")),
+                         facts(m), P)  # fmt: skip
+    step = machine.decide(rec, facts(m, NOW + 30), P)
+    assert step.action.do is Do.SLEEP and step.action.until == NOW + 60
+    assert step.action.why == "reboot lock held by m7, m9"
+    assert machine.decide(rec, facts(m, NOW + 60), P).action.do is Do.ACQUIRE
+
+
+def test_no_lock_backend_goes_straight_to_the_reboot() -> None:
+    step = machine.decide(IN_FLIGHT, facts(staged()), policy(locking=False))
+    assert step.record.state is State.REBOOTING and step.action.do is Do.REBOOT
+    assert step.action.via == "kexec" and step.record.reboot_attempts == 1
+
+
+def test_a_failed_reboot_is_retried_then_given_up_and_the_lock_released() -> None:
+    m = staged()
+    ticket = LockTicket("etcd", "m1", "default", 7)
+    rec = replace(IN_FLIGHT, state=State.REBOOTING, lock=ticket)
+    now = NOW
+    for attempt in range(1, 4):
+        step = machine.decide(rec, facts(m, now), P)
+        assert step.action.do is Do.REBOOT and step.record.reboot_attempts == attempt
+        failed = machine.Failed("inhibited")
+        rec = machine.absorb(step.record, step.action, failed, facts(m, now), P)
+        assert machine.decide(rec, facts(m, now + 1), P).action.do is Do.SLEEP
+        now += 61
+    step = machine.decide(rec, facts(m, now), P)
+    assert step.record.state is State.FAILED and step.action.do is Do.RELEASE
+    assert "no reboot happened after 3 attempts" in (step.record.last_error or "")
+
+
+def test_a_requested_reboot_gets_time_to_happen() -> None:
+    m = staged()
+    rec = replace(IN_FLIGHT, state=State.REBOOTING, reboot_attempts=1)
+    rec = machine.absorb(rec, machine.Action(Do.REBOOT, via="kexec"), machine.Done(), facts(m), P)
+    step = machine.decide(rec, facts(m, NOW + 100), P)
+    assert step.action.do is Do.SLEEP and step.action.until == NOW + 300
+    assert machine.decide(rec, facts(m, NOW + 300), P).action.do is Do.REBOOT
+
+
+def test_the_new_slot_that_did_not_boot_is_rolled_back_and_blocked() -> None:
+    m = staged()
+    m.power_on()  # GRUB spends B's try ...
+    m.booted_letter = "A"  # ... and the machine comes back on A (B hung and was reset)
+    ticket = LockTicket("etcd", "m1", "default", 7)
+    rec = replace(IN_FLIGHT, state=State.REBOOTING, lock=ticket, reboot_attempts=1)
+    step = machine.decide(rec, facts(m), P)
+    assert step.record.state is State.ROLLED_BACK and step.action.do is Do.RELEASE
+    assert step.record.blocked[0].reason is Reason.BOOT and step.record.rollbacks == 1
+
+
+def test_a_staged_release_changed_outside_the_agent_fails_the_cycle() -> None:
+    m = staged()
+    m._apply(slots.mark_bad(m.table, 4))
+    step = machine.decide(replace(IN_FLIGHT, state=State.STAGED), facts(m), P)
+    assert step.record.state is State.FAILED
+    assert "outside the agent" in (step.record.last_error or "")
+
+
+def test_strategy_off_signals_once_then_waits() -> None:
+    m = staged()
+    p = policy(strategy=RebootStrategy.OFF)
+    step = machine.decide(replace(IN_FLIGHT, state=State.STAGED), facts(m), p)
+    assert step.action.do is Do.SIGNAL
+    rec = machine.absorb(step.record, step.action, machine.Done(), facts(m), p)
+    step = machine.decide(rec, facts(m), p)
+    assert step.action.do is Do.SLEEP and "strategy off" in step.action.why
+
+
+def test_health_failure_marks_bad_and_reboots_back_holding_the_lock() -> None:
+    m = staged()
+    m.power_on()
+    ticket = LockTicket("etcd", "m1", "default", 7)
+    rec = replace(IN_FLIGHT, state=State.VERIFYING, lock=ticket, verify_deadline=NOW + 300)
+    step = machine.decide(rec, facts(m), P)
+    assert step.action == machine.Action(Do.VERIFY, deadline=NOW + 300)
+    rec = machine.absorb(rec, step.action, machine.Unhealthy("unit x is failed"), facts(m), P)
+    assert rec.state is State.ROLLED_BACK and rec.returning and rec.lock == ticket
+    assert rec.last_error == "health check failed: unit x is failed"
+    step = machine.decide(rec, facts(m), P)
+    assert step.action == machine.Action(Do.MARK_BAD, slot="B")
+    m.mark_bad("B")
+    step = machine.decide(step.record, facts(m), P)
+    assert step.action.do is Do.REBOOT and step.record.lock == ticket
+    m.power_on()
+    assert m.booted_letter == "A"
+    step = machine.decide(step.record, facts(m), P)
+    assert step.action.do is Do.RELEASE and not step.record.returning
+
+
+def test_adopting_a_trial_boot_skips_blocked_releases() -> None:
+    m = staged()
+    m.power_on()
+    adopted = machine.decide(Record(committed_slot="A", committed_version="1"), facts(m), P)
+    assert adopted.record.state is State.VERIFYING and adopted.action.do is Do.VERIFY
+    blocked = Record(committed_slot="A").block("2", Reason.HEALTH, NOW)
+    step = machine.decide(blocked, facts(m), P)
+    assert step.action.do is Do.SLEEP and "not proven good" in step.action.why
+
+
+def _view(data: tuple[int, int, bool, str | None], letter: str) -> SlotView:
+    return SlotView(letter, data[3], data[0], data[1], data[2])
+
+
+slot_data = st.tuples(st.integers(0, 15), st.integers(0, 15), st.booleans(),
+                      st.sampled_from([None, "1", "2"]))  # fmt: skip
+
+
+@given(
+    state=st.sampled_from(list(State)),
+    mine=slot_data,
+    other=slot_data,
+    booted=st.sampled_from(["A", "B"]),
+    nxt=st.sampled_from([None, "A", "B"]),
+    lock=st.booleans(),
+    returning=st.booleans(),
+    healthy=st.booleans(),
+    strategy=st.sampled_from(list(RebootStrategy)),
+    delta=st.floats(-1e5, 1e6),
+)
+def test_decide_always_settles_on_one_action(
+    state: State, mine: tuple[int, int, bool, str | None], other: tuple[int, int, bool, str | None],
+    booted: str, nxt: str | None, lock: bool, returning: bool, healthy: bool,
+    strategy: RebootStrategy, delta: float,
+) -> None:  # fmt: skip
+    """Whatever the record says and whatever the slots show, one action comes out, and a sleep
+    never ends in the past of a due step (no busy loop of zero-length sleeps)."""
+    letter = "B" if booted == "A" else "A"
+    b = Booted(_view(mine, booted), _view(other, letter), nxt)
+    rec = Record(state=state, version="2", from_slot="A", target_slot="B", returning=returning,
+                 healthy=healthy, lock=LockTicket("etcd", "m", "g", 1) if lock else None,
+                 next_check=NOW + delta, next_try=NOW + delta / 10, verify_deadline=NOW,
+                 reboot_requested=NOW + delta if delta > 0 else None)  # fmt: skip
+    step = machine.decide(rec, Facts(NOW, b, 0.3), policy(strategy=strategy))
+    if step.action.do is Do.SLEEP:
+        assert step.action.until is not None and step.action.until > NOW
+
+
+def test_going_back_that_keeps_failing_gives_the_lock_back_first() -> None:
+    m = staged()
+    m.power_on()
+    ticket = LockTicket("etcd", "m1", "default", 7)
+    rec = Record(state=State.ROLLED_BACK, version="2", from_slot="A", target_slot="B",
+                 returning=True, lock=ticket).block("2", Reason.HEALTH, NOW)  # fmt: skip
+    now = NOW
+    for _ in range(3):
+        step = machine.decide(rec, facts(m, now), P)
+        assert step.action == machine.Action(Do.MARK_BAD, slot="B")
+        rec = machine.absorb(step.record, step.action, machine.Failed("write error"),
+                             facts(m, now), P)  # fmt: skip
+        now += 61
+    step = machine.decide(rec, facts(m, now), P)
+    assert step.action.do is Do.RELEASE, "the fleet is not held up by one stuck machine"
+    rec = machine.absorb(step.record, step.action, machine.Done(), facts(m, now), P)
+    assert machine.decide(rec, facts(m, now), P).action.do is Do.MARK_BAD, "and it keeps trying"

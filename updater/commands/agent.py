@@ -1,0 +1,137 @@
+"""``updater agent``: the fleet update agent (long-running, ``--once``, ``verify``), and the
+operator's ``forget`` and ``status``. Settings: ``[agent]``, ``[lock]``, ``[health]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from updater import config, jsonout
+from updater.agent import report
+from updater.agent.store import Store
+from updater.errors import UpdaterError
+
+if TYPE_CHECKING:
+    from updater.agent.runner import Mode
+    from updater.agent.seam import System
+
+# The agent's machinery (requests, prometheus_client) is imported when the agent runs, not when
+# any other command starts: start-up time counts on small machines.
+
+
+def update_flow_system(cfg: config.Config) -> System:
+    """The seam on top of the update flow (``updater update``): not part of this build yet."""
+    raise UpdaterError(
+        "the agent needs the update flow to stage releases, and this build has none yet",
+        hint="--simulate DIR runs it against a simulated machine",
+    )
+
+
+def _system(args: argparse.Namespace, cfg: config.Config) -> tuple[System, bool]:
+    if args.simulate:
+        from updater.agent.simulator import Simulator
+
+        return Simulator(args.simulate, cfg.update.repo), True
+    return update_flow_system(cfg), False
+
+
+def _run(args: argparse.Namespace, mode: Mode) -> int:
+    from updater.agent import build
+
+    cfg = config.load(args.config)
+    system, simulated = _system(args, cfg)
+    if simulated:
+        import threading
+
+        from updater.agent.simulator import SimClock
+
+        stop = threading.Event()
+        return build.agent(cfg, system, SimClock(stop), stop).run(mode)
+    return build.agent(cfg, system).run(mode)
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from updater.agent.runner import Mode
+
+    return _run(args, Mode.ONCE if args.once else Mode.FOREVER)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from updater.agent.runner import Mode
+
+    return _run(args, Mode.VERIFY)
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    if not args.all and not args.versions:
+        raise UpdaterError("name the VERSIONs to forget, or pass --all")
+    store = Store(config.load(args.config).update.state_dir)
+    with store.locked():
+        rec = store.load()
+        wanted = None if args.all else frozenset(args.versions)
+        after = rec.forget(wanted)
+        if after.blocked != rec.blocked:
+            # Check soon: a running agent reads the record again at its next step.
+            after = replace(after, next_check=None)
+        store.save(after)
+    gone = sorted(rec.blocked_versions() - after.blocked_versions())
+    for version in args.versions:
+        if version not in gone:
+            sys.stdout.write(f"release {version} was not blocked\n")
+    for version in gone:
+        sys.stdout.write(f"release {version} may be offered again\n")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    doc = report.status_json(args.config)
+    if args.json:
+        sys.stdout.write(jsonout.dumps(doc))
+    else:
+        sys.stdout.write(report.status_line(doc))
+        for b in (doc or {}).get("blocked", []):
+            sys.stdout.write(f"  blocked: release {b['version']} ({b['reason']}, {b['since']})\n")
+    return 0
+
+
+DESCRIPTION = f"""\
+Unattended updates: check the repository every [agent] interval, stage a release into the
+inactive slot, wait for a maintenance window and the fleet's reboot lock, reboot (kexec by
+default), run the [health] checks on the new slot, then mark it good or roll back. The state
+is kept in the [update] state_dir (agent.json) and survives restarts and reboots.
+Settings: [agent], [lock] and [health] in {config.CONFIG_PATH} (updater config --help).
+"""
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "agent",
+        help="the fleet update agent (unattended updates, health-gated commit, rollback)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--once", action="store_true", help="one cycle (check now), then exit")
+    p.add_argument("--simulate", metavar="DIR", help="run against a simulated machine (tests)")
+    p.set_defaults(func=cmd_agent)
+    actions = p.add_subparsers(dest="agent_command", metavar="ACTION")
+    v = actions.add_parser(
+        "verify",
+        help="verify a slot booted on trial: health checks, then mark good or roll back",
+        description="What follows a boot and nothing else (updater-mark-good.service): run the\n"
+        "health checks of a slot booted on trial, mark it good or roll back, release the lock.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    v.add_argument("--simulate", metavar="DIR", help="run against a simulated machine (tests)")
+    v.set_defaults(func=cmd_verify)
+    f = actions.add_parser(
+        "forget",
+        help="offer blocked releases again (after a failed health check or a manual rollback)",
+    )
+    f.add_argument("versions", metavar="VERSION", nargs="*")
+    f.add_argument("--all", action="store_true", help="forget every blocked release")
+    f.set_defaults(func=cmd_forget)
+    s = actions.add_parser("status", help="the agent's state (the agent object of status)")
+    s.add_argument("--json", action="store_true", help="the agent object of status --json")
+    s.set_defaults(func=cmd_status)
