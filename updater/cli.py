@@ -18,6 +18,7 @@ from updater.commands import slots as slot_commands
 from updater.commands import verity as verity_commands
 from updater.errors import UpdaterError
 from updater.run import set_debug
+from updater.signals import Interrupted
 
 DESCRIPTION = """\
 A/B image-based OS updater. A disk holds two /usr slots (USR-A, USR-B, Flatcar's usr partition
@@ -26,9 +27,10 @@ This tool reads and changes that state exactly as Flatcar's GRUB (gptprio.next) 
 """
 
 EPILOG = """\
-PART is a partition number (3), a label (USR-B) or a slot letter (B).
-Without --disk the disk holding the booted /usr is used (from mount.usr= / verity.usr=PARTUUID= on
-the kernel command line). Examples:
+PART is a partition number (3), a label (USR-B), a slot letter (B), or a role: booted (the
+running slot) or other (the slot that is not running).
+Without --disk the disk holding the booted /usr is used (the partition below the mounted /usr,
+else mount.usr= / verity.usr=PARTUUID= on the kernel command line). Examples:
   updater status --json
   updater --disk disk.img --booted A set-active B
   updater --disk disk.img next --dry-run
@@ -86,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
 COMMAND_MODULES = [slot_commands, boot_commands, verity_commands, config_commands]
 
 
+def one_line(text: str) -> str:
+    """``text`` with every control character escaped (a GPT label, an OEM file or a tool's
+    message can hold a newline), so that an error is always exactly one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -99,15 +107,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         line = f"updater: error: {exc.message}"
         if exc.hint:
             line += f" ({exc.hint})"
-        sys.stderr.write(line + "\n")
+        sys.stderr.write(one_line(line) + "\n")
         return exc.exit_code
     except OSError as exc:
         if args.debug:
             raise
-        sys.stderr.write(
-            f"updater: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ") + "\n"
-        )
+        line = f"updater: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+        sys.stderr.write(one_line(line) + "\n")
         return 1
     except KeyboardInterrupt:
         sys.stderr.write("updater: interrupted\n")
         return 130
+    except Interrupted as exc:
+        sys.stderr.write(f"updater: {exc}\n")
+        return 128 + exc.signum

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
-from updater.errors import ToolMissing, UpdaterError
+from updater.errors import DataError, ToolMissing, UpdaterError
 
 # A context variable, not a module global: a flow that runs in a thread or a test that turns
 # debugging on for one call does not leak the setting into unrelated code.
@@ -93,6 +93,8 @@ def run(
         )
     except FileNotFoundError as exc:
         raise ToolMissing(f"{argv[0]} is not installed") from exc
+    except ValueError as exc:  # an argument with a NUL byte: no exec can carry it
+        raise DataError(f"cannot run {argv[0]}: {exc}") from None
     if check and proc.returncode != 0:
         err = proc.stderr.decode(errors="replace") if proc.stderr else ""
         raise CommandFailed(argv, proc.returncode, err)

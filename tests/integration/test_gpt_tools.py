@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from updater import gpt, gptformat, layout, slots, state
+from updater import gpt, gptformat, layout, slotimage, slots, state, target
 
 from ..unit.memdisk import REGIONS, region_lba
 from .conftest import CgptField, Cli, need_tools, sgdisk_attributes, sha, tool
@@ -50,7 +50,7 @@ def test_cgpt_and_sgdisk_read_what_updater_writes(
     for _ in range(12):
         p, t, s = rng.randint(0, 15), rng.randint(0, 15), rng.random() < 0.5
         attrs = slots.encode(FOREIGN, priority=p, tries=t, successful=s)
-        outcome = state.change(str(flatcar_disk), "A", set_b(attrs))
+        outcome = state.change(target.resolve(str(flatcar_disk), "A"), set_b(attrs))
         assert outcome.sectors_written > 0
         assert (cgpt_field(flatcar_disk, 4, "P"), cgpt_field(flatcar_disk, 4, "T")) == (p, t)
         assert cgpt_field(flatcar_disk, 4, "S") == int(s)
@@ -68,7 +68,7 @@ def test_updater_reads_what_cgpt_and_sgdisk_write(
         assert slot_fields(status(cli, flatcar_disk), 4) == (p, t, bool(s))
         raw = rng.getrandbits(64)
         tool("sgdisk", f"--attributes=3:=:{raw:016x}", str(flatcar_disk))
-        st = state.load(str(flatcar_disk), "A")
+        st = state.load(target.resolve(str(flatcar_disk), "A"))
         assert st.slot(3).attributes == raw
 
 
@@ -98,7 +98,7 @@ def test_cli_transitions_match_flatcar_and_tools(
 
 
 def slot_uuid(disk: Path, part: int) -> uuid.UUID:
-    found: uuid.UUID = state.load(str(disk), "A").slot(part).partuuid
+    found: uuid.UUID = state.load(target.resolve(str(disk), "A")).slot(part).partuuid
     return found
 
 
@@ -123,13 +123,13 @@ def test_prioritize_matches_cgpt(fast_tmp: Path) -> None:
         chosen = rng.randint(1, n)
         with gpt.locked(str(img), writable=False) as d:
             ours = slots.prioritize(
-                state.slots_of(gpt.read_table(d).entries(), CHROMEOS_KERNEL), chosen
+                slots.slots_of(gpt.read_table(d).entries(), CHROMEOS_KERNEL), chosen
             )
         tool("cgpt", "prioritize", "-i", str(chosen), str(img))
         with gpt.locked(str(img), writable=False) as d:
             theirs = {
                 s.partition: s.attributes
-                for s in state.slots_of(gpt.read_table(d).entries(), CHROMEOS_KERNEL)
+                for s in slots.slots_of(gpt.read_table(d).entries(), CHROMEOS_KERNEL)
             }
         assert ours == theirs, f"round {round_}"
 
@@ -302,7 +302,7 @@ def test_4096_byte_sectors_on_a_loop_device(
         assert [cgpt_field(Path(dev), 4, f) for f in "PTS"] == [2, 2, 0]
         assert "No problems found" in tool("sgdisk", "-v", dev)
     # the same bytes as a plain file: the sector size is probed from the header position
-    st = state.load(str(img), "A")
+    st = state.load(target.resolve(str(img), "A"))
     assert st.table.sector_size == 4096 and st.slot(4).tries == 2
 
 
@@ -329,5 +329,6 @@ def test_partition_nodes_of_a_block_device(fast_tmp: Path, cli: Cli) -> None:
         assert bootfs.partition_node(dev, 5) is None
         with open(f"{dev}p3", "r+b") as f:
             f.write(b"hsqs")
-        st = state.load(dev, "B")
-        assert state.holds_image(st, 3) and not state.holds_image(st, 4)
+        st = state.load(target.resolve(dev, "B"))
+        assert slotimage.holds_image(dev, st.table, 3)
+        assert not slotimage.holds_image(dev, st.table, 4)

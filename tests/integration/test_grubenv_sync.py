@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from updater import gpt, grubenv, slots, state
+from updater import gpt, grubenv, slots, state, target
 
 from .conftest import CgptField, Cli, need_tools, tool
 
@@ -61,7 +61,7 @@ def grub_disk(flatcar_disk: Path, fast_tmp: Path) -> Path:
     image = f"{flatcar_disk}@@{esp_offset(flatcar_disk)}"
     mtool("mformat", "-i", image, "-v", "EFI-SYSTEM", "::")
     mtool("mmd", "-i", image, "::/flatcar")
-    st = state.load(str(flatcar_disk), "A")
+    st = state.load(target.resolve(str(flatcar_disk), "A"))
     block = fast_tmp / "initial-grubenv"
     block.write_bytes(grubenv.render(grubenv.slot_vars(st.slots, {"A": HASH_A})))
     mtool("mcopy", "-i", image, str(block), "::/flatcar/grubenv")
@@ -76,7 +76,7 @@ def test_every_change_rewrites_the_grubenv(grub_disk: Path, cli: Cli, fast_tmp: 
     assert (env["usr_b_priority"], env["usr_b_tries"], env["usr_b_successful"]) == ("2", "1", "0")
     assert (env["usr_a_priority"], env["usr_a_successful"], env["usr_a_hash"]) == ("1", "1", HASH_A)
     assert env["usr_b_partuuid"] == "e03dd35c-7c2d-4a47-b3fe-27f15780a57c"
-    assert env["usr_sync"] == grubenv.sync_token(state.load(d, "A").slots)
+    assert env["usr_sync"] == grubenv.sync_token(state.load(target.resolve(d, "A")).slots)
 
 
 def test_tries_grub_consumed_come_back_into_the_gpt(
@@ -94,7 +94,8 @@ def test_tries_grub_consumed_come_back_into_the_gpt(
     assert out["grub_consumed"] == [4] and out["grubenv_written"] is True
     assert cgpt_field(grub_disk, 4, "T") == 2
     env = grub_list(read_env_file(grub_disk, fast_tmp))
-    assert env["usr_b_tries"] == "2" and env["usr_sync"] == grubenv.sync_token(state.load(d).slots)
+    synced = grubenv.sync_token(state.load(target.resolve(d)).slots)
+    assert env["usr_b_tries"] == "2" and env["usr_sync"] == synced
     # nothing left to do
     out = json.loads(cli("--disk", d, "--booted", "B", "sync", "--json").stdout)
     assert out["grub_consumed"] == [] and out["grubenv_written"] is False
@@ -136,4 +137,4 @@ def test_damaged_grubenv_is_rebuilt_with_hashes_from_the_kernels(
 def test_disk_without_esp_filesystem_is_untouched(flatcar_disk: Path, cli: Cli) -> None:
     out = json.loads(cli("--disk", str(flatcar_disk), "--booted", "A", "sync", "--json").stdout)
     assert out["grubenv_written"] is False and out["sectors_written"] == 0
-    assert slots.choose_next(state.load(str(flatcar_disk)).slots) is not None
+    assert slots.choose_next(state.load(target.resolve(str(flatcar_disk))).slots) is not None

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from updater import bootflow, cli, gpt, kexec, state
+from updater import bootflow, cli, gpt, kexec, state, target
 from updater.kexec import KexecSupport
 
 from .conftest import CgptField, need_tools, sha
@@ -121,12 +121,12 @@ def test_kexec_loads_consumes_the_try_then_jumps(
     assert code == 0
     doc = json.loads(out)
     stage = fast_tmp / "stage"
-    uuid_b = state.load(d).slot(4).partuuid
+    uuid_b = state.load(target.resolve(d)).slot(4).partuuid
     expected_cmdline = (
-        f"BOOT_IMAGE=/flatcar/vmlinuz-b mount.usr=/dev/mapper/usr verity.usr=PARTUUID={uuid_b} "
-        "rootflags=rw mount.usrflags=ro consoleblank=0 root=LABEL=ROOT console=ttyS0,115200n8 "
-        "console=tty0 flatcar.first_boot=detected flatcar.oem.id=qemu updater.test=1 "
-        f"verity.usrhash={HASH_B}"
+        "BOOT_IMAGE=/flatcar/vmlinuz-b rootflags=rw mount.usrflags=ro consoleblank=0 "
+        "root=LABEL=ROOT panic=10 console=ttyS0,115200n8 console=tty0 flatcar.first_boot=detected "
+        "flatcar.oem.id=qemu updater.test=1 mount.usr=/dev/mapper/usr "
+        f"verity.usr=PARTUUID={uuid_b} verity.usrhash={HASH_B}"
     )
     assert doc["cmdline"] == expected_cmdline
     assert (doc["slot"], doc["partition"], doc["method"], doc["tries_left"]) == (

@@ -6,8 +6,10 @@ import struct
 import uuid
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from updater import gptformat
+from updater.layout import USR_A_UUID, USR_B_UUID
 from updater.slots import USR_TYPE
 
 ESP = uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
@@ -134,3 +136,18 @@ def flatcar_parts(a_attrs: int, b_attrs: int = 0) -> list[Part]:
         Part(USR_TYPE, "USR-A", a_attrs),
         Part(USR_TYPE, "USR-B", b_attrs),
     ]
+
+
+def image_file(path: Path, a_attrs: int, b_attrs: int = 0, sector_size: int = 512) -> Path:
+    """A Flatcar-style disk image file (ESP, BIOS-BOOT, USR-A, USR-B) with the fixed USR GUIDs,
+    for tests that go through the file-based code paths."""
+    parts = flatcar_parts(a_attrs, b_attrs)
+    parts[2].guid, parts[3].guid = USR_A_UUID, USR_B_UUID
+    path.write_bytes(bytes(build(parts, sector_size).data))
+    return path
+
+
+def kernel_with_hash(root_hash: str, offset: int = 0x40, size: int = 8192) -> bytes:
+    data = bytearray(size)
+    data[offset : offset + 64] = root_hash.encode()
+    return bytes(data)

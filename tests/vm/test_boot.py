@@ -18,7 +18,7 @@ import pytest
 
 from tests.vm import harness
 from tests.vm.conftest import MachineFactory
-from updater import gptformat, layout, state
+from updater import gptformat, layout, state, target
 
 pytestmark = pytest.mark.vm
 
@@ -32,13 +32,13 @@ USR_A = 3
 
 def usr_a(disk: Path) -> tuple[gptformat.GptEntry, int]:
     """USR-A's partition entry and the disk's sector size, read with the project's GPT reader."""
-    st = state.load(str(disk), "A")
+    st = state.load(target.resolve(str(disk), "A"))
     entry = gptformat.entries_by_number(st.table.entries())[USR_A]
     return entry, st.table.sector_size
 
 
 def esp_offset(disk: Path) -> int:
-    st = state.load(str(disk), "A")
+    st = state.load(target.resolve(str(disk), "A"))
     entries = st.table.entries()
     esp = next(e for e in entries if e.type_guid == layout.ESP_TYPE)
     return esp.first_lba * st.table.sector_size

@@ -1,22 +1,19 @@
 """Slot commands: status, next, prioritize, set-active, mark-good, mark-bad, rollback, repair,
 create-disk. Each parses arguments, asks ``updater.state`` to read or change the disk with a
-decision from ``updater.slots``, and prints the result for humans or as JSON."""
+decision from ``updater.slots``, and prints the result for humans or as JSON
+(``updater.contracts``). PART may also be a role: ``booted`` or ``other``."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
-from typing import Any
 
-from updater import gpt, jsonout, layout, slots, state
-from updater.errors import SlotError, UsageError
+from updater import contracts, gpt, layout, slotimage, slots, state, target
+from updater.commands.common import emit, resolve_target
+from updater.commands.common import out as _out
+from updater.errors import UsageError
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def _out(text: str) -> None:
-    sys.stdout.write(text)
 
 
 def _format_slots(st: state.DiskState, after: tuple[slots.Slot, ...] | None = None) -> str:
@@ -33,9 +30,9 @@ def _format_slots(st: state.DiskState, after: tuple[slots.Slot, ...] | None = No
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    st = state.load(args.disk, args.booted, args.esp)
+    st = state.load(resolve_target(args))
     if args.json:
-        _out(jsonout.dumps(st.to_json()))
+        emit(contracts.status(st))
         return 0
     t = st.table
     backup = t.backup.problem or ("stale" if t.backup_stale else "valid")
@@ -54,14 +51,10 @@ def cmd_next(args: argparse.Namespace) -> int:
         chosen.append(slot)
         return transition
 
-    outcome = state.change(args.disk, args.booted, decide, dry_run=args.dry_run, esp=args.esp)
+    outcome = state.change(resolve_target(args), decide, dry_run=args.dry_run)
     slot = chosen[0]
     if args.json:
-        _out(
-            jsonout.dumps(
-                {"partition": slot.partition, "partuuid": str(slot.partuuid), "label": slot.label}
-            )
-        )
+        emit(contracts.next_boot(slot))
     else:
         left = slots.tries_of(outcome.transition.changes.get(slot.partition, slot.attributes))
         verb = "would boot" if args.dry_run else "boot"
@@ -77,11 +70,7 @@ def _transition_command(
 ) -> Handler:
     def handler(args: argparse.Namespace) -> int:
         outcome = state.change(
-            args.disk,
-            args.booted,
-            lambda st: decide_for(args, st),
-            dry_run=getattr(args, "dry_run", False),
-            esp=args.esp,
+            resolve_target(args), lambda st: decide_for(args, st), dry_run=args.dry_run
         )
         _report(args, outcome)
         return 0
@@ -90,22 +79,10 @@ def _transition_command(
 
 
 def _report(args: argparse.Namespace, o: state.Outcome) -> None:
-    dry = getattr(args, "dry_run", False)
+    dry = args.dry_run
     t = o.transition
     if args.json:
-        nxt = slots.choose_next(o.after)
-        doc: dict[str, Any] = {
-            "action": t.action,
-            "target": t.target,
-            "dry_run": dry,
-            "changed": sorted(t.changes),
-            "sectors_written": o.sectors_written,
-            "grubenv_written": o.grubenv_written,
-            "grub_consumed": sorted(o.consumed),
-            "next": nxt.partition if nxt else None,
-            "slots": [state.slot_json(s, o.before.booted) for s in o.after],
-        }
-        _out(jsonout.dumps(doc))
+        emit(contracts.transition(o, dry_run=dry))
         return
     for part, attrs in o.consumed.items():
         _out(f"partition {part}: GRUB consumed a boot try (tries now {slots.tries_of(attrs)})\n")
@@ -129,7 +106,7 @@ def _part(st: state.DiskState, spec: str | None) -> int:
         if st.booted is None:
             raise UsageError("no PART given and the booted slot is unknown", hint="name a PART")
         return st.booted
-    return slots.resolve(st.slots, spec).partition
+    return st.resolve(spec).partition
 
 
 def _decide_prioritize(args: argparse.Namespace, st: state.DiskState) -> slots.Transition:
@@ -155,19 +132,18 @@ def _decide_sync(args: argparse.Namespace, st: state.DiskState) -> slots.Transit
 
 
 def _decide_rollback(args: argparse.Namespace, st: state.DiskState) -> slots.Transition:
-    if st.booted is None:
-        raise SlotError("the booted slot is unknown", hint="pass --booted PART for an image file")
-    other = slots.other_slot(st.slots, st.booted)
-    return slots.rollback(
-        st.slots, st.booted, has_image=state.holds_image(st, other.partition), force=args.force
-    )
+    """Prioritize ``other``, after its checks (``slots.rollback``)."""
+    other = st.resolve("other")
+    assert st.booted is not None  # resolving "other" needs it
+    has_image = slotimage.holds_image(st.disk, st.table, other.partition)
+    return slots.rollback(st.slots, st.booted, has_image=has_image, force=args.force)
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    path = state.resolve_disk(args.disk)
+    path = target.resolve_disk(args.disk)
     written = gpt.repair(path)
     if args.json:
-        _out(jsonout.dumps({"disk": path, "sectors_written": written}))
+        emit(contracts.repair(path, written))
     elif written:
         _out(f"{path}: repaired, {written} sectors written\n")
     else:
@@ -178,9 +154,9 @@ def cmd_repair(args: argparse.Namespace) -> int:
 def cmd_create_disk(args: argparse.Namespace) -> int:
     lay = layout.flatcar_layout(usr_size=args.usr_size * layout.MiB)
     layout.create_disk(lay, args.image, overwrite=args.force)
-    st = state.load(args.image)
+    st = state.load(resolve_target(args, disk=args.image))
     if args.json:
-        _out(jsonout.dumps(st.to_json()))
+        emit(contracts.status(st))
     else:
         _out(f"created {args.image} ({lay.size // layout.MiB} MiB, Flatcar layout)\n")
         _out(_format_slots(st))
@@ -196,7 +172,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.add_argument("--json", action="store_true", help="print a JSON document (README)")
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, dry_run=False)
         return p
 
     add(
