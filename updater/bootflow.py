@@ -30,7 +30,6 @@ and hands it to ``announce`` right before the jump.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,6 +38,7 @@ from updater.bootplan import BootPlan
 from updater.config import RebootVia
 from updater.errors import SlotError, UpdaterError
 from updater.kexec import KexecSupport, Method, Step
+from updater.log import log
 from updater.target import Target
 
 STAGE_DIR = "/run/updater/kexec"
@@ -77,32 +77,27 @@ class JumpFailed(UpdaterError):
 Announce = Callable[[Report], None]
 
 
-def log(message: str) -> None:
-    sys.stderr.write(f"updater: {message}\n")
-    sys.stderr.flush()
-
-
 def reboot(target: Target, request: Request, support: KexecSupport, announce: Announce) -> Report:
     """Reboot into the requested slot (see the module docstring)."""
     if request.via is RebootVia.FIRMWARE:
         return _firmware(target, request, support, "asked for a firmware reboot")
-    plan = bootplan.plan_boot(state.load(target), request.slot, target)
+    st = state.load(target)
+    plan = bootplan.plan_boot(st, request.slot, target, STAGE_DIR, copy=not request.dry_run)
+    assert plan.staged is not None
     for note in plan.notes:
         log(note)
     if request.dry_run:
-        plan = bootplan.stage(plan, STAGE_DIR, copy=False)
         blocker = support.blocker()
         if blocker:
-            _check_firmware_slot(state.load(target), request, blocker)
+            _check_firmware_slot(st, request, blocker)
             steps = kexec.firmware_steps(force=request.force, systemd=support.systemd)
             return Report(Method.FIRMWARE, tuple(steps), plan.slot, plan, reason=blocker)
         jump = kexec.exec_steps(force=request.force, systemd=support.systemd)
-        steps = [kexec.UNLOAD, plan.image().load_step(Method.FILE), *jump]
+        steps = [kexec.UNLOAD, plan.staged.image.load_step(Method.FILE), *jump]
         return Report(Method.FILE, tuple(steps), plan.slot, plan)
-    plan = bootplan.stage(plan, STAGE_DIR, copy=True)
     with signals.raising():
         try:
-            method = kexec.load(plan.image(), support)
+            method = kexec.load(plan.staged.image, support)
         except kexec.LoadFailed as exc:
             failed: kexec.LoadFailed | None = exc
         except BaseException:  # a signal while loading: the kernel may be in by now
@@ -132,9 +127,8 @@ def _consume(
         known = {plan.facts.letter: plan.facts.usrhash} if plan.facts.usrhash else {}
         with signals.deferred():  # the write is then done, or not started, when a signal lands
             try:
-                outcome = state.change(
-                    target, lambda st: slots.consume_try(st.slots, plan.slot), hashes=known
-                )
+                consume = state.by_slots(slots.consume_try, plan.slot)
+                outcome = state.change(target, consume, hashes=known)
             except state.GrubenvNotWritten as exc:
                 # The try is consumed in the GPT, the truth; only GRUB's copy lags (one more
                 # try for GRUB if this boot hangs). Worth a line, not worth stopping the boot.
@@ -173,10 +167,9 @@ def _undo(target: Target, taken: slots.Slot | None) -> list[str]:
         said.append(f"could not unload the kexec kernel ({exc}): run kexec -u before rebooting")
     if taken is None:
         return said
-    consumed = taken
     try:
         with signals.deferred():
-            outcome = state.change(target, lambda st: slots.give_back_try(st.slots, consumed))
+            outcome = state.change(target, state.by_slots(slots.give_back_try, taken))
     except (UpdaterError, OSError) as exc:
         return [*said, f"could not give the boot try of {taken.label} back ({exc})"]
     if outcome.transition.empty:
@@ -212,7 +205,7 @@ def _firmware(target: Target, request: Request, support: KexecSupport, why: str)
         f"{why}")  # fmt: skip
     # The grubenv is refreshed from the GPT first, so that stock GRUB picks exactly what the
     # GPT says; any loaded kexec kernel is dropped by the first step.
-    state.change(target, lambda st: slots.Transition("sync", None, {}))
+    state.change(target, state.sync_only)
     for step in report.steps:
         step.run()
     return report

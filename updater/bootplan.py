@@ -34,12 +34,15 @@ _OEM_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 @dataclass(frozen=True)
 class Staged:
-    """Local paths kexec loads from."""
+    """Local paths kexec loads from, and the image it loads."""
 
-    kernel: str
-    initrd: str | None = None  # what kexec gets: the slot's initrd, with the facts appended
+    image: kexec.KexecImage  # kernel, initrd (the slot's, with the facts appended), cmdline
     initrd_base: str | None = None  # the copy of the slot's own initrd
     facts: str | None = None  # the facts cpio (initrd delivery)
+
+    @property
+    def kernel(self) -> str:
+        return self.image.kernel
 
     @property
     def initrd_parts(self) -> list[str]:
@@ -63,7 +66,7 @@ class BootPlan:
     def image(self) -> kexec.KexecImage:
         if self.staged is None:
             raise DeviceError("the boot plan is not staged")
-        return kexec.KexecImage(self.staged.kernel, self.staged.initrd, self.cmdline)
+        return self.staged.image
 
 
 def pick_slot(st: DiskState, spec: str | None) -> slots.Slot:
@@ -83,7 +86,17 @@ def pick_slot(st: DiskState, spec: str | None) -> slots.Slot:
     return chosen
 
 
-def plan_boot(st: DiskState, spec: str | None, target: Target) -> BootPlan:
+def plan_boot(
+    st: DiskState, spec: str | None, target: Target, stage_dir: str | None = None,
+    *, copy: bool = False,
+) -> BootPlan:  # fmt: skip
+    """The plan for ``spec`` (``auto``: GRUB's choice), staged in ``stage_dir`` when given
+    (``stage``; ``copy=False`` only names the paths)."""
+    plan = _plan(st, spec, target)
+    return plan if stage_dir is None else stage(plan, stage_dir, copy=copy)
+
+
+def _plan(st: DiskState, spec: str | None, target: Target) -> BootPlan:
     config = target.boot
     slot = pick_slot(st, spec)
     letter = slot.letter
@@ -94,20 +107,18 @@ def plan_boot(st: DiskState, spec: str | None, target: Target) -> BootPlan:
     esp = target.esp
     if esp is None:
         raise DeviceError(f"{target.disk}: no EFI-SYSTEM partition to boot from")
-    found = espfiles.kernel(esp, letter)
-    if found is None:
+    files = espfiles.slot_files(esp, letter)
+    if files.kernel is None:
         raise SlotError(
             f"no kernel for {slot.label} on {esp.description} "
             f"(looked for {', '.join(cmdline.kernel_candidates(letter))})"
         )
-    kernel_rel, kernel = found
-    usrhash = cmdline.usrhash_from_kernel(kernel, config.arch)
+    usrhash = cmdline.usrhash_from_kernel(files.kernel_data, config.arch)
     if config.verity and usrhash is None:
         raise VerificationError(
             f"the kernel for {slot.label} carries no dm-verity root hash at its hash offset; "
             "refusing to boot an unverifiable /usr"
         )
-    initrd = espfiles.initrd(esp, letter)
     notes: list[str] = []
     oem = _oem_config(target.oem, notes)
     extra = config.extra_args
@@ -117,10 +128,10 @@ def plan_boot(st: DiskState, spec: str | None, target: Target) -> BootPlan:
         letter=letter,
         partuuid=slot.partuuid,
         usrhash=usrhash if config.verity else None,
-        first_boot=espfiles.first_boot(esp),
+        first_boot=files.first_boot,
         oem=oem,
         extra=extra,
-        boot_image=f"/{kernel_rel}",
+        boot_image=f"/{files.kernel}",
         panic=config.panic,
     )
     dropped = cmdline.dropped_args(facts, config.delivery)
@@ -130,8 +141,8 @@ def plan_boot(st: DiskState, spec: str | None, target: Target) -> BootPlan:
         )
     line = cmdline.build_cmdline(facts, config.delivery)
     return BootPlan(
-        slot, kernel_rel, initrd[0] if initrd else None, facts, config.delivery, line,
-        kernel_data=kernel, initrd_data=initrd[1] if initrd else b"", notes=tuple(notes),
+        slot, files.kernel, files.initrd, facts, config.delivery, line,
+        kernel_data=files.kernel_data, initrd_data=files.initrd_data, notes=tuple(notes),
     )  # fmt: skip
 
 
@@ -141,14 +152,15 @@ def _oem_config(oem: BootFiles | None, notes: list[str]) -> OemConfig:
     raw = oem.read("grub.cfg") if oem is not None else None
     if raw is None:
         return OemConfig()
-    where = f"OEM grub.cfg on {oem.description}" if oem is not None else "OEM grub.cfg"
+    where = oem.description if oem is not None else "the OEM partition"
+    ignored = f"ignoring the OEM settings on {where}; booting with Flatcar's defaults"
     if len(raw) > MAX_OEM_CFG:
-        notes.append(f"ignoring the {where}: {len(raw)} bytes, more than {MAX_OEM_CFG}")
+        notes.append(f"{ignored} (grub.cfg is {len(raw)} bytes, more than {MAX_OEM_CFG})")
         return OemConfig()
     try:
         parsed = cmdline.parse_oem_grub_cfg(raw.decode(errors="replace"))
     except DataError as exc:
-        notes.append(f"ignoring the {where}: {exc.message}")
+        notes.append(f"{ignored} ({exc.message})")
         return OemConfig()
     if parsed.oem_id and not _OEM_ID.fullmatch(parsed.oem_id):
         notes.append(f"leaving out the OEM id {parsed.oem_id!r}: not one word of A-Z a-z 0-9 . _ -")
@@ -167,22 +179,19 @@ def stage(plan: BootPlan, directory: str, *, copy: bool) -> BootPlan:
     def local(rel: str) -> Path:
         return where / rel.replace("/", "_")
 
-    staged = Staged(kernel=str(local(plan.kernel)))
+    kernel = str(local(plan.kernel))
+    initrd = initrd_base = str(local(plan.initrd)) if plan.initrd else None
+    facts_path = None
     if copy:
         where.mkdir(parents=True, exist_ok=True)
         local(plan.kernel).write_bytes(plan.kernel_data)
-    if plan.initrd:
-        path = str(local(plan.initrd))
-        staged = replace(staged, initrd=path, initrd_base=path)
-        if copy:
+        if plan.initrd:
             local(plan.initrd).write_bytes(plan.initrd_data)
     if plan.delivery is Delivery.INITRD:
-        facts = initrdcpio.facts_initrd(plan.facts)
-        staged = replace(
-            staged, facts=str(where / "boot-facts.cpio"), initrd=str(where / "initrd-with-facts")
-        )
+        facts_path, initrd = str(where / "boot-facts.cpio"), str(where / "initrd-with-facts")
         if copy:
-            Path(where / "boot-facts.cpio").write_bytes(facts)
-            combined = initrdcpio.append_archive(plan.initrd_data, facts)
-            Path(where / "initrd-with-facts").write_bytes(combined)
-    return replace(plan, staged=staged)
+            facts = initrdcpio.facts_initrd(plan.facts)
+            Path(facts_path).write_bytes(facts)
+            Path(initrd).write_bytes(initrdcpio.append_archive(plan.initrd_data, facts))
+    image = kexec.KexecImage(kernel, initrd, plan.cmdline)
+    return replace(plan, staged=Staged(image, initrd_base, facts_path))

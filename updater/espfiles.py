@@ -9,9 +9,30 @@ not parse the files beyond the root hash, and it does not write anything.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from updater import cmdline
 from updater.bootfs import BootFiles
+
+
+@dataclass(frozen=True)
+class SlotFiles:
+    """What GRUB would read from the ESP to boot one slot."""
+
+    kernel: str | None  # ESP-relative path, None when the slot has no kernel here
+    kernel_data: bytes = field(repr=False)
+    initrd: str | None  # ESP-relative path of a separate initrd, when the image ships one
+    initrd_data: bytes = field(repr=False)
+    first_boot: bool
+
+
+def slot_files(files: BootFiles, letter: str) -> SlotFiles:
+    """The slot's kernel, initrd and the first-boot marker, each read once."""
+    k, i = kernel(files, letter), initrd(files, letter)
+    return SlotFiles(
+        k[0] if k else None, k[1] if k else b"", i[0] if i else None, i[1] if i else b"",
+        first_boot(files),
+    )  # fmt: skip
 
 
 def first_of(files: BootFiles, candidates: Sequence[str]) -> tuple[str, bytes] | None:

@@ -41,6 +41,20 @@ class DiskState:
         return slots.resolve(self.slots, spec, self.booted)
 
 
+def by_slots(
+    rule: Callable[..., slots.Transition], *args: object
+) -> Callable[[DiskState], slots.Transition]:
+    """A decision for ``change`` from a rule of ``updater.slots`` that takes the slots first:
+    ``change(target, by_slots(slots.consume_try, planned))``."""
+    return lambda st: rule(st.slots, *args)
+
+
+def sync_only(st: DiskState) -> slots.Transition:
+    """The decision that changes no attribute: ``change`` then only carries GRUB's consumed
+    tries into the GPT and rewrites the grubenv."""
+    return slots.Transition("sync", None, {})
+
+
 def _state(target: Target, table: gptformat.GptTable) -> DiskState:
     found = slots.slots_of(table.entries())
     if not found:

@@ -16,7 +16,7 @@ import pytest
 
 from updater import gpt, gptformat, layout, slotimage, slots, state, target
 
-from ..unit.memdisk import REGIONS, region_lba
+from ..unit.memdisk import REGIONS, MemDisk, region_lba, rewrite_header, shrink_backup
 from .conftest import CgptField, Cli, need_tools, sgdisk_attributes, sha, tool
 
 pytestmark = pytest.mark.integration
@@ -332,3 +332,36 @@ def test_partition_nodes_of_a_block_device(fast_tmp: Path, cli: Cli) -> None:
         st = state.load(target.resolve(dev, "B"))
         assert slotimage.holds_image(dev, st.table, 3)
         assert not slotimage.holds_image(dev, st.table, 4)
+
+
+def edit_image(path: Path, change: Callable[[MemDisk], None]) -> None:
+    disk = MemDisk(bytearray(path.read_bytes()), 512)
+    change(disk)
+    path.write_bytes(bytes(disk.data))
+
+
+def test_backup_with_fewer_entries_is_rebuilt_not_overrun(flatcar_disk: Path, cli: Cli) -> None:
+    """A CRC-valid backup header declaring 4 entries: a write must not put 128 entries below
+    it (over the header, past the end of the image), and repair must leave a valid backup."""
+    size = flatcar_disk.stat().st_size
+    edit_image(flatcar_disk, shrink_backup)
+    doc = status(cli, flatcar_disk)
+    assert doc["gpt"]["backup"] != "valid"  # type: ignore[index]
+    cli("--disk", str(flatcar_disk), "--booted", "A", "set-active", "B")
+    assert flatcar_disk.stat().st_size == size
+    assert "No problems found" in tool("sgdisk", "-v", str(flatcar_disk))
+    edit_image(flatcar_disk, shrink_backup)
+    out = json.loads(cli("--disk", str(flatcar_disk), "repair", "--json").stdout)
+    assert out["sectors_written"] >= 1 and flatcar_disk.stat().st_size == size
+    assert "No problems found" in tool("sgdisk", "-v", str(flatcar_disk))
+
+
+def test_wrong_alternate_lba_does_not_hide_the_backup(flatcar_disk: Path, cli: Cli) -> None:
+    edit_image(flatcar_disk, lambda d: rewrite_header(d, 1, alternate_lba=40))
+    assert status(cli, flatcar_disk)["next"] == 3
+    cli("--disk", str(flatcar_disk), "--booted", "A", "set-active", "B")
+    assert "No problems found" in tool("sgdisk", "-v", str(flatcar_disk))
+    assert slot_fields(status(cli, flatcar_disk), 4) == (2, 1, False)
+    edit_image(flatcar_disk, lambda d: rewrite_header(d, 1, alternate_lba=40))
+    cli("--disk", str(flatcar_disk), "repair")
+    assert "No problems found" in tool("sgdisk", "-v", str(flatcar_disk))

@@ -11,6 +11,7 @@ import argparse
 from updater import bootflow, config, contracts, kexec
 from updater.commands.common import emit, out, resolve_target
 from updater.config import RebootVia
+from updater.log import log
 
 
 def cmd_kexec(args: argparse.Namespace) -> int:
@@ -29,7 +30,7 @@ def _reboot(args: argparse.Namespace, via: RebootVia) -> int:
         if args.json:
             emit(contracts.reboot(report))
         elif report.plan is not None:
-            bootflow.log(
+            log(
                 f"kexec into {report.plan.slot.label} ({report.method}); "
                 f"cmdline: {report.plan.cmdline}"
             )
