@@ -9,13 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib import import_module
 from typing import NoReturn
 
 from updater import __version__
-from updater.commands import boot as boot_commands
-from updater.commands import config as config_commands
-from updater.commands import slots as slot_commands
-from updater.commands import verity as verity_commands
+from updater.commands import INDEX
 from updater.errors import UpdaterError
 from updater.run import set_debug
 from updater.signals import Interrupted
@@ -44,14 +42,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="updater",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"updater {__version__}")
+def _global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show commands run and tracebacks")
     parser.add_argument(
         "--disk",
@@ -61,12 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--booted",
         metavar="PART",
-        help="treat PART as the booted slot (for image files; default: from /proc/cmdline)",
+        help="treat PART as the booted slot (for image files; default: the mounted /usr)",
     )
     parser.add_argument(
         "--esp",
         metavar="DIR",
-        help="mounted ESP to use (default: /boot on the running system, else the disk's own)",
+        help="mounted ESP to use (default: the disk's EFI-SYSTEM partition)",
     )
     parser.add_argument(
         "--config",
@@ -76,16 +67,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--oem",
         metavar="DIR",
-        help="mounted OEM partition (default: /oem or /usr/share/oem, else the disk's own)",
+        help="mounted OEM partition to use (default: the disk's OEM partition)",
     )
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command word of ``argv`` (after the global options), when it names a command."""
+    pre = argparse.ArgumentParser(add_help=False)
+    _global_options(pre)
+    pre.add_argument("command", nargs="?")
+    try:
+        known, _ = pre.parse_known_args(argv)
+    except SystemExit:  # a global option without its value: the full parser will say so
+        return None
+    command: str | None = known.command
+    return command if command in INDEX else None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser. With ``command``, only its module is imported and registered in full; the
+    other commands are listed with their help line (enough for --help and for choosing)."""
+    parser = Parser(
+        prog="updater",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"updater {__version__}")
+    _global_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in COMMAND_MODULES:
-        module.register(sub)
+    wanted = {INDEX[command].module} if command else {e.module for e in INDEX.values()}
+    registered: set[str] = set()
+    for name, entry in INDEX.items():
+        if entry.module in registered:
+            continue
+        if entry.module in wanted:
+            import_module(f"updater.commands.{entry.module}").register(sub)
+            registered.add(entry.module)
+        else:
+            sub.add_parser(name, help=entry.help)
     return parser
-
-
-COMMAND_MODULES = [slot_commands, boot_commands, verity_commands, config_commands]
 
 
 def one_line(text: str) -> str:
@@ -95,8 +117,9 @@ def one_line(text: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_of(args_list))
+    args = parser.parse_args(args_list)
     set_debug(args.debug)
     try:
         status: int = args.func(args)

@@ -274,20 +274,24 @@ def _arrange(facts: BootFacts, delivery: Delivery) -> tuple[list[str], list[str]
     oem = facts.oem
     per_slot = delivery is Delivery.CMDLINE
     words: list[str] = []
-    init: list[str] | None = None  # the words after a "--": init's arguments
+    init: list[str] = []  # the words after a "--": init's arguments
+    separated = False
     dropped: list[str] = []
 
     def add(candidates: Iterable[str], *, dedupe: bool = False) -> None:
-        nonlocal init
-        for word in candidates:
-            if init is None and word == "--":
-                init = []
-            elif protected(word):
-                dropped.append(word)
-            elif init is not None:
-                init.append(word)  # init's arguments are not ours to deduplicate
-            elif not dedupe or word not in words:
+        """One source's words: those before its own "--" are kernel arguments, those after it
+        init's; either way a protected word is dropped."""
+        nonlocal separated
+        kernel, tail, has_tail = _split_init(list(candidates))
+        dropped.extend(w for w in (*kernel, *tail) if protected(w))
+        for word in kernel:
+            if not protected(word) and (not dedupe or word not in words):
                 words.append(word)
+        theirs = [w for w in tail if not protected(w)]
+        if dedupe and init and theirs[: len(init)] == init:
+            theirs = theirs[len(init) :]  # kept from a running line that already had them
+        init.extend(theirs)  # init's arguments are not ours to deduplicate otherwise
+        separated = separated or has_tail
 
     if per_slot and facts.boot_image:
         words.append(f"BOOT_IMAGE={facts.boot_image}")
@@ -308,9 +312,16 @@ def _arrange(facts: BootFacts, delivery: Delivery) -> tuple[list[str], list[str]
             words += [f"verity.usr=PARTUUID={facts.partuuid}", f"verity.usrhash={facts.usrhash}"]
     elif per_slot:
         words.append(f"mount.usr=PARTUUID={facts.partuuid}")
-    if init is not None:
+    if separated:
         words += ["--", *init]
     return words, dropped
+
+
+def _split_init(words: list[str]) -> tuple[list[str], list[str], bool]:
+    if "--" not in words:
+        return words, [], False
+    at = words.index("--")
+    return words[:at], words[at + 1 :], True
 
 
 def facts_env(facts: BootFacts) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from updater import bootflow, config, contracts, kexec
+from updater.commands import INDEX
 from updater.commands.common import emit, out, resolve_target
 from updater.config import RebootVia
 from updater.log import log
@@ -76,15 +77,10 @@ DESCRIPTION = (
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    for name, func, help_text in (
-        ("kexec", cmd_kexec,
-         "boot the chosen slot now with kexec, consuming its try (firmware fallback)"),
-        ("reboot", cmd_reboot,
-         "reboot into the chosen slot: kexec by default, or through the firmware"),
-    ):  # fmt: skip
+    for name, func in (("kexec", cmd_kexec), ("reboot", cmd_reboot)):
         p = sub.add_parser(
             name,
-            help=help_text,
+            help=INDEX[name].help,
             formatter_class=argparse.RawDescriptionHelpFormatter,
             description=DESCRIPTION,
         )

@@ -9,6 +9,7 @@ import argparse
 from collections.abc import Callable
 
 from updater import contracts, gpt, layout, slotimage, slots, state, target
+from updater.commands import INDEX
 from updater.commands.common import emit, resolve_target
 from updater.commands.common import out as _out
 from updater.errors import UsageError
@@ -164,10 +165,10 @@ def cmd_create_disk(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    def add(name: str, func: Handler, help_text: str, description: str) -> argparse.ArgumentParser:
+    def add(name: str, func: Handler, description: str) -> argparse.ArgumentParser:
         p = sub.add_parser(
             name,
-            help=help_text,
+            help=INDEX[name].help,
             description=description,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
@@ -178,7 +179,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add(
         "status",
         cmd_status,
-        "show the A/B state of the disk",
         "Show each slot's priority, tries, successful flag, which one is booted and which one\n"
         "boots next, and the health of both GPT copies.",
     )
@@ -186,7 +186,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add(
         "next",
         cmd_next,
-        "choose the slot to boot and consume one try (as GRUB does)",
         "Choose the slot GRUB's gptprio.next would boot: the highest priority among slots with\n"
         "tries left or marked successful, lowest partition number on ties. If it has tries\n"
         "left, one is consumed and written durably (backup GPT first). Exit 1 if no slot\n"
@@ -197,7 +196,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add(
         "prioritize",
         _transition_command(_decide_prioritize),
-        "give PART the top priority, keep the order of the rest (cgpt prioritize)",
         "Put PART on top; other slots keep their relative order; priority 0 stays 0.",
     )
     p.add_argument("part", metavar="PART")
@@ -206,7 +204,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add(
         "set-active",
         _transition_command(_decide_set_active),
-        "make a freshly written slot boot next, on trial",
         "Mark PART not successful with N tries (default 1) and prioritize it, as after writing\n"
         "a new image. Refused for the booted slot, and when no other slot would remain\n"
         "marked good to fall back to (unless --force).",
@@ -225,7 +222,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add(
         "mark-good",
         _transition_command(_decide_mark_good),
-        "mark a slot (default: the booted one) as proven good",
         "Set successful, clear tries and prioritize the slot (default: the booted one).",
     )
     p.add_argument("part", metavar="PART", nargs="?")
@@ -234,7 +230,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add(
         "mark-bad",
         _transition_command(_decide_mark_bad),
-        "never boot PART again (priority 0, tries 0, not successful)",
         "Refused when no other slot could boot afterwards, unless --force.",
     )
     p.add_argument("part", metavar="PART")
@@ -244,7 +239,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add(
         "rollback",
         _transition_command(_decide_rollback),
-        "boot the other slot next (manual rollback)",
         "Prioritize the slot that is not booted. Refused when it holds no image or never\n"
         "booted successfully, unless --force (which gives a never-good slot one try).",
     )
@@ -254,7 +248,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add(
         "sync",
         _transition_command(_decide_sync),
-        "carry boot tries GRUB consumed into the GPT and refresh the ESP's grubenv",
         "On disks booted by stock GRUB (grub/README.md) the A/B state is mirrored in the ESP's\n"
         "flatcar/grubenv, where GRUB decrements tries. sync carries those decrements back into\n"
         "the GPT (the source of truth) and rewrites the block from it. Every command that\n"
@@ -265,14 +258,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add(
         "repair",
         cmd_repair,
-        "rewrite an invalid or stale GPT copy from the valid one",
         "Like cgpt repair: when one GPT copy is damaged, rebuild it from the other.",
     )
 
     p = add(
         "create-disk",
         cmd_create_disk,
-        "create a sparse disk image with the Flatcar layout",
         "Create IMAGE with EFI-SYSTEM, BIOS-BOOT, USR-A (P1 T0 S1), USR-B (empty), OEM,\n"
         "OEM-CONFIG and ROOT partitions. Filesystems are not created.",
     )
