@@ -88,7 +88,11 @@ def trace(argv: list[str], root: str) -> list[tuple[str, str]]:
     argument parser is not part of the walk): kind is "call" or "return"."""
     from updater import cli
 
-    args = cli.build_parser().parse_args(argv)
+    if hasattr(cli, "command_of"):  # versions that import one command module only
+        parser = cli.build_parser(cli.command_of(argv))
+    else:
+        parser = cli.build_parser()
+    args = parser.parse_args(argv)
     steps: list[tuple[str, str]] = []
     stack: list[str] = []
 

@@ -71,14 +71,21 @@ def _global_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Silent(argparse.ArgumentParser):
+    """Finds the command word only; the full parser reports any error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
+
+
 def command_of(argv: Sequence[str]) -> str | None:
     """The command word of ``argv`` (after the global options), when it names a command."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = _Silent(add_help=False)
     _global_options(pre)
     pre.add_argument("command", nargs="?")
     try:
         known, _ = pre.parse_known_args(argv)
-    except SystemExit:  # a global option without its value: the full parser will say so
+    except ValueError:  # e.g. a global option without its value
         return None
     command: str | None = known.command
     return command if command in INDEX else None
@@ -86,7 +93,8 @@ def command_of(argv: Sequence[str]) -> str | None:
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser. With ``command``, only its module is imported and registered in full; the
-    other commands are listed with their help line (enough for --help and for choosing)."""
+    other commands are listed with their help line, which is all that ``--help``, a missing or
+    an unknown command need."""
     parser = Parser(
         prog="updater",
         description=DESCRIPTION,
@@ -97,7 +105,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _global_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    wanted = {INDEX[command].module} if command else {e.module for e in INDEX.values()}
+    wanted = {INDEX[command].module} if command else set()
     registered: set[str] = set()
     for name, entry in INDEX.items():
         if entry.module in registered:

@@ -228,3 +228,83 @@ def test_undo_never_raises(disk: Target, m: Machine, monkeypatch: pytest.MonkeyP
     said = bootflow._undo(disk, consumed)
     assert said[0].startswith("unloaded") or said[0].startswith("could not unload")
     assert "could not give the boot try of USR-B back (disk gone)" in said[-1]
+
+
+# --- the family: whatever fails after the load ----------------------------------------------
+
+FAILURES = ["consume-error", "announce-error", "jump-error", "signal-in-load",
+            "signal-in-consume", "interrupt-in-jump", "give-back-after-change"]  # fmt: skip
+
+
+@pytest.mark.parametrize("where", FAILURES)
+def test_every_failure_after_the_load_unloads_and_loses_no_try(
+    disk: Target, m: Machine, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Wherever the flow stops after the kernel was loaded, the last command is the unload and
+    B's try is where it was before the kexec started (never consumed, or given back), unless
+    someone else changed B in between, whose change then stands."""
+    real_change = state.change
+    calls: list[int] = []
+
+    def change(*args: Any, **kwargs: Any) -> state.Outcome:
+        calls.append(1)
+        if where == "consume-error" and len(calls) == 1:
+            raise UpdaterError("write error")
+        if where == "signal-in-consume" and len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_change(*args, **kwargs)
+
+    def announce(report: bootflow.Report) -> None:
+        if where == "announce-error":
+            raise BrokenPipeError(32, "Broken pipe")
+        if where == "give-back-after-change":  # someone commits B before the jump fails
+            real_change(disk, state.by_slots(slots.mark_good, 4))
+
+    def run(step: Step) -> None:
+        m.ran.append(list(step.argv))
+        if step.argv == ("systemctl", "kexec"):
+            if where == "interrupt-in-jump":
+                raise KeyboardInterrupt
+            if where in ("jump-error", "give-back-after-change"):
+                raise CommandFailed(step.argv, 1, "refused\n")
+
+    if where == "signal-in-load":
+        m.on_load = lambda: os.kill(os.getpid(), signal.SIGHUP)
+    monkeypatch.setattr(state, "change", change)
+    monkeypatch.setattr(Step, "run", run)
+    with pytest.raises((UpdaterError, OSError, Interrupted)):
+        bootflow.reboot(disk, bootflow.Request(), OK, announce)
+    assert m.ran[-1] == ["kexec", "-u"]
+    after = state.load(disk).slot(4)
+    if where == "give-back-after-change":
+        assert (after.tries, after.successful) == (0, True)
+    else:
+        assert (after.priority, after.tries, after.successful) == (2, 1, False)
+
+
+STATES = [(1, 0, True), (2, 1, False), (2, 0, False), (0, 0, False), (1, 0, False), (3, 2, True)]
+
+
+@pytest.mark.parametrize("a", STATES)
+@pytest.mark.parametrize("b", STATES)
+@pytest.mark.parametrize("spec", ["auto", "A", "B", "booted", "other"])
+def test_the_firmware_path_boots_the_named_slot_or_refuses(
+    tmp_path: Path, m: Machine, a: tuple[int, int, bool], b: tuple[int, int, bool], spec: str
+) -> None:
+    image = image_file(tmp_path / f"{a}{b}.img", slots.encode(0, priority=a[0], tries=a[1],
+                       successful=a[2]), slots.encode(0, priority=b[0], tries=b[1],
+                       successful=b[2]))  # fmt: skip
+    t = Target(str(image), 3, None, None, "", BootSettings())
+    st = state.load(t)
+    request = bootflow.Request(slot=spec, via=RebootVia.FIRMWARE)
+    try:
+        report = bootflow.reboot(t, request, OK, m.announce)
+    except SlotError:
+        assert spec != "auto"
+        assert st.next is None or st.next.partition != st.resolve(spec).partition
+        assert m.ran == []
+        return
+    assert report.slot == slots.choose_next(st.slots)  # what GRUB will boot
+    if spec != "auto":
+        assert report.slot is not None and report.slot.partition == st.resolve(spec).partition
+    assert m.ran == [["kexec", "-u"], ["systemctl", "reboot"]]

@@ -86,17 +86,19 @@ def test_non_utf8_configuration_is_one_line(
     assert code == 2 and err.count("\n") == 1 and "not UTF-8" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(("arch", "offset"), [("x86_64", 0x40), ("arm64", 512), ("aarch64", 512)])
 def test_grubenv_hashes_follow_the_configured_architecture(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], arch: str, offset: int
 ) -> None:
-    """On arm64 the root hash sits at byte 512 of the kernel; the grubenv must carry it."""
+    """Flatcar writes the root hash at byte 0x40 of an x86_64 kernel and at 512 of an arm64
+    one; the grubenv must carry it for the configured architecture."""
     image = image_file(tmp_path / "disk.img", GOOD)
-    root = esp(tmp_path, vmlinuz_b=kernel_with_hash(HASH_B, offset=512))
+    root = esp(tmp_path, vmlinuz_b=kernel_with_hash(HASH_B, offset=offset))
     block = grubenv.render(grubenv.slot_vars(slots.slots_of(
         gptformat.read_table(_reader(image)).entries()), {}))  # fmt: skip
     (root / "flatcar" / "grubenv").write_bytes(block)
     conf = tmp_path / "updater.toml"
-    conf.write_text('[boot]\narch = "arm64"\n')
+    conf.write_text(f'[boot]\narch = "{arch}"\n')
     code, _, err = run(["--disk", str(image), "--booted", "A", "--esp", str(root),
                         "--config", str(conf), "set-active", "B"], capsys)  # fmt: skip
     assert code == 0, err

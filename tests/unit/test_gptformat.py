@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from updater import gptformat, slots
 from updater.errors import GptError
@@ -241,3 +243,44 @@ def test_power_cut_after_any_sector_leaves_old_or_new(
         assert (
             slots.choose_next([slots.Slot(p, "", slots.USR_TYPE, a) for p, a in seen]) is not None
         ) or name == "mark-bad" and seen == new
+
+
+# --- the family: any CRC-valid header, whatever its numbers say ----------------------------
+
+_FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "alternate_lba": st.integers(0, 1 << 20),
+        "entries_lba": st.integers(0, 1 << 20),
+        "num_entries": st.integers(1, 256),
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["primary", "backup"]), _FIELDS, st.sampled_from([512, 4096]))
+def test_no_header_can_make_a_write_leave_its_place(
+    which: str, fields: dict[str, int], ss: int
+) -> None:
+    """A header with any alternate LBA, entry location or entry count, and a correct CRC32:
+    the table is read from a valid copy or refused, and a write then stays inside the disk,
+    never touches the usable area, and leaves two valid copies with the new attributes."""
+    disk = build(flatcar_parts(A_GOOD), sector_size=ss)
+    t = gptformat.read_table(disk)
+    rewrite_header(disk, 1 if which == "primary" else t.backup.header_lba, **fields)
+    try:
+        table = gptformat.read_table(disk)
+    except GptError:
+        return
+    new_b = slots.encode(0, priority=2, tries=1)
+    plan = gptformat.plan_write(table, gptformat.with_attributes(table, {3: new_b}))
+    h = t.header
+    for lba, data in plan.sectors():
+        assert 0 < lba < disk.total_sectors and len(data) == ss
+        assert not h.first_usable_lba <= lba <= h.last_usable_lba, f"wrote LBA {lba}"
+    size = len(disk.data)
+    disk.apply(plan)
+    assert len(disk.data) == size
+    after = gptformat.read_table(disk)
+    assert after.primary.valid and after.backup.valid and not after.needs_repair
+    assert dict(state_of(disk))[4] == new_b

@@ -310,9 +310,11 @@ def test_forked_workers_give_the_same_tree(
     one = verityfile.compute_tree(str(data), params, workers=1)
     for workers in (2, 3, 4):
         seen: list[int] = []
-        tree = verityfile.compute_tree(
-            str(data), params, workers=workers, progress=lambda done, total: seen.append(done)
-        )
+
+        def progress(done: int, total: int, seen: list[int] = seen) -> None:
+            seen.append(done)
+
+        tree = verityfile.compute_tree(str(data), params, workers=workers, progress=progress)
         assert tree == one
         assert seen == sorted(seen) and seen[-1] == data.stat().st_size and len(seen) == 41
 
