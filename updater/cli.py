@@ -14,9 +14,8 @@ from typing import NoReturn
 
 from updater import __version__
 from updater.commands import INDEX
-from updater.errors import UpdaterError
-from updater.run import set_debug
-from updater.signals import Interrupted
+from updater.debug import set_debug
+from updater.errors import Interrupted, UpdaterError
 
 DESCRIPTION = """\
 A/B image-based OS updater. A disk holds two /usr slots (USR-A, USR-B, Flatcar's usr partition

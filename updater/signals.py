@@ -18,21 +18,16 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
+from updater.errors import Interrupted
+
+__all__ = ["Interrupted", "deferred", "raising"]
+
 CAUGHT = (signal.SIGTERM, signal.SIGHUP)
 DEFERRED = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
-class Interrupted(BaseException):
-    """A SIGTERM or SIGHUP arrived while ``raising()`` was active. A BaseException, like
-    KeyboardInterrupt: no ``except Exception`` may swallow it."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"terminated by {signal.Signals(signum).name}")
-        self.signum = signum
-
-
 def _raise(signum: int, frame: FrameType | None) -> None:
-    raise Interrupted(signum)
+    raise Interrupted(signum, signal.Signals(signum).name)
 
 
 @contextlib.contextmanager
