@@ -42,11 +42,12 @@ class DiskState:
 
 
 def by_slots(
-    rule: Callable[..., slots.Transition], *args: object
+    rule: Callable[..., slots.Transition], *args: object, **kwargs: object
 ) -> Callable[[DiskState], slots.Transition]:
     """A decision for ``change`` from a rule of ``updater.slots`` that takes the slots first:
-    ``change(target, by_slots(slots.consume_try, planned))``."""
-    return lambda st: rule(st.slots, *args)
+    ``change(target, by_slots(slots.consume_try, planned))``, or
+    ``change(target, by_slots(slots.make_unbootable, 4, booted=target.booted))``."""
+    return lambda st: rule(st.slots, *args, **kwargs)
 
 
 def sync_only(st: DiskState) -> slots.Transition:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from updater import bootdisk, bootfs, slots, state, target
-from updater.errors import DeviceError, UsageError
+from updater.errors import DeviceError, SlotError, UsageError
 from updater.layout import USR_A_UUID, USR_B_UUID
 
 from .memdisk import image_file
@@ -121,3 +121,19 @@ def test_one_rule_for_esp_and_oem(tmp_path: Path) -> None:
     assert isinstance(own.esp, bootfs.FatPartitionFiles)  # read in place, nothing mounted
     assert own.esp.image.startswith(f"{image}@@")
     assert bootdisk.same_disk(str(image), os.path.realpath(image))
+
+
+def test_the_update_flow_makes_the_other_slot_unbootable_through_state(tmp_path: Path) -> None:
+    """What the update flow does before it writes a slot: the pure transition through the
+    Target, the booted slot refused."""
+    paths = machine(tmp_path, INITRD_CMDLINE)
+    t = target.resolve(**paths)  # booted: B (partition 4), on trial with its try spent
+    with pytest.raises(SlotError, match="no other slot could boot"):
+        state.change(t, state.by_slots(slots.make_unbootable, 3, booted=t.booted))
+    state.change(t, state.by_slots(slots.mark_good, 4))  # B proved itself
+    outcome = state.change(t, state.by_slots(slots.make_unbootable, 3, booted=t.booted))
+    a = state.load(t).slot(3)
+    assert (a.priority, a.tries, a.successful) == (0, 0, False)
+    assert outcome.sectors_written > 0
+    with pytest.raises(SlotError, match="booted slot"):
+        state.change(t, state.by_slots(slots.make_unbootable, 4, booted=t.booted, force=True))
