@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import secrets
 import signal
 import stat
 import threading
@@ -55,6 +54,8 @@ def default_workers() -> int:
 
 
 def random_salt() -> bytes:
+    import secrets  # here: only a format without --salt needs it (start-up time)
+
     return secrets.token_bytes(DEFAULT_SALT_SIZE)
 
 
