@@ -18,7 +18,8 @@ import pytest
 
 from tests.vm import harness
 from tests.vm.conftest import MachineFactory
-from updater import gptformat, layout, state, target
+from updater import gptformat, grubenv, layout, state, target
+from updater.espenv import COPIES
 
 pytestmark = pytest.mark.vm
 
@@ -117,10 +118,22 @@ def test_corrupted_usr_stops_the_boot_and_reboots(
         byte = f.read(1)
         f.seek(offset)
         f.write(bytes([byte[0] ^ 0xFF]))
+    # Both grubenv copies cut short as well (their closing number differs): GRUB must not halt
+    # but boot the slot that booted successfully before, A (whose USR is what fails here).
+    image, env = f"{disk}@@{esp_offset(disk)}", {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    for copy in COPIES:
+        block = subprocess.run(["mcopy", "-n", "-i", image, f"::/{copy}", "-"], check=True,
+                               capture_output=True, env=env).stdout  # fmt: skip
+        damaged = block.replace(b"usr_end=1\n", b"usr_end=9\n")
+        assert damaged != block and grubenv.EnvCopy.of(damaged).seq is None
+        subprocess.run(["mcopy", "-o", "-i", image, "-", f"::/{copy}"], input=damaged,
+                       check=True, capture_output=True, env=env)  # fmt: skip
 
     # -no-reboot: the guest's reboot ends QEMU, so this one boot is all the test waits for.
     m = machines(harness.VmConfig(ovmf, disk=disk, extra_args=("-no-reboot",)))
     m.start()
+    m.wait_for(r"UPDATER-GRUBENV-DAMAGED", BOOT_TIMEOUT)
+    m.wait_for(r"Booting USR-a", BOOT_TIMEOUT)
     failed = m.wait_for(r"UPDATER-BOOT-FAILED: ([^\r\n]*)\r?\n", BOOT_TIMEOUT)
     print(f"vm: boot stopped with: {failed.group(0).strip()}")
     assert "verity" in failed.group(1)
