@@ -72,11 +72,11 @@ class BootPlan:
 def pick_slot(st: DiskState, spec: str | None) -> slots.Slot:
     """GRUB's choice, or the slot asked for, which must be able to boot."""
     if spec in (None, "auto"):
-        chosen = st.next
+        chosen = slots.choose_next(st.slots)
         if chosen is None:
             raise NoBootableSlot("no bootable slot (GRUB would stop with 'no such partition')")
         return chosen
-    chosen = st.resolve(spec or "")
+    chosen = slots.resolve(st.slots, spec or "", st.booted)
     if not chosen.bootable:
         raise SlotError(
             f"{chosen.label} cannot boot (priority {chosen.priority}, tries {chosen.tries}, "
