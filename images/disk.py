@@ -14,7 +14,9 @@ from pathlib import Path
 from images import REPO, progress
 from images.tree import write
 from updater import grubenv, slots
+from updater.config import BootSettings
 from updater.errors import UpdaterError
+from updater.espenv import COPIES
 from updater.layout import MiB, create_disk, flatcar_layout
 from updater.run import run
 
@@ -63,7 +65,7 @@ def make_esp(work: Path, kernel: Path, initrd: Path, env_block: bytes) -> Path:
     # The prefix has no device: GRUB takes the partition it was loaded from, the ESP.
     run(["grub-mkimage", "-O", "x86_64-efi", "-d", str(GRUB_EFI_DIR), "-p", "/EFI/BOOT",
          "-o", str(grub_efi), *GRUB_MODULES])  # fmt: skip
-    (work / "grubenv").write_bytes(env_block)
+    (work / "grubenv").write_bytes(env_block)  # both copies start out the same
     (work / "first_boot").write_bytes(b"")
     img = ["-i", str(esp)]
     mtools(["mmd", *img, "::/EFI", "::/EFI/BOOT", "::/flatcar"])
@@ -72,7 +74,8 @@ def make_esp(work: Path, kernel: Path, initrd: Path, env_block: bytes) -> Path:
     mtools(["mcopy", *img, str(kernel), "::/flatcar/vmlinuz-a"])
     mtools(["mcopy", *img, str(initrd), "::/flatcar/initrd-a"])
     mtools(["mcopy", *img, str(initrd), "::/flatcar/initrd-b"])
-    mtools(["mcopy", *img, str(work / "grubenv"), "::/flatcar/grubenv"])
+    for copy in COPIES:
+        mtools(["mcopy", *img, str(work / "grubenv"), f"::/{copy}"])
     mtools(["mcopy", *img, str(work / "first_boot"), "::/flatcar/first_boot"])
     return esp
 
@@ -165,10 +168,13 @@ def partition_offsets(disk: Path) -> dict[int, tuple[int, int]]:
 
 
 def initial_env(root_hash: str) -> bytes:
+    """The first copy of the grubenv (sequence 1), as ``updater`` renders it from the GPT."""
     layout = flatcar_layout(usr_size=USR_SIZE, esp_size=ESP_SIZE, oem_size=OEM_SIZE)
     table = [
         slots.Slot(p.number, p.label, p.partuuid, p.attributes)
         for p in layout.partitions
         if p.type_guid == slots.USR_TYPE
     ]
-    return grubenv.render(grubenv.slot_vars(table, {"A": root_hash}))
+    values = grubenv.slot_vars(table, {"A": root_hash})
+    values[grubenv.PANIC_KEY] = str(BootSettings().panic)
+    return grubenv.render_copy(values, 1)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 
 def dumps(value: Any) -> str:
+    import json  # here: most commands print no JSON, and the import costs start-up time
+
     return json.dumps(value, sort_keys=True, indent=2) + "\n"

@@ -1,0 +1,37 @@
+"""What every command module shares: the Target of the global options, and output.
+
+Output goes to stdout, flushed at once: a reboot command prints its JSON right before the jump,
+and nothing may be left in a buffer when the process is killed by the shutdown it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from updater import config, jsonout, target
+from updater.target import Target
+
+
+def out(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def emit(doc: Any) -> None:
+    """A ``--json`` document, through the one encoder."""
+    out(jsonout.dumps(doc))
+
+
+def resolve_target(args: argparse.Namespace, disk: str | None = None) -> Target:
+    """The Target of the global options (``disk`` overrides ``--disk``), with the ``[boot]``
+    settings of the configuration file."""
+    settings = config.load(args.config).boot
+    return target.resolve(
+        disk if disk is not None else args.disk,
+        args.booted,
+        esp=args.esp,
+        oem=args.oem,
+        settings=settings,
+    )
