@@ -39,6 +39,9 @@ INDEX: dict[str, Entry] = {
     "verity": Entry("verity", "build or check dm-verity hash trees"),
     "config": Entry("config", "show the effective settings, or the reference of every setting"),
     "releases": Entry("releases", "list the releases the repository offers this machine"),
+    "update": Entry(
+        "update", "install the newest signed release into the other slot and activate it"
+    ),
     "repo": Entry("repo", "publish signed releases: a TUF repository"),
     "agent": Entry(
         "agent", "the fleet update agent (unattended updates, health-gated commit, rollback)"
