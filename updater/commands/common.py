@@ -35,3 +35,16 @@ def resolve_target(args: argparse.Namespace, disk: str | None = None) -> Target:
         oem=args.oem,
         settings=settings,
     )
+
+
+def add_repository_options(p: argparse.ArgumentParser, state_help: str) -> None:
+    """``--repo``, ``--trusted-root``, ``--state-dir`` and ``--channel``: the ``[update]``
+    settings a command that reads the release repository lets the command line override, each
+    accepting exactly what the configuration file accepts."""
+    for flag, key, metavar, help_text in (
+        ("--repo", "repo", "URL|DIR", "release repository ([update] repo)"),
+        ("--trusted-root", "trusted_root", "FILE", "root metadata to start trust from"),
+        ("--state-dir", "state_dir", "DIR", state_help),
+        ("--channel", "channel", "C", "release channel ([update] channel)"),
+    ):
+        p.add_argument(flag, type=config.option("update", key), metavar=metavar, help=help_text)

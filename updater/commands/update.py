@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from updater import config, jsonout
-from updater.commands.common import out, resolve_target
+from updater.commands.common import add_repository_options, out, resolve_target
 from updater.config import RebootVia
 from updater.errors import UpdaterError
 
@@ -173,13 +173,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    for flag, key, metavar, help_text in (
-        ("--repo", "repo", "URL|DIR", "release repository ([update] repo)"),
-        ("--trusted-root", "trusted_root", "FILE", "root metadata to start trust from"),
-        ("--state-dir", "state_dir", "DIR", "verified metadata and the resume journal"),
-        ("--channel", "channel", "C", "release channel ([update] channel)"),
-    ):
-        p.add_argument(flag, type=config.option("update", key), metavar=metavar, help=help_text)
+    add_repository_options(p, "verified metadata and the resume journal")
     p.add_argument("--version", type=_version, metavar="V", help="install exactly release V")
     p.add_argument("--allow-downgrade", action="store_true",
                    help="take a release older than the booted one")  # fmt: skip
