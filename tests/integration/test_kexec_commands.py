@@ -399,3 +399,42 @@ def test_oem_cannot_steer_the_initrd_to_another_partition(
     usr = [w for w in words if w.lower().startswith(("verity.usr=", "verity.usrhash="))]
     assert usr == [f"verity.usr=PARTUUID={uuid_a}", f"verity.usrhash={HASH_A}"]
     assert words[-3:] == [*usr, "--"]  # the OEM's "--" passes, its words after it do not
+
+
+@pytest.mark.parametrize(("via", "last"), [("kexec", ["systemctl", "kexec"]),
+                                           ("firmware", ["systemctl", "reboot"])])  # fmt: skip
+def test_rollback_with_reboot_switches_then_reboots_into_the_other_slot(
+    boot_disk: Path, fakes: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], cgpt_field: CgptField, fast_tmp: Path,
+    via: str, last: list[str],
+) -> None:  # fmt: skip
+    use(monkeypatch, OK)
+    d = str(boot_disk)
+    assert run_cli(["--disk", d, "--booted", "A", "set-active", "B"], capsys)[0] == 0
+    assert run_cli(["--disk", d, "--booted", "B", "mark-good"], capsys)[0] == 0
+    # B booted and good, A good below it: the operator goes back to A (whose test image holds
+    # no filesystem, hence --force) and reboots in the same command.
+    code, _, err = run_cli(
+        ["--disk", d, "--booted", "B", "rollback", "--force", "--reboot", via], capsys
+    )
+    assert code == 0, err
+    assert (cgpt_field(boot_disk, 3, "P"), cgpt_field(boot_disk, 4, "P")) == (2, 1)
+    calls = logged(fakes)
+    assert calls[-1] == last
+    if via == "kexec":
+        loads = [c for c in calls if c[:3] == ["kexec", "-s", "-l"]]
+        assert len(loads) == 1 and loads[0][3].endswith("flatcar_vmlinuz-a")
+    else:
+        assert not any(c[:2] == ["kexec", "-s"] for c in calls)
+
+
+def test_rollback_without_reboot_runs_nothing(
+    boot_disk: Path, fakes: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    use(monkeypatch, OK)
+    d = str(boot_disk)
+    assert run_cli(["--disk", d, "--booted", "A", "set-active", "B"], capsys)[0] == 0
+    assert run_cli(["--disk", d, "--booted", "B", "mark-good"], capsys)[0] == 0
+    assert run_cli(["--disk", d, "--booted", "B", "rollback", "--force"], capsys)[0] == 0
+    assert logged(fakes) == []

@@ -144,6 +144,22 @@ def _decide_rollback(args: argparse.Namespace, st: state.DiskState) -> slots.Tra
     return slots.rollback(st.slots, st.booted, has_image=has_image, force=args.force)
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """The switch, reported as every transition is; then, if asked, the reboot into it."""
+    status = _transition_command(_decide_rollback)(args)
+    if args.reboot != "none" and not args.dry_run:
+        from updater import bootflow, kexec
+        from updater.config import RebootVia
+        from updater.log import log
+
+        def announce(report: bootflow.Report) -> None:
+            log(f"rebooting into {report.slot.label if report.slot else '?'} ({report.method})")
+
+        request = bootflow.Request(slot="auto", via=RebootVia(args.reboot))
+        bootflow.reboot(resolve_target(args), request, kexec.probe_support(), announce)
+    return status
+
+
 def cmd_repair(args: argparse.Namespace) -> int:
     path = target.resolve_disk(args.disk)
     written = gpt.repair(path)
@@ -242,11 +258,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = add(
         "rollback",
-        _transition_command(_decide_rollback),
+        cmd_rollback,
         "Prioritize the slot that is not booted. Refused when it holds no image or never\n"
-        "booted successfully, unless --force (which gives a never-good slot one try).",
+        "booted successfully, unless --force (which gives a never-good slot one try).\n"
+        "--reboot kexec|firmware then reboots into it (kexec falls back to the firmware);\n"
+        "default none. The fleet agent notices the rollback and does not offer the release\n"
+        "rolled back from again until `updater agent forget VERSION`.",
     )
     p.add_argument("--force", action="store_true", help="skip the checks on the other slot")
+    p.add_argument("--reboot", choices=("kexec", "firmware", "none"), default="none",
+                   help="reboot into the other slot after switching (default: none)")
     p.add_argument("--dry-run", action="store_true", help="decide but write nothing")
 
     p = add(
