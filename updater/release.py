@@ -446,6 +446,7 @@ class Release:
             "initrd": (
                 {"path": self.initrd.path, "length": self.initrd.length} if self.initrd else None
             ),
+            "waves": [list(w) for w in img.waves],
         }
 
 
