@@ -12,7 +12,14 @@ capable, the body sent with sendfile). Then, alternately:
   is), from start to verified: frame and whole-file sha256, the read-back past the page cache
   against the signed root hash.
 
-Both times count process start-up. The writer's peak RSS is measured per image size with
+- ``updater update`` as an operator runs it, from start to activated: a repository made with
+  ``updater repo init`` and ``updater repo add`` (the same data with a squashfs superblock in
+  front, its verity tree, a kernel carrying the root hash) served by the same server, a
+  preallocated GPT disk image booted from USR-A, and the release written into USR-B: TUF
+  refresh, the stream, the read-back, the kernel onto the ESP, set-active. The pipeline then
+  downloads that repository's own ``usr.img.zst`` so both read the same bytes.
+
+All times count process start-up. The writer's peak RSS is measured per image size with
 ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` in an intermediate process whose only child is the
 writer; the writer is one process (its stream and read-back run in threads), so that is its
 whole footprint, requests and the HTTP source included.
@@ -76,7 +83,7 @@ def make_image(directory: Path, size_mib: int, level: int) -> dict[str, Any]:
         facts: dict[str, Any] = json.loads(facts_path.read_text())
         return facts
     image = directory / f"usr-{size_mib}.img"
-    data_size = size_mib * MiB - (size_mib // 128 + 8) * 4096  # room for the tree in size_mib
+    data_size = size_mib * MiB - (2 * size_mib + 8) * 4096  # room for the tree in size_mib
     write_data(image, data_size, seed=size_mib)
     out = subprocess.run(
         [sys.executable, "-m", "updater", "verity", "format", str(image), "--json",
@@ -110,6 +117,76 @@ def make_image(directory: Path, size_mib: int, level: int) -> dict[str, Any]:
     return facts
 
 
+# -- a release as operators publish it, and a machine that takes it -------------------------
+
+
+def updater_cli(*args: str) -> str:
+    argv = [sys.executable, "-m", "updater", *args]
+    return subprocess.run(argv, check=True, capture_output=True, text=True, cwd=REPO).stdout
+
+
+def make_repository(directory: Path, sizes: list[int]) -> tuple[Path, dict[int, str]]:
+    """``updater repo init`` and one ``repo add`` per size (versions 2, 3, ...): the benchmark's
+    data behind a squashfs superblock (bytes_used: the data size), its verity tree, a kernel
+    carrying the root hash. Returns the repository and each size's version."""
+    from updater.cmdline import USRHASH_OFFSETS
+
+    image, kernel, repo = directory / "release.img", directory / "vmlinuz", directory / "repo"
+    updater_cli("repo", "init", str(repo))
+    versions = {}
+    for number, size_mib in enumerate(sizes, start=2):
+        data_size = size_mib * MiB - (2 * size_mib + 8) * 4096
+        write_data(image, data_size, seed=size_mib)
+        with image.open("r+b") as f:
+            f.write(b"hsqs" + bytes(36) + data_size.to_bytes(8, "little"))
+        out = updater_cli(
+            "verity", "format", str(image), "--json", "--hash-offset", str(data_size),
+            "--salt", "-",
+        )  # fmt: skip
+        head = bytearray(b"MZ" + bytes(8190))
+        at = USRHASH_OFFSETS["x86_64"]
+        head[at : at + 64] = json.loads(out)["root_hash"].encode()
+        kernel.write_bytes(head)
+        versions[size_mib] = str(number)
+        updater_cli(
+            "repo", "add", str(repo), "--version", str(number), "--usr", str(image),
+            "--kernel", str(kernel), "--arch", "x86_64",
+        )  # fmt: skip
+        image.unlink()
+    return repo, versions
+
+
+def run_update(
+    directory: Path, repo: Path, url: str, size_mib: int, version: str
+) -> dict[str, Any]:
+    """A fresh machine (a preallocated GPT disk image booted from USR-A at version 1, an empty
+    ESP directory, an empty state directory), then ``updater update`` to activated."""
+    from updater import inventory, layout
+    from updater.release import parse_version
+
+    disk, esp, state = directory / "disk.img", directory / "esp", directory / "update-state"
+    disk.unlink(missing_ok=True)
+    shutil.rmtree(esp, ignore_errors=True)
+    shutil.rmtree(state, ignore_errors=True)
+    small = dict(esp_size=4 * MiB, oem_size=4 * MiB, root_size=4 * MiB)
+    layout.create_disk(layout.flatcar_layout(usr_size=size_mib * MiB, **small), str(disk))
+    preallocate(disk, disk.stat().st_size)
+    (esp / "flatcar").mkdir(parents=True)
+    inventory.record(str(state), str(layout.USR_A_UUID), parse_version("1"))
+    config = directory / "updater.toml"
+    config.write_text("")
+    run = measured([
+        sys.executable, "-m", "updater", "--config", str(config), "--disk", str(disk),
+        "--booted", "A", "--esp", str(esp), "update", "--repo", url,
+        "--trusted-root", str(repo / "metadata" / "1.root.json"), "--state-dir", str(state),
+        "--version", version, "--reboot", "none", "--json",
+    ])  # fmt: skip
+    result = json.loads(run.pop("stdout").splitlines()[-1])
+    if result.get("event") != "result" or result.get("status") != "updated":
+        raise SystemExit(f"updater update did not activate the release: {result}")
+    return run
+
+
 # -- the server ------------------------------------------------------------------------------
 
 
@@ -119,6 +196,11 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 -- http.server's naming
         path = Path(self.directory, self.path.lstrip("/"))
+        if not path.is_file():  # the TUF client asks for the next root version: 404 ends that
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         size = path.stat().st_size
         start = 0
         match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
@@ -184,20 +266,32 @@ def child(url: str, facts_path: str, slot: str, state: str) -> None:
 def measure(argv: list[str]) -> None:
     """The intermediate process: its only child is the writer, so RUSAGE_CHILDREN is its."""
     start = time.perf_counter()
-    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True)  # stderr passes through
+    if proc.returncode:
+        raise SystemExit(proc.returncode)
+    out = proc.stdout
     seconds = time.perf_counter() - start
     maxrss_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(json.dumps({"wall": seconds, "maxrss_kib": maxrss_kib, **json.loads(out)}))
+    print(json.dumps({"wall": seconds, "maxrss_kib": maxrss_kib, "stdout": out}))
+
+
+def measured(argv: list[str]) -> dict[str, Any]:
+    """Run ``argv`` under ``measure``: its wall time, peak RSS and stdout."""
+    script = str(Path(__file__).resolve())
+    proc = subprocess.run(
+        [sys.executable, script, "--measure", *argv], capture_output=True, cwd=REPO
+    )
+    if proc.returncode:
+        raise SystemExit(f"{argv[2:4]} failed: {proc.stderr.decode(errors='replace')[-2000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
 
 
 def run_writer(url: str, facts: Path, slot: Path, state: Path) -> dict[str, float]:
     shutil.rmtree(state, ignore_errors=True)  # no journal: every run writes from frame 0
     script = str(Path(__file__).resolve())
-    argv = [sys.executable, script, "--measure", sys.executable, script, "--child"]
-    proc = subprocess.run([*argv, url, str(facts), str(slot), str(state)], capture_output=True)
-    if proc.returncode:
-        raise SystemExit(f"the writer failed: {proc.stderr.decode(errors='replace')}")
-    result: dict[str, float] = json.loads(proc.stdout)
+    run = measured([sys.executable, script, "--child", url, str(facts), str(slot), str(state)])
+    result: dict[str, float] = {**json.loads(run.pop("stdout")), **run}
     return result
 
 
@@ -260,6 +354,24 @@ def main() -> int:
                 memory[size] = run_writer(
                     f"{base}/usr-{size}.img.zst", directory / f"usr-{size}.json", slot, state
                 )
+            slot.unlink()
+            started = time.perf_counter()
+            repo, versions = make_repository(directory, sizes)
+            print(f"repository: {len(sizes)} releases published in "
+                  f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+            version = versions[args.size_mib]
+            target = next(repo.glob(f"targets/**/{version}/*usr.img.zst")).relative_to(directory)
+            e2e_pipeline, update_runs = [], []
+            for _ in range(args.repeat):
+                e2e_pipeline.append(run_pipeline(f"{base}/{target}", slot))
+                slot.unlink()
+                update_runs.append(
+                    run_update(directory, repo, f"{base}/repo", args.size_mib, version)
+                )
+            update_memory = {
+                size: run_update(directory, repo, f"{base}/repo", size, versions[size])
+                for size in rss_sizes
+            }
         finally:
             server.shutdown()
     pipeline = min(pipeline_times)
@@ -275,10 +387,19 @@ def main() -> int:
         f"(ratio slotwrite/pipeline {best['wall'] / pipeline:.2f}; "
         f"in-process {best['seconds']:.2f} s, O_DIRECT {best['direct_io']})"
     )
+    best_update = min(update_runs, key=lambda r: r["wall"])
+    e2e = min(e2e_pipeline)
+    print(f"pipeline on the repository's target:  {e2e:6.2f} s")
+    print(
+        f"updater update (start to activated):  {best_update['wall']:6.2f} s  "
+        f"(ratio update/pipeline {best_update['wall'] / e2e:.2f}; "
+        f"peak RSS {best_update['maxrss_kib'] / 1024:.1f} MiB)"
+    )
     for size, run in memory.items():
         print(
             f"peak RSS of the writer, {size:5d} MiB image: {run['maxrss_kib'] / 1024:5.1f} MiB "
-            f"({run['wall']:.2f} s)"
+            f"({run['wall']:.2f} s); of updater update "
+            f"{update_memory[size]['maxrss_kib'] / 1024:5.1f} MiB"
         )
     return 0
 

@@ -183,8 +183,10 @@ def main() -> int:
         return 0
     for name, view in views.items():
         left = view["returns_to_a_file_already_left"]
-        print(f"{name}: {view['stays']} stays in {view['files']} files, "
-              f"{view['climbs_back_up']} climbs back up, {left} returns to a file already left")
+        print(
+            f"{name}: {view['stays']} stays in {view['files']} files, "
+            f"{view['climbs_back_up']} climbs back up, {left} returns to a file already left"
+        )
         print("  stays per file:   ", view["stays_per_file"])
         print("  entered by a call:", view["entered_by_a_call"])
         print("  walk:", " > ".join(view["walk"]))

@@ -50,7 +50,7 @@ class HttpPolicy:
     retries: int = 4  # after a transient failure
     backoff: float = 1.0  # seconds before the first retry; doubles each time
     max_backoff: float = 60.0
-    chunk_size: int = 1 << 20
+    chunk_size: int = 256 << 10  # small pieces: a few in flight cost little memory
 
 
 class _Transient(Exception):
