@@ -44,6 +44,7 @@ class FakeMachine:
     reboots: list[str] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     crash_after: str | None = None  # a method name: crash right after it did its work
+    boot: int = 1  # the boot's number: its boot id changes with every power-on
 
     def _slot(self, letter: str) -> slots.Slot:
         return next(s for s in self.table if s.letter == letter)
@@ -65,7 +66,7 @@ class FakeMachine:
         mine = self._slot(self.booted_letter)
         other = slots.other_slot(self.table, mine.partition)
         nxt = slots.choose_next(self.table)
-        return Booted(view(mine), view(other), nxt.letter if nxt else None)
+        return Booted(view(mine), view(other), nxt.letter if nxt else None, f"boot-{self.boot}")
 
     def available(self, channel: str, pin: str | None, blocked: frozenset[str]) -> Offer | None:
         if self.offline:
@@ -103,6 +104,7 @@ class FakeMachine:
         chosen, t = slots.next_boot(self.table)
         self._apply(t)
         self.booted_letter = chosen.letter or "?"
+        self.boot += 1
         return self.booted_letter
 
 

@@ -132,6 +132,33 @@ def test_a_requested_reboot_gets_time_to_happen() -> None:
     assert machine.decide(rec, facts(m, NOW + 300), P).action.do is Do.REBOOT
 
 
+def test_a_reboot_in_progress_is_not_judged_in_the_boot_that_asked_for_it() -> None:
+    """A kexec request consumes the new slot's try and returns; the system goes down a little
+    later. Until the boot changes, the spent try says nothing about how the new slot boots."""
+    m = staged()
+    rec = replace(IN_FLIGHT, state=State.REBOOTING, reboot_attempts=1)
+    _, consume = slots.next_boot(m.table)  # what the reboot flow does before the jump
+    m._apply(consume)
+    assert not m.booted().other.bootable  # what a finished boot on A would show as well
+    rec = machine.absorb(rec, machine.Action(Do.REBOOT, via="kexec"), machine.Done(), facts(m), P)
+    step = machine.decide(rec, facts(m, NOW + 5), P)
+    assert step.action.do is Do.SLEEP and step.record.state is State.REBOOTING
+    assert step.record.blocked == () and step.record.rollbacks == 0
+    m.booted_letter, m.boot = "B", m.boot + 1  # the jump: the new slot's kernel runs
+    assert machine.decide(step.record, facts(m, NOW + 60), P).record.state is State.VERIFYING
+
+
+def test_a_reboot_that_came_back_to_the_old_slot_is_a_failed_boot() -> None:
+    m = staged()
+    rec = replace(IN_FLIGHT, state=State.REBOOTING, reboot_attempts=1)
+    rec = machine.absorb(rec, machine.Action(Do.REBOOT, via="kexec"), machine.Done(), facts(m), P)
+    assert m.power_on() == "B"  # B's try spent, its boot hangs and the machine is reset ...
+    assert m.power_on() == "A"  # ... and GRUB falls back to A
+    step = machine.decide(rec, facts(m, NOW + 60), P)
+    assert step.record.state is State.ROLLED_BACK
+    assert step.record.blocked[0].reason is Reason.BOOT
+
+
 def test_the_new_slot_that_did_not_boot_is_rolled_back_and_blocked() -> None:
     m = staged()
     m.power_on()  # GRUB spends B's try ...
@@ -211,20 +238,22 @@ slot_data = st.tuples(st.integers(0, 15), st.integers(0, 15), st.booleans(),
     healthy=st.booleans(),
     strategy=st.sampled_from(list(RebootStrategy)),
     delta=st.floats(-1e5, 1e6),
+    same_boot=st.booleans(),
 )
 def test_decide_always_settles_on_one_action(
     state: State, mine: tuple[int, int, bool, str | None], other: tuple[int, int, bool, str | None],
     booted: str, nxt: str | None, lock: bool, returning: bool, healthy: bool,
-    strategy: RebootStrategy, delta: float,
+    strategy: RebootStrategy, delta: float, same_boot: bool,
 ) -> None:  # fmt: skip
     """Whatever the record says and whatever the slots show, one action comes out, and a sleep
     never ends in the past of a due step (no busy loop of zero-length sleeps)."""
     letter = "B" if booted == "A" else "A"
-    b = Booted(_view(mine, booted), _view(other, letter), nxt)
+    b = Booted(_view(mine, booted), _view(other, letter), nxt, "boot-2")
     rec = Record(state=state, version="2", from_slot="A", target_slot="B", returning=returning,
                  healthy=healthy, lock=LockTicket("etcd", "m", "g", 1) if lock else None,
                  next_check=NOW + delta, next_try=NOW + delta / 10, verify_deadline=NOW,
-                 reboot_requested=NOW + delta if delta > 0 else None)  # fmt: skip
+                 reboot_requested=NOW + delta if delta > 0 else None,
+                 reboot_boot="boot-2" if same_boot else "boot-1")  # fmt: skip
     step = machine.decide(rec, Facts(NOW, b, 0.3), policy(strategy=strategy))
     if step.action.do is Do.SLEEP:
         assert step.action.until is not None and step.action.until > NOW

@@ -274,8 +274,20 @@ def _waiting_for_lock(rec: Record, f: Facts, p: Policy) -> Step | Record:
     return Step(rec, Action(Do.ACQUIRE))
 
 
+def _still_going_down(rec: Record, f: Facts) -> bool:
+    """The reboot was asked for in this very boot: the system has not gone down yet, and what
+    the slots show (a try already consumed) says nothing about how the new slot boots."""
+    return (
+        rec.reboot_requested is not None
+        and rec.reboot_boot is not None
+        and rec.reboot_boot == f.booted.boot_id
+    )
+
+
 def _rebooting(rec: Record, f: Facts, p: Policy) -> Step | Record:
     b = f.booted
+    if _still_going_down(rec, f):
+        return _reboot(rec, f, p, why=f"rebooting into release {rec.version}", capped=True)
     if b.slot.letter == rec.target_slot:
         return _verifying(rec, f, p)
     if b.other.letter == rec.target_slot and not b.other.bootable:
@@ -358,7 +370,7 @@ def absorb(rec: Record, action: Action, result: Result, f: Facts, p: Policy) -> 
         case Do.ACQUIRE, Busy(holders):
             return replace(rec, lock_holders=holders, next_try=f.now + p.retry, last_error=None)
         case Do.REBOOT, Done():
-            return replace(rec, reboot_requested=f.now)
+            return replace(rec, reboot_requested=f.now, reboot_boot=f.booted.boot_id or None)
         case Do.VERIFY, Done():
             return replace(rec, healthy=True, last_error=None)
         case Do.VERIFY, Unhealthy(reason):

@@ -98,6 +98,7 @@ class Record:
     verify_deadline: float | None = None
     reboot_attempts: int = 0
     reboot_requested: float | None = None  # when the last reboot was asked for
+    reboot_boot: str | None = None  # the boot it was asked for in (Booted.boot_id)
     next_try: float | None = None  # when to try the lock or the reboot again
     committed_slot: str | None = None  # the slot last known good, and what it holds
     committed_version: str | None = None
@@ -237,7 +238,7 @@ def from_json(doc: object) -> Record:
     if not all(isinstance(h, str) and len(h) <= MAX_TEXT for h in holders):
         raise DataError("agent state: lock_holders must be texts")
     texts = ("version", "from_version", "committed_version", "booted_version", "available",
-             "last_error")  # fmt: skip
+             "last_error", "reboot_boot")  # fmt: skip
     slots = ("from_slot", "target_slot", "committed_slot")
     numbers = ("verify_deadline", "reboot_requested", "next_try", "wave_start", "last_check",
                "last_success", "next_check")  # fmt: skip

@@ -56,6 +56,10 @@ class Booted:
     slot: SlotView  # the booted one
     other: SlotView
     next_slot: str | None  # letter of the slot GRUB's rule boots next; None: none can boot
+    # This boot's identity (the kernel's random boot_id); "" where it is unknown. A reboot that
+    # was asked for has not happened while it is unchanged: a kexec or a shutdown takes a while
+    # after the request returns, and the slots already show the try it consumed.
+    boot_id: str = ""
 
     @property
     def on_trial(self) -> bool:

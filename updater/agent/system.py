@@ -2,7 +2,8 @@
 update flow, the slot rules and the reboot flow.
 
 - ``booted``: the A/B state of the target's disk (``updater.state``), each slot's version from the
-  running /usr's os-release or the state directory's record (``updater.inventory``);
+  running /usr's os-release or the state directory's record (``updater.inventory``), and the
+  kernel's boot id (a reboot asked for has happened once it changes);
 - ``available``: the TUF client refreshes, the channel index is read, and ``release.choose``
   picks among the releases that are not blocked (a pin may be older: the operator asked);
 - ``stage``: ``updater.update.run`` for exactly that version (it recognises a release already
@@ -17,6 +18,7 @@ machine does.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -33,10 +35,27 @@ if TYPE_CHECKING:
     from updater.update import Event
 
 
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+_BOOT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def read_boot_id(path: str = BOOT_ID) -> str:
+    """This boot's id, or "" where the kernel gives none (or something that is not one)."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(64).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+    return text if _BOOT_ID.fullmatch(text) else ""
+
+
 class UpdateFlowSystem:
-    def __init__(self, cfg: Config, target: Callable[[], Target]) -> None:
+    def __init__(
+        self, cfg: Config, target: Callable[[], Target], boot_id: Callable[[], str] = read_boot_id
+    ) -> None:
         self.cfg = cfg
         self.target = target
+        self.boot_id = boot_id
 
     # ------------------------------------------------------------------------------ reading
     def _view(self, t: Target, s: slots.Slot) -> SlotView:
@@ -52,7 +71,8 @@ class UpdateFlowSystem:
         mine = st.slot(st.booted)
         other = slots.other_slot(st.slots, st.booted)
         nxt = st.next
-        return Booted(self._view(t, mine), self._view(t, other), nxt.letter if nxt else None)
+        letter = nxt.letter if nxt else None
+        return Booted(self._view(t, mine), self._view(t, other), letter, self.boot_id())
 
     def _client(self, channel: str | None = None) -> ReleaseClient:
         from updater.fetch.client import open_client
