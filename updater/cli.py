@@ -15,6 +15,7 @@ from updater import __version__
 from updater.commands import agent as agent_commands
 from updater.commands import boot as boot_commands
 from updater.commands import config as config_commands
+from updater.commands import install as install_commands
 from updater.commands import lock as lock_commands
 from updater.commands import releases as release_commands
 from updater.commands import repo as repo_commands
@@ -96,6 +97,7 @@ COMMAND_MODULES = [
     release_commands,
     agent_commands,
     lock_commands,
+    install_commands,
 ]
 
 
