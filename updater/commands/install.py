@@ -114,7 +114,8 @@ def _confirm(yes: bool) -> Confirm:
 
 
 class Printer:
-    """Events as JSON lines on stdout, or as lines for people on stderr (progress every 10%)."""
+    """Events as JSON lines on stdout, or as lines for people on stderr (progress every 10%;
+    a failure only when the disk was written to, the CLI's error line says the rest)."""
 
     def __init__(self, as_json: bool, out: TextIO) -> None:
         self.as_json = as_json
@@ -126,6 +127,8 @@ class Printer:
         self.failed = self.failed or isinstance(event, events.Failed)
         if self.as_json:
             self.out.write(jsonout.line(event.to_json()))
+        elif isinstance(event, events.Failed) and not event.disk_changed:
+            return  # the error line says it all: nothing was written
         elif isinstance(event, events.Progress):
             key = (event.slot, event.phase)
             tenth = 10 * event.done // event.total if event.total else 10

@@ -14,8 +14,10 @@ page caches of their own, which then read what is on the disk.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -25,7 +27,7 @@ from updater.bootfs import FatPartitionFiles
 from updater.errors import DeviceError
 from updater.install.bootfiles import DIRECTORIES
 from updater.install.plan import Region
-from updater.run import require_tool, run
+from updater.run import child_env, require_tool, run
 
 BLKRRPART = 0x125F  # re-read the partition table (linux/fs.h)
 MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1"}  # mtools doubts the geometry of partitions in images
@@ -52,19 +54,22 @@ def clear(disk: str, regions: Sequence[Region]) -> None:
 
 def reread(disk: str) -> None:
     """Make the kernel read the disk's partition table again (a block device only), then wait
-    for udev to create the nodes and links. EBUSY means something holds a partition."""
+    for udev to create the nodes and links. EBUSY means something holds a partition; EINVAL
+    that the device takes no partitions (a loop device without partition scanning)."""
     if os.path.isfile(disk):
         return
     fd = _open(disk)
     try:
         fcntl.ioctl(fd, BLKRRPART)
     except OSError as exc:
-        raise DeviceError(
-            f"the kernel cannot re-read the partitions of {disk}: {exc.strerror}"
-        ) from None
+        if exc.errno != errno.EINVAL:
+            raise DeviceError(
+                f"the kernel cannot re-read the partitions of {disk}: {exc.strerror}"
+            ) from None
     finally:
         os.close(fd)
-    run(["udevadm", "settle", "--timeout=30"], check=False)
+    if shutil.which("udevadm", path=child_env()["PATH"]):  # no udev: no links to wait for
+        run(["udevadm", "settle", "--timeout=30"], check=False)
 
 
 def write_table(disk: str, plan: gptformat.WritePlan) -> int:
