@@ -82,6 +82,8 @@ __all__ = [
     "export",
     "main",
     "partition_offsets",
+    "payload",
+    "publish_release",
 ]
 
 # Host tools by Debian package, checked before anything starts.
@@ -100,8 +102,8 @@ HOST_TOOLS = {
     "cpio": "cpio",
     "busybox": "busybox-static",
 }
-RECIPE = "6"  # bump to force a rebuild when something outside the hashed files changes
-VERSIONS = (1, 2)
+RECIPE = "7"  # bump to force a rebuild when something outside the hashed files changes
+VERSIONS = (1, 2, 3, 4)  # 1 on the disk; the rest published by the VM tests and the demo
 
 
 @dataclass(frozen=True)
@@ -125,8 +127,9 @@ class BuildResult:
     kernel_v2: Path
     initrd: Path
     directory: Path
-    # A signed release repository (updater repo) publishing every built version on the stable
-    # channel, keys included; its root.json is the trusted root inside the images.
+    # A signed release repository (updater repo) with version 1 published on the stable channel,
+    # keys included (tests publish later versions with ``publish``); its root.json is the
+    # trusted root inside the images.
     repo: Path
     # The network-boot installer: version 1's kernel, and an initramfs holding version 1's USR
     # image and ROOT; it runs `updater install` as the updater.install.* parameters say.
@@ -204,7 +207,7 @@ def prune(root: Path, keep: Path) -> None:
 
 
 def build_all(cache_dir: Path | None = None, *, extra_versions: Sequence[int] = ()) -> BuildResult:
-    """Build (or find in the cache) the disk and the version 1 and 2 payloads."""
+    """Build (or find in the cache) the disk and the payloads of VERSIONS."""
     versions = sorted(set(VERSIONS) | set(extra_versions))
     check_host()
     root = cache_root(cache_dir)
@@ -291,10 +294,8 @@ def _build_into(out: Path, tarball: Path, versions: Sequence[int]) -> None:
         p.manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         hashes[version] = str(manifest["root_hash"])
         kernel_with_hash(tree / f"boot/vmlinuz-{kver}", p.kernel, hashes[version])
-        updater_cli(["repo", "add", str(repo), "--version", str(version), "--usr", str(p.usr),
-                     "--kernel", str(p.kernel), "--initrd", str(out / "initrd.img"),
-                     "--channel", "stable", "--arch", "x86_64",
-                     "--expires-days", str(REPO_EXPIRY_DAYS)])  # fmt: skip
+        if version == 1:  # what the disk runs; tests publish later versions themselves
+            publish_release(repo, p, out / "initrd.img")
     esp = make_esp(work, out / "vmlinuz-v1", out / "initrd.img", assets, hashes[1])
     oem = make_oem(work, assets)
     root_fs = make_ext4(work, "rootfs", "ROOT", root, ROOT_SIZE)
@@ -310,6 +311,14 @@ def _build_into(out: Path, tarball: Path, versions: Sequence[int]) -> None:
 # Cached builds are reused for as long as their inputs do not change, so the test repository's
 # metadata must not expire under them (production repositories re-sign the timestamp daily).
 REPO_EXPIRY_DAYS = 3650
+
+
+def publish_release(repo: Path, p: Payload, initrd: Path, extra: Sequence[str] = ()) -> None:
+    """Publish payload ``p`` into ``repo`` (stable channel, x86_64) with ``updater repo add``,
+    as a release engineer would."""
+    updater_cli(["repo", "add", str(repo), "--version", str(p.version), "--usr", str(p.usr),
+                 "--kernel", str(p.kernel), "--initrd", str(initrd), "--channel", "stable",
+                 "--arch", "x86_64", "--expires-days", str(REPO_EXPIRY_DAYS), *extra])  # fmt: skip
 
 
 def updater_cli(argv: list[str]) -> None:
@@ -345,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="N",
-        help="also build the USR payload for version N (repeatable; 1 and 2 are always built)",
+        help="also build the USR payload for version N (repeatable; 1 to 4 are always built)",
     )
     parser.add_argument(
         "--cache", type=Path, help="cache directory (default: $UPDATER_CACHE/images)"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from images import progress
 from updater import slots
+from updater.config import BootSettings
 from updater.errors import UpdaterError
 from updater.install import bootfiles
 from updater.layout import MiB, create_disk, flatcar_layout
@@ -67,6 +68,7 @@ def make_esp(work: Path, kernel: Path, initrd: Path, assets: Path, root_hash: st
     files = bootfiles.fresh_esp(
         loader, (assets / "grub" / loader).read_bytes(),
         (assets / "grub" / "grub.cfg").read_bytes(), layout_slots(), {"A": root_hash},
+        BootSettings().panic,
     )  # fmt: skip
     files = {"flatcar/vmlinuz-a": kernel.read_bytes(), "flatcar/initrd-a": initrd.read_bytes(),
              "flatcar/initrd-b": initrd.read_bytes(), **files}  # fmt: skip

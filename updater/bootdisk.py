@@ -1,20 +1,37 @@
-"""Find the booted /usr partition and the disk that holds it, from the kernel command line.
+"""Find the booted /usr partition and the disk that holds it.
 
-The command line names the booted slot as ``mount.usr=PARTUUID=<uuid>`` or, on verity builds,
-``verity.usr=PARTUUID=<uuid>`` (Flatcar's grub.cfg). The partition is then found through udev's
-``/dev/disk/by-partuuid`` links and its parent disk through sysfs. This module does not read
-partition tables.
+The truth is what is mounted at ``/usr``: its device (``/proc/self/mountinfo``), and, when that is
+a device-mapper target such as the dm-verity ``/dev/mapper/usr``, the one partition below it
+(``/sys/dev/block/MAJ:MIN/slaves``); sysfs then names the partition's number and its disk. This
+works however the slot was chosen, also after a kexec with the boot facts in the initrd, when
+the kernel command line names no partition at all.
+
+The command line (``verity.usr=PARTUUID=<uuid>`` or ``mount.usr=PARTUUID=<uuid>``, Flatcar's
+grub.cfg) is the fallback where ``/usr`` is not a mount of its own, and a cross-check where both
+exist (``Target`` compares the PARTUUID it names with the mounted partition's).
+
+This module reads /proc, /sys and /dev only; it does not read partition tables.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from updater.errors import DeviceError
 
 _USR_KEYS = ("verity.usr", "mount.usr", "usr")
+
+
+@dataclass(frozen=True)
+class BootedUsr:
+    """The partition the running /usr comes from."""
+
+    disk: str  # whole-disk device node, e.g. /dev/vda
+    partition: int  # its partition number on that disk
+    how: str  # "mounted /usr" or "kernel command line", for messages
 
 
 def usr_partuuid(cmdline: str) -> uuid.UUID | None:
@@ -36,30 +53,93 @@ def usr_partuuid(cmdline: str) -> uuid.UUID | None:
 
 def read_cmdline(path: str = "/proc/cmdline") -> str:
     try:
-        return Path(path).read_text()
+        return Path(path).read_text(errors="replace")
     except OSError:
         return ""
 
 
-def disk_of_partuuid(partuuid: uuid.UUID, dev: str = "/dev", sys: str = "/sys") -> str:
+def usr_device(mountinfo: str) -> str | None:
+    """``MAJ:MIN`` of the filesystem mounted at /usr (the last, visible, one), from the text
+    of /proc/self/mountinfo; None when /usr is not a mount point of its own."""
+    found = None
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4] == "/usr":
+            found = fields[2]
+    return found
+
+
+def lower_partition(majmin: str, sys: str = "/sys") -> Path | None:
+    """The sysfs directory of the partition holding block device ``majmin``: the device itself
+    when it is a partition, else, through device-mapper's ``slaves``, the single partition
+    below it (dm-verity keeps data and hash tree in one). None when it is neither."""
+    node = Path(sys, "dev", "block", majmin)
+    for _ in range(8):  # dm stacked on dm, a few levels at most
+        try:
+            real = node.resolve(strict=True)
+        except OSError:
+            return None
+        if (real / "partition").is_file():
+            return real
+        try:
+            below = sorted((real / "slaves").iterdir())
+        except OSError:
+            return None
+        if len(below) != 1:
+            return None  # no lower device, or several (a separate hash device): ambiguous
+        node = below[0]
+    return None
+
+
+def mounted_usr(proc: str = "/proc", sys: str = "/sys", dev: str = "/dev") -> BootedUsr | None:
+    """The partition below the mounted /usr and its disk, or None."""
+    try:
+        majmin = usr_device(Path(proc, "self", "mountinfo").read_text(errors="replace"))
+    except OSError:
+        return None
+    part = lower_partition(majmin, sys) if majmin else None
+    if part is None:
+        return None
+    try:
+        number = int((part / "partition").read_text())
+    except (OSError, ValueError):
+        return None
+    return BootedUsr(str(Path(dev, part.parent.name)), number, "mounted /usr")
+
+
+def disk_of_partuuid(partuuid: uuid.UUID, dev: str = "/dev", sys: str = "/sys") -> BootedUsr:
     """The whole-disk device node (e.g. /dev/vda) holding the partition with ``partuuid``."""
     link = Path(dev, "disk", "by-partuuid", str(partuuid))
     if not link.exists():
         raise DeviceError(f"no device for PARTUUID {partuuid} ({link} is missing)")
     name = os.path.basename(os.path.realpath(link))
     sys_part = Path(sys, "class", "block", name)
-    if not (sys_part / "partition").exists():
-        raise DeviceError(f"{name} is not a partition")
+    try:
+        number = int((sys_part / "partition").read_text())
+    except (OSError, ValueError):
+        raise DeviceError(f"{name} is not a partition") from None
     parent = os.path.basename(os.path.dirname(os.path.realpath(sys_part)))
-    return str(Path(dev, parent))
+    return BootedUsr(str(Path(dev, parent)), number, "kernel command line")
 
 
-def booted_disk(cmdline: str) -> str:
+def booted_usr(
+    cmdline: str, proc: str = "/proc", sys: str = "/sys", dev: str = "/dev"
+) -> BootedUsr | None:
+    """The booted /usr partition: the mounted one, else the one the command line names, else
+    None. DeviceError when the command line names a partition that does not exist here."""
+    found = mounted_usr(proc, sys, dev)
+    if found is not None:
+        return found
     partuuid = usr_partuuid(cmdline)
-    if partuuid is None:
-        raise DeviceError(
-            "cannot tell which disk holds the booted /usr: the kernel command line has no "
-            "mount.usr=PARTUUID= or verity.usr=PARTUUID=",
-            hint="pass --disk PATH",
-        )
-    return disk_of_partuuid(partuuid)
+    return None if partuuid is None else disk_of_partuuid(partuuid, dev, sys)
+
+
+def same_disk(a: str, b: str) -> bool:
+    """Whether two paths name the same disk (the same block device, or the same file)."""
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    if sa.st_rdev and sb.st_rdev:
+        return sa.st_rdev == sb.st_rdev
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)

@@ -1,199 +1,211 @@
-"""The boot path in userspace: what GRUB does, then kexec instead of the firmware.
+"""The reboot flow: the whole sequence of ``updater kexec`` and ``updater reboot`` in one place.
 
-1. choose the slot with GRUB's rule (or the one asked for), read what GRUB would read (the slot's
-   kernel and its verity hash, the first-boot marker, the OEM grub.cfg) and build the command
-   line (``plan_boot``, pure apart from the file reads it is handed);
-2. unload any stale kernel, load the new one (``kexec_file_load``, else ``kexec_load`` where
-   allowed);
-3. consume the boot try durably in the GPT (and the grubenv) only now, after the load worked and
-   right before the jump, so that a hung or broken new kernel falls back on the next cold boot
-   through the firmware, and a failed load leaves the try for GRUB to consume;
+kexec: plan (``updater.bootplan``) -> stage -> load -> consume the try -> jump.
+
+1. plan the boot as GRUB would and stage the kernel and initrd in /run;
+2. unload any stale kernel and load the new one (``kexec_file_load``, else ``kexec_load`` where
+   allowed); a failed load falls back to the firmware path below, with one log line;
+3. consume the boot try durably in the GPT (and the grubenv) only now, right before the jump,
+   so that a hung or broken new kernel falls back on the next cold boot through the firmware,
+   and a failed load leaves the try for GRUB to consume;
 4. jump: ``systemctl kexec`` (clean shutdown) or, with force, ``kexec -e``.
-If kexec cannot work (lockdown, disabled, no tools, a failed load) the machine reboots through
-the firmware instead, with one log line, and GRUB picks the same slot from the same state.
+
+Every failure after the load unloads the kernel (a kernel left loaded turns a later plain reboot
+into a kexec that consumes no try), and once the try is consumed, gives it back (the slot gets
+the try it had, durably) and says so, so that an activation is never lost silently. SIGTERM,
+SIGHUP and Ctrl-C count as failures until the jump command runs; the try is consumed with them
+held back, so the flow always knows whether it was. During the jump they have their default
+effect again: ``systemctl kexec`` shuts the machine down, and the SIGTERM that shutdown sends
+this process must not unload the kernel it is about to enter.
+
+Firmware path (``reboot --via firmware``, kexec impossible, or a failed load): refresh the
+grubenv from the GPT so that GRUB picks exactly what the GPT says, drop any loaded kernel, and
+reboot. GRUB chooses by priority: when a slot was named (``--slot A``) that GRUB would not
+boot, the flow refuses rather than boot another one.
+
+This module decides the order and the undo; the rules (``updater.slots``), the plan and the
+commands (``updater.kexec``) are elsewhere. It does not print results: it returns a ``Report``
+and hands it to ``announce`` right before the jump.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from updater import bootfs, cmdline, initrdcpio, kexec, slots, state
-from updater.cmdline import BootFacts, Delivery
-from updater.config import BootSettings
-from updater.errors import NoBootableSlot, SlotError, VerificationError
-from updater.run import run
+from updater import bootplan, kexec, signals, slots, state
+from updater.bootplan import BootPlan
+from updater.config import RebootVia
+from updater.errors import SlotError, UpdaterError
+from updater.kexec import KexecSupport, Method, Step
+from updater.log import log
+from updater.target import Target
 
 STAGE_DIR = "/run/updater/kexec"
 
 
 @dataclass(frozen=True)
-class BootPlan:
-    slot: slots.Slot
-    kernel: str  # ESP-relative
-    initrd: str | None  # ESP-relative, when the image ships a separate initrd
-    facts: BootFacts
-    delivery: Delivery
-    cmdline: str
-    stage: dict[str, str] = field(default_factory=dict)  # ESP-relative -> local path
+class Request:
+    """What the command asked for."""
 
-    def image(self) -> kexec.KexecImage:
-        initrd = self.stage.get("initrd")
-        return kexec.KexecImage(self.stage["kernel"], initrd, self.cmdline)
+    slot: str = "auto"  # "auto" (GRUB's choice), a PART, or a role: booted, other
+    via: RebootVia = RebootVia.KEXEC
+    force: bool = False  # no clean shutdown: sync, remount / read-only, kexec -e / reboot -f
+    dry_run: bool = False
 
 
-def pick_slot(st: state.DiskState, spec: str | None) -> slots.Slot:
-    """GRUB's choice, or the slot asked for, which must be able to boot."""
-    if spec in (None, "auto"):
-        chosen = st.next
-        if chosen is None:
-            raise NoBootableSlot("no bootable slot (GRUB would stop with 'no such partition')")
-        return chosen
-    chosen = slots.resolve(st.slots, spec or "")
-    if not chosen.bootable:
+@dataclass(frozen=True)
+class Report:
+    """What the flow did, or would do."""
+
+    method: Method
+    steps: tuple[Step, ...]  # the commands, from the unload (or reboot) to the jump
+    slot: slots.Slot | None  # the slot booted; None when no slot can boot (firmware path)
+    plan: BootPlan | None = None  # None on the firmware path, which plans nothing
+    reason: str | None = None  # why the firmware path
+    consumed: slots.Slot | None = None  # the slot as written when the kexec took its try
+
+    @property
+    def tries_left(self) -> int | None:
+        return self.consumed.tries if self.consumed else None
+
+
+class JumpFailed(UpdaterError):
+    """The jump command failed after the try was consumed; what was undone is in the message."""
+
+
+Announce = Callable[[Report], None]
+
+
+def reboot(target: Target, request: Request, support: KexecSupport, announce: Announce) -> Report:
+    """Reboot into the requested slot (see the module docstring)."""
+    if request.via is RebootVia.FIRMWARE:
+        return _firmware(target, request, support, "asked for a firmware reboot")
+    st = state.load(target)
+    plan = bootplan.plan_boot(st, request.slot, target, STAGE_DIR, copy=not request.dry_run)
+    assert plan.staged is not None
+    for note in plan.notes:
+        log(note)
+    if request.dry_run:
+        blocker = support.blocker()
+        if blocker:
+            _check_firmware_slot(st, request, blocker)
+            steps = kexec.firmware_steps(force=request.force, systemd=support.systemd)
+            return Report(Method.FIRMWARE, tuple(steps), plan.slot, plan, reason=blocker)
+        jump = kexec.exec_steps(force=request.force, systemd=support.systemd)
+        steps = [kexec.UNLOAD, plan.staged.image.load_step(Method.FILE), *jump]
+        return Report(Method.FILE, tuple(steps), plan.slot, plan)
+    with signals.raising():
+        try:
+            method = kexec.load(plan.staged.image, support)
+        except kexec.LoadFailed as exc:
+            failed: kexec.LoadFailed | None = exc
+        except BaseException:  # a signal while loading: the kernel may be in by now
+            for line in _undo(target, None):
+                log(line)
+            raise
+        else:
+            failed = None
+            report = _consume(target, plan, method, request, support, announce)
+    if failed is not None:
+        return _firmware(target, request, support, failed.message)
+    _jump(target, report)
+    return report
+
+
+def _consume(
+    target: Target,
+    plan: BootPlan,
+    method: Method,
+    request: Request,
+    support: KexecSupport,
+    announce: Announce,
+) -> Report:
+    """Consume the planned slot's try, durably, and announce the jump; undo on any failure."""
+    taken: slots.Slot | None = None
+    try:
+        known = {plan.facts.letter: plan.facts.usrhash} if plan.facts.usrhash else {}
+        with signals.deferred():  # the write is then done, or not started, when a signal lands
+            try:
+                consume = state.by_slots(slots.consume_try, plan.slot)
+                outcome = state.change(target, consume, hashes=known)
+            except state.GrubenvNotWritten as exc:
+                # The try is consumed in the GPT, the truth; only GRUB's copy lags (one more
+                # try for GRUB if this boot hangs). Worth a line, not worth stopping the boot.
+                log(exc.message)
+                outcome = exc.outcome
+            taken = next(s for s in outcome.after if s.partition == plan.slot.partition)
+        steps = kexec.exec_steps(force=request.force, systemd=support.systemd)
+        report = Report(method, tuple(steps), plan.slot, plan, consumed=taken)
+        announce(report)
+        return report
+    except BaseException:
+        for line in _undo(target, taken):
+            log(line)
+        raise
+
+
+def _jump(target: Target, report: Report) -> None:
+    """Run the jump with default signal handling (module docstring); undo when it fails."""
+    try:
+        for step in report.steps:
+            step.run()
+    except (UpdaterError, OSError, KeyboardInterrupt) as exc:
+        undone = "; ".join(_undo(target, report.consumed))
+        detail = exc.message if isinstance(exc, UpdaterError) else str(exc) or type(exc).__name__
+        raise JumpFailed(f"{detail}; {undone}; nothing was rebooted") from exc
+
+
+def _undo(target: Target, taken: slots.Slot | None) -> list[str]:
+    """Unload the kernel, and give the consumed try back when one was taken. Never raises: it
+    runs while another failure is on its way up, and says what it could not do."""
+    said: list[str] = []
+    try:
+        kexec.UNLOAD.run()
+        said.append("unloaded the kexec kernel")
+    except (UpdaterError, OSError) as exc:
+        said.append(f"could not unload the kexec kernel ({exc}): run kexec -u before rebooting")
+    if taken is None:
+        return said
+    try:
+        with signals.deferred():
+            outcome = state.change(target, state.by_slots(slots.give_back_try, taken))
+    except (UpdaterError, OSError) as exc:
+        return [*said, f"could not give the boot try of {taken.label} back ({exc})"]
+    if outcome.transition.empty:
+        return [*said, f"left the boot try of {taken.label} consumed: its state changed since"]
+    back = next(s for s in outcome.after if s.partition == taken.partition)
+    return [*said, f"gave the boot try of {taken.label} back (tries {back.tries})"]
+
+
+def _check_firmware_slot(st: state.DiskState, request: Request, why: str) -> None:
+    """GRUB boots by priority: refuse a named slot that it would not boot."""
+    if request.slot in ("", "auto"):
+        return
+    wanted = st.resolve(request.slot)
+    grub = st.next
+    if grub is None or grub.partition != wanted.partition:
+        would = grub.label if grub else "no slot at all"
         raise SlotError(
-            f"{chosen.label} cannot boot (priority {chosen.priority}, tries {chosen.tries}, "
-            f"successful {int(chosen.successful)})",
-            hint="set-active it first",
+            f"{why}; through the firmware GRUB would boot {would}, not {wanted.label}",
+            hint=f"run updater prioritize {wanted.letter or wanted.partition} first, or kexec",
         )
-    return chosen
 
 
-def plan_boot(
-    st: state.DiskState,
-    spec: str | None,
-    esp: bootfs.BootFiles,
-    oem: bootfs.BootFiles | None,
-    config: BootSettings,
-    running_cmdline: str,
-) -> BootPlan:
-    slot = pick_slot(st, spec)
-    letter = slot.letter
-    if letter is None:
-        raise SlotError(
-            f"partition {slot.partition} has no USR-<letter> label; cannot name its kernel"
-        )
-    kernel_rel, kernel = _first(esp, cmdline.kernel_candidates(letter))
-    if kernel is None or kernel_rel is None:
-        raise SlotError(
-            f"no kernel for {slot.label} on {esp.description} "
-            f"(looked for {', '.join(cmdline.kernel_candidates(letter))})"
-        )
-    usrhash = cmdline.usrhash_from_kernel(kernel, config.arch)
-    if config.verity and usrhash is None:
-        raise VerificationError(
-            f"the kernel for {slot.label} carries no dm-verity root hash at its hash offset; "
-            "refusing to boot an unverifiable /usr"
-        )
-    initrd_rel, _ = _first(esp, cmdline.initrd_candidates(letter))
-    first_boot = any(esp.read(m) is not None for m in cmdline.FIRST_BOOT_MARKERS)
-    oem_cfg = cmdline.OemConfig()
-    if oem is not None:
-        text = oem.read("grub.cfg")
-        if text is not None:
-            oem_cfg = cmdline.parse_oem_grub_cfg(text.decode(errors="replace"))
-    extra = config.extra_args
-    if config.reuse_cmdline:
-        extra = cmdline.strip_slot_args(running_cmdline, config.drop_args) + extra
-    facts = BootFacts(
-        letter=letter,
-        partuuid=slot.partuuid,
-        usrhash=usrhash if config.verity else None,
-        first_boot=first_boot,
-        oem=oem_cfg,
-        extra=extra,
-        boot_image=f"/{kernel_rel}",
-    )
-    line = cmdline.build_cmdline(facts, config.delivery)
-    return BootPlan(slot, kernel_rel, initrd_rel, facts, config.delivery, line)
-
-
-def _first(files: bootfs.BootFiles, candidates: Sequence[str]) -> tuple[str | None, bytes | None]:
-    for rel in candidates:
-        data = files.read(rel)
-        if data is not None:
-            return rel, data
-    return None, None
-
-
-def stage(plan: BootPlan, esp: bootfs.BootFiles, directory: str, *, copy: bool) -> BootPlan:
-    """Local paths for kexec. A mounted ESP is used in place; files from a partition are copied
-    into ``directory`` (tmpfs under /run). With initrd delivery the facts cpio is appended to
-    the initrd (the kernel unpacks concatenated archives)."""
-    out: dict[str, str] = {}
-    local = isinstance(esp, bootfs.DirFiles)
-    if copy:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-
-    def path_of(rel: str) -> str:
-        if local or copy:  # a mounted ESP's own path, or the copy made now
-            return esp.local_copy(rel, directory)
-        return str(Path(directory, rel.replace("/", "_")))  # where the copy would go
-
-    out["kernel"] = path_of(plan.kernel)
-    if plan.initrd:
-        out["initrd_base"] = path_of(plan.initrd)
-        out["initrd"] = out["initrd_base"]
-    if plan.delivery is Delivery.INITRD:
-        facts = initrdcpio.facts_initrd(plan.facts)
-        out["facts"] = str(Path(directory, "boot-facts.cpio"))
-        out["initrd"] = str(Path(directory, "initrd-with-facts"))
-        if copy:
-            Path(out["facts"]).write_bytes(facts)
-            base = Path(out["initrd_base"]).read_bytes() if plan.initrd else b""
-            Path(out["initrd"]).write_bytes(initrdcpio.append_archive(base, facts))
-    return BootPlan(plan.slot, plan.kernel, plan.initrd, plan.facts, plan.delivery,
-                    plan.cmdline, out)  # fmt: skip
-
-
-def plan_json(plan: BootPlan, commands: list[list[str]], method: str) -> dict[str, Any]:
-    """The ``kexec --dry-run --json`` contract (README)."""
-    parts = [p for k, p in plan.stage.items() if k in ("initrd_base", "facts")]
-    if plan.stage.get("initrd") and not parts:
-        parts = [plan.stage["initrd"]]
-    return {
-        "slot": plan.slot.letter,
-        "partition": plan.slot.partition,
-        "kernel": plan.stage.get("kernel"),
-        "initrd": parts,
-        "cmdline": plan.cmdline,
-        "delivery": str(plan.delivery),
-        "method": method,
-        "commands": commands,
-    }
-
-
-def consume_try(expected: slots.Slot) -> Callable[[state.DiskState], slots.Transition]:
-    """The decision for ``state.change``: consume a try of the planned slot, and refuse if the
-    state moved under us (another tool changed it between planning and now)."""
-
-    def decide(st: state.DiskState) -> slots.Transition:
-        now = st.slot(expected.partition)
-        if now.attributes != expected.attributes:
-            raise SlotError(f"the A/B state of {now.label} changed while preparing the kexec")
-        if now.tries > 0:
-            return slots.Transition(
-                "kexec",
-                now.partition,
-                {now.partition: slots.encode(now.attributes, tries=now.tries - 1)},
-            )
-        return slots.Transition("kexec", now.partition, {})
-
-    return decide
-
-
-def log(message: str) -> None:
-    sys.stderr.write(f"updater: {message}\n")
-    sys.stderr.flush()
-
-
-def firmware_reboot(disk: str | None, booted: str | None, esp: str | None, force: bool,
-                    support: kexec.KexecSupport) -> None:  # fmt: skip
-    """Reboot through the firmware: refresh the grubenv from the GPT first, so stock GRUB picks
-    exactly what the GPT says, and drop any loaded kexec kernel."""
-    state.change(disk, booted, lambda st: slots.Transition("sync", None, {}), esp=esp)
-    for argv in kexec.firmware_argvs(force=force, systemd=support.systemd):
-        run(argv, check=argv[0] != "kexec")
+def _firmware(target: Target, request: Request, support: KexecSupport, why: str) -> Report:
+    """Reboot through the firmware into GRUB's choice (module docstring)."""
+    st = state.load(target)
+    _check_firmware_slot(st, request, why)
+    chosen = st.next
+    steps = kexec.firmware_steps(force=request.force, systemd=support.systemd)
+    report = Report(Method.FIRMWARE, tuple(steps), chosen, reason=why)
+    if request.dry_run:
+        return report
+    log(f"rebooting through the firmware into {chosen.label if chosen else 'no bootable slot'}: "
+        f"{why}")  # fmt: skip
+    # The grubenv is refreshed from the GPT first, so that stock GRUB picks exactly what the
+    # GPT says; any loaded kexec kernel is dropped by the first step.
+    state.change(target, state.sync_only)
+    for step in report.steps:
+        step.run()
+    return report

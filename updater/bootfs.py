@@ -1,20 +1,30 @@
 """Files on the boot partitions: the ESP (kernels, first-boot marker, grubenv) and OEM (grub.cfg).
 
 Three ways in, one small interface (``BootFiles``):
-- a mounted directory (``/boot``, ``/oem``, or ``--esp DIR`` / ``--oem DIR``);
+- a mounted directory (the partition's mount point, or ``--esp DIR`` / ``--oem DIR``);
 - the ESP partition of a disk or image file, through mtools at a byte offset (read and write,
   nothing mounted: works on image files and on a running system whose ESP is not mounted);
 - the OEM partition (ext4) of a disk or image file, through debugfs at a byte offset (read-only).
 
+One rule finds them (``esp_of``, ``oem_of``), for the boot plan and the grubenv alike: the
+directory given on the command line, else the disk's own partition (by label, then by type),
+through its mount point when the kernel has it mounted (writing a FAT filesystem underneath
+the kernel's driver would corrupt it), else in place.
+
+Writes are crash-safe on every backend: the new contents go to a temporary name in the same
+directory, are made durable, and only then replace the old file by a rename, which is synced
+too. A power cut leaves the old file or the new one, or on FAT, whose rename rewrites directory
+entries and is not atomic, possibly neither under that name, but never a mix of the two and
+never damage to another file: ``updater.espenv`` keeps two copies for that reason.
+
 Paths are relative to the filesystem root (``flatcar/vmlinuz-a``). This module does not know what
-the files mean; ``updater.cmdline`` and ``updater.grubenv`` do.
+the files mean; ``updater.espfiles``, ``updater.cmdline`` and ``updater.grubenv`` do.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Protocol
@@ -33,10 +43,8 @@ class BootFiles(Protocol):
         """The file's bytes, or None when it does not exist."""
         ...
 
-    def write(self, rel: str, data: bytes) -> None: ...
-
-    def local_copy(self, rel: str, directory: str) -> str:
-        """A path on the local filesystem holding the file (for kexec, which wants paths)."""
+    def write(self, rel: str, data: bytes) -> None:
+        """Replace the file crash-safely (module docstring); DeviceError where read-only."""
         ...
 
 
@@ -55,21 +63,16 @@ class DirFiles:
             return None
 
     def write(self, rel: str, data: bytes) -> None:
-        """Atomic: temp file in the same directory, fsync, rename, fsync the directory."""
+        """Temporary file in the same directory, fsync, rename over ``NAME``, fsync the directory
+        (an atomic replacement where the filesystem's rename is, as on ext4)."""
         atomicfile.write(self._path(rel), data)
-
-    def local_copy(self, rel: str, directory: str) -> str:
-        path = self._path(rel)
-        if not path.is_file():
-            raise DeviceError(f"{path} does not exist")
-        return str(path)
 
 
 class FatPartitionFiles:
     """A FAT filesystem inside a disk or image file, at ``offset`` bytes (mtools' ``@@``)."""
 
     def __init__(self, disk: str, offset: int) -> None:
-        require_tool("mcopy", "mtools")
+        self.disk = disk
         self.image = f"{disk}@@{offset}" if offset else disk
         self.description = f"{disk} (ESP at byte {offset})" if offset else disk
         # mtools refuses filesystems whose geometry it doubts unless told not to check
@@ -79,6 +82,7 @@ class FatPartitionFiles:
     def read(self, rel: str) -> bytes | None:
         # Kernels are read more than once per command (hash, then staging): keep what was read.
         if rel not in self._cache:
+            require_tool("mcopy", "mtools")
             proc = run(
                 ["mcopy", "-n", "-i", self.image, f"::/{rel}", "-"], check=False, env=self.env
             )
@@ -86,27 +90,27 @@ class FatPartitionFiles:
         return self._cache[rel]
 
     def write(self, rel: str, data: bytes) -> None:
+        """mcopy to ``NAME.new`` (from stdin: no scratch file, so this works with / read-only),
+        make it durable, rename it over ``NAME`` (``-D o``: replace), make that durable."""
+        require_tool("mcopy", "mtools")
+        self._cache.pop(rel, None)
+        tmp = f"::/{rel}.new"
+        run(["mcopy", "-D", "o", "-i", self.image, "-", tmp], input=data, env=self.env)
+        _fsync(self.disk)
+        run(["mren", "-D", "o", "-i", self.image, tmp, f"::/{rel}"], env=self.env)
+        _fsync(self.disk)
         self._cache[rel] = data
-        # mcopy -o replaces the file's contents; a same-size file keeps its clusters.
-        with tempfile.NamedTemporaryFile() as tmp:
-            tmp.write(data)
-            tmp.flush()
-            run(["mcopy", "-o", "-i", self.image, tmp.name, f"::/{rel}"], env=self.env)
-        run(["sync"], check=False)
-
-    def local_copy(self, rel: str, directory: str) -> str:
-        return _save(self.read(rel), rel, directory, self.description)
 
 
 class Ext4PartitionFiles:
     """An ext4 filesystem inside a disk or image file, read-only, through debugfs."""
 
     def __init__(self, disk: str, offset: int) -> None:
-        require_tool("debugfs", "e2fsprogs")
         self.device = f"{disk}?offset={offset}" if offset else disk
         self.description = f"{disk} (ext4 at byte {offset})" if offset else disk
 
     def read(self, rel: str) -> bytes | None:
+        require_tool("debugfs", "e2fsprogs")
         proc = run(["debugfs", "-R", f"cat /{rel}", self.device], check=False)
         err = proc.stderr.decode(errors="replace")
         if proc.returncode != 0 or "not found" in err or "Bad magic" in err:
@@ -116,16 +120,15 @@ class Ext4PartitionFiles:
     def write(self, rel: str, data: bytes) -> None:
         raise DeviceError(f"{self.description} is opened read-only")
 
-    def local_copy(self, rel: str, directory: str) -> str:
-        return _save(self.read(rel), rel, directory, self.description)
 
-
-def _save(data: bytes | None, rel: str, directory: str, description: str) -> str:
-    if data is None:
-        raise DeviceError(f"{description}: {rel} does not exist")
-    dest = Path(directory, rel.replace("/", "_"))
-    dest.write_bytes(data)
-    return str(dest)
+def _fsync(path: str) -> None:
+    """Flush what mtools wrote through its own descriptor: fsync on any descriptor of the same
+    file (or block device) writes back all of its dirty pages."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _partition(
@@ -183,49 +186,24 @@ def mount_point(node: str, mounts: str = "/proc/self/mounts") -> str | None:
     return None
 
 
-def esp_of(disk: str, table: gptformat.GptTable) -> BootFiles:
-    """The disk's ESP. A mounted ESP is used through its mount point: writing the filesystem
-    underneath the kernel's FAT driver would corrupt it."""
+def esp_of(disk: str, table: gptformat.GptTable, override: str | None = None) -> BootFiles | None:
+    """The disk's ESP: ``override`` (a mounted directory) when given, else the EFI-SYSTEM
+    partition (module docstring); None when the disk has none."""
+    if override:
+        return DirFiles(override)
     where = _partition(disk, table, "EFI-SYSTEM", ESP_TYPE)
     if where is None:
-        raise DeviceError(f"{disk}: no EFI-SYSTEM partition")
+        return None
     mounted = mount_point(where[0]) if where[1] == 0 else None
     return DirFiles(mounted) if mounted else FatPartitionFiles(*where)
 
 
-def oem_of(disk: str, table: gptformat.GptTable) -> BootFiles | None:
+def oem_of(disk: str, table: gptformat.GptTable, override: str | None = None) -> BootFiles | None:
+    """The disk's OEM partition, by the same rule as ``esp_of``; None when it has none."""
+    if override:
+        return DirFiles(override)
     where = _partition(disk, table, "OEM", None)
     if where is None:
         return None
     mounted = mount_point(where[0]) if where[1] == 0 else None
     return DirFiles(mounted) if mounted else Ext4PartitionFiles(*where)
-
-
-MOUNTED_ESP = ("/boot",)
-MOUNTED_OEM = ("/oem", "/usr/share/oem")
-
-
-def locate_esp(
-    disk: str, table: gptformat.GptTable, override: str | None, running: bool
-) -> BootFiles:
-    """``--esp DIR``; else on the running system a mounted ESP with a flatcar/ or coreos/
-    directory; else the disk's own EFI-SYSTEM partition."""
-    if override:
-        return DirFiles(override)
-    if running:
-        for root in MOUNTED_ESP:
-            if any(Path(root, d).is_dir() for d in ("flatcar", "coreos")):
-                return DirFiles(root)
-    return esp_of(disk, table)
-
-
-def locate_oem(
-    disk: str, table: gptformat.GptTable, override: str | None, running: bool
-) -> BootFiles | None:
-    if override:
-        return DirFiles(override)
-    if running:
-        for root in MOUNTED_OEM:
-            if Path(root, "grub.cfg").is_file():
-                return DirFiles(root)
-    return oem_of(disk, table)

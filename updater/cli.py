@@ -9,20 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib import import_module
 from typing import NoReturn
 
 from updater import __version__
-from updater.commands import agent as agent_commands
-from updater.commands import boot as boot_commands
-from updater.commands import config as config_commands
-from updater.commands import install as install_commands
-from updater.commands import lock as lock_commands
-from updater.commands import releases as release_commands
-from updater.commands import repo as repo_commands
-from updater.commands import slots as slot_commands
-from updater.commands import verity as verity_commands
-from updater.errors import UpdaterError
-from updater.run import set_debug
+from updater.commands import INDEX
+from updater.debug import set_debug
+from updater.errors import Interrupted, UpdaterError
 
 DESCRIPTION = """\
 A/B image-based OS updater. A disk holds two /usr slots (USR-A, USR-B, Flatcar's usr partition
@@ -31,9 +24,10 @@ This tool reads and changes that state exactly as Flatcar's GRUB (gptprio.next) 
 """
 
 EPILOG = """\
-PART is a partition number (3), a label (USR-B) or a slot letter (B).
-Without --disk the disk holding the booted /usr is used (from mount.usr= / verity.usr=PARTUUID= on
-the kernel command line). Examples:
+PART is a partition number (3), a label (USR-B), a slot letter (B), or a role: booted (the
+running slot) or other (the slot that is not running).
+Without --disk the disk holding the booted /usr is used (the partition below the mounted /usr,
+else mount.usr= / verity.usr=PARTUUID= on the kernel command line). Examples:
   updater status --json
   updater --disk disk.img --booted A set-active B
   updater --disk disk.img next --dry-run
@@ -47,14 +41,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="updater",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"updater {__version__}")
+def _global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show commands run and tracebacks")
     parser.add_argument(
         "--disk",
@@ -64,12 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--booted",
         metavar="PART",
-        help="treat PART as the booted slot (for image files; default: from /proc/cmdline)",
+        help="treat PART as the booted slot (for image files; default: the mounted /usr)",
     )
     parser.add_argument(
         "--esp",
         metavar="DIR",
-        help="mounted ESP to use (default: /boot on the running system, else the disk's own)",
+        help="mounted ESP to use (default: the disk's EFI-SYSTEM partition)",
     )
     parser.add_argument(
         "--config",
@@ -79,31 +66,67 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--oem",
         metavar="DIR",
-        help="mounted OEM partition (default: /oem or /usr/share/oem, else the disk's own)",
+        help="mounted OEM partition to use (default: the disk's OEM partition)",
     )
+
+
+class _Silent(argparse.ArgumentParser):
+    """Finds the command word only; the full parser reports any error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command word of ``argv`` (after the global options), when it names a command."""
+    pre = _Silent(add_help=False)
+    _global_options(pre)
+    pre.add_argument("command", nargs="?")
+    try:
+        known, _ = pre.parse_known_args(argv)
+    except ValueError:  # e.g. a global option without its value
+        return None
+    command: str | None = known.command
+    return command if command in INDEX else None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser. With ``command``, only its module is imported and registered in full; the
+    other commands are listed with their help line, which is all that ``--help``, a missing or
+    an unknown command need."""
+    parser = Parser(
+        prog="updater",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"updater {__version__}")
+    _global_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in COMMAND_MODULES:
-        module.register(sub)
+    wanted = {INDEX[command].module} if command else set()
+    registered: set[str] = set()
+    for name, entry in INDEX.items():
+        if entry.module in registered:
+            continue
+        if entry.module in wanted:
+            import_module(f"updater.commands.{entry.module}").register(sub)
+            registered.add(entry.module)
+        else:
+            sub.add_parser(name, help=entry.help)
     return parser
 
 
-COMMAND_MODULES = [
-    slot_commands,
-    boot_commands,
-    verity_commands,
-    config_commands,
-    repo_commands,
-    release_commands,
-    agent_commands,
-    lock_commands,
-    install_commands,
-]
+def one_line(text: str) -> str:
+    """``text`` with every control character escaped (a GPT label, an OEM file or a tool's
+    message can hold a newline), so that an error is always exactly one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_of(args_list))
+    args = parser.parse_args(args_list)
     set_debug(args.debug)
     try:
         status: int = args.func(args)
@@ -114,15 +137,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         line = f"updater: error: {exc.message}"
         if exc.hint:
             line += f" ({exc.hint})"
-        sys.stderr.write(line + "\n")
+        sys.stderr.write(one_line(line) + "\n")
         return exc.exit_code
     except OSError as exc:
         if args.debug:
             raise
-        sys.stderr.write(
-            f"updater: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ") + "\n"
-        )
+        line = f"updater: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+        sys.stderr.write(one_line(line) + "\n")
         return 1
     except KeyboardInterrupt:
         sys.stderr.write("updater: interrupted\n")
         return 130
+    except Interrupted as exc:
+        sys.stderr.write(f"updater: {exc}\n")
+        return 128 + exc.signum

@@ -4,6 +4,13 @@ Pure: strings and bytes in, strings out. This module does not read the ESP, the 
 the kernel file or /proc/cmdline, and it never executes GRUB script: the OEM ``grub.cfg`` is read
 as data (three assignments), anything that would need GRUB to evaluate it is refused.
 
+Words that come from elsewhere (the OEM partition's ``linux_append`` and ``linux_console``, the
+configuration's ``extra_args``, kept running arguments) can never name the slot or its root of
+trust: every word whose key is one of ``PROTECTED_KEYS`` (compared without quotes, case or the
+``-``/``_`` difference, before and after a ``--``) is dropped, and ``dropped_args`` lists them
+for the caller to log. The slot's own arguments come last besides, because dracut's ``getarg``
+takes the last occurrence of a key and does not stop at ``--``.
+
 Two deliveries of the slot facts (partition, verity root hash, first boot):
 
 - ``Delivery.CMDLINE``: exactly what GRUB puts on the command line today.
@@ -20,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from updater.errors import UsageError
+from updater.errors import DataError, UsageError
 
 DEFAULT_CONSOLE = "console=ttyS0,115200n8 console=tty0"
 FIRST_BOOT_MARKERS = ("flatcar/first_boot", "coreos/first_boot")
@@ -31,6 +38,15 @@ SLOT_KEYS = ("mount.usr", "verity.usr", "verity.usrhash", "usrhash", "root", "BO
 # reads it back): x86_64 in the unused part of the boot sector, arm64 after the 512-byte header.
 USRHASH_OFFSETS = {"x86_64": 0x40, "amd64": 0x40, "arm64": 512, "aarch64": 512}
 USRHASH_LEN = 64
+# Keys that no word from the OEM partition, the configuration or the running command line may
+# set: the slot, its verity data and root hash, how / and /usr are mounted, what runs as init,
+# and the first-boot flag. systemd's own names for the same facts are included.
+PROTECTED_KEYS = (*SLOT_KEYS, "init", "rdinit", "rootfstype", "rootflags", "mount.usrfstype",
+                  "mount.usrflags", "roothash", "systemd.verity", "systemd.verity_root_data",
+                  "systemd.verity_root_hash", "systemd.verity_root_options",
+                  "systemd.verity_usr_data", "systemd.verity_usr_hash",
+                  "systemd.verity_usr_options", "systemd.usr_what", "systemd.usr_fstype",
+                  "systemd.usr_options")  # fmt: skip
 
 _HASH = re.compile(r"[0-9a-f]{64}")
 _SAFE = re.compile(r"[A-Za-z0-9._:,/+=-]*")  # no blanks, quotes or shell specials
@@ -52,7 +68,9 @@ def parse_oem_grub_cfg(text: str) -> OemConfig:
     one inside ``if``/``for``/``while``/``{ }`` depends on GRUB evaluating the condition, so it is
     ignored. A value may use these three variables (``set linux_append="$linux_append x"``, as
     Flatcar's documentation suggests), expanded from what was read so far; any other ``$`` or a
-    backquote is refused, because only running GRUB could tell what it means.
+    backquote is refused, because only running GRUB could tell what it means. A value with a
+    control character other than a blank (a NUL, an escape) is refused too: no kernel argument
+    can carry it. Every refusal is a DataError naming the line: the file is data from a partition.
     """
     values = {key: "" for key in _OEM_KEYS}
     depth = 0
@@ -75,9 +93,13 @@ def parse_oem_grub_cfg(text: str) -> OemConfig:
             key, sep, value = assignment.partition("=")
             if sep and key in values:
                 if "$" in value or "`" in value:
-                    raise UsageError(
+                    raise DataError(
                         f"OEM grub.cfg line {line}: {key} uses $ or ` ({value!r}); only "
                         f"${', $'.join(_OEM_KEYS)} are expanded, nothing is executed"
+                    )
+                if any(not c.isprintable() and not c.isspace() for c in value):
+                    raise DataError(
+                        f"OEM grub.cfg line {line}: {key} holds a control character ({value!r})"
                     )
                 values[key] = value
         depth = max(depth + opens, 0)
@@ -128,7 +150,7 @@ def _grub_commands(text: str, variables: Mapping[str, str]) -> Iterable[tuple[li
         kind, value = m.lastgroup, m.group(m.lastgroup or 0)
         if kind == "bad":
             what = f"unterminated {value} quote" if value in "'\"" else "backslash at the end"
-            raise UsageError(f"OEM grub.cfg line {line}: {what}")
+            raise DataError(f"OEM grub.cfg line {line}: {what}")
         if kind in ("blank", "end") and word is not None:
             words.append(word)
             word = None
@@ -188,6 +210,7 @@ class BootFacts:
     oem: OemConfig
     extra: tuple[str, ...] = ()
     boot_image: str | None = None
+    panic: int | None = None  # seconds before a panicked kernel reboots (``panic=N``)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Z]", self.letter):
@@ -209,52 +232,96 @@ class Delivery(StrEnum):
 
 
 def build_cmdline(facts: BootFacts, delivery: Delivery = Delivery.CMDLINE) -> str:
-    """The kernel command line, in the order Flatcar's GRUB produces it.
+    """The kernel command line: Flatcar's words, with the slot's own arguments last.
 
     1. ``BOOT_IMAGE=`` (GRUB's linux loader puts the kernel path in front of every command line);
-    2. the slot: ``mount.usr=/dev/mapper/usr verity.usr=PARTUUID=<uuid>`` or, without verity,
-       ``mount.usr=PARTUUID=<uuid>`` (grub.cfg's ``$gptprio_cmdline`` comes before the rest);
-    3. ``rootflags=rw mount.usrflags=ro consoleblank=0 root=LABEL=ROOT``, the console, the first
-       boot flag, ``flatcar.oem.id=``, the OEM's ``linux_append`` (``$linux_cmdline``);
-    4. ``extra`` (the project's configuration, or kept running arguments);
-    5. ``verity.usrhash=`` last: Flatcar's GRUB appends it after everything grub.cfg passed.
-       It goes before a ``--``, though: the kernel hands every word after ``--`` to init.
+    2. ``rootflags=rw mount.usrflags=ro consoleblank=0 root=LABEL=ROOT``, ``panic=N`` when set,
+       the console, the first boot flag, ``flatcar.oem.id=``, the OEM's ``linux_append``
+       (grub.cfg's ``$linux_cmdline``);
+    3. ``extra`` (the project's configuration, or kept running arguments);
+    4. the slot: ``mount.usr=/dev/mapper/usr verity.usr=PARTUUID=<uuid>
+       verity.usrhash=<hash>`` or, without verity, ``mount.usr=PARTUUID=<uuid>``. Flatcar's
+       GRUB puts the first two in front; here they come last, as in ``grub/grub.cfg``, so that
+       a reader that takes the last occurrence (dracut's ``getarg``) always sees the slot's own.
+       They go before a ``--``, though: the kernel hands every word after ``--`` to init.
 
-    With ``Delivery.INITRD`` nothing slot-specific is emitted (not even ``BOOT_IMAGE``, which
-    names ``vmlinuz-a`` or ``-b``); verity boots still get ``mount.usr=/dev/mapper/usr``.
-    Exact repeats of earlier words in ``extra`` are dropped so that keeping the running arguments
-    does not grow the command line by one copy per kexec.
+    Words from the OEM partition and ``extra`` whose key is protected (module docstring) are
+    left out (``dropped_args`` lists them). With ``Delivery.INITRD`` nothing slot-specific is
+    emitted (not even ``BOOT_IMAGE``, which names ``vmlinuz-a`` or ``-b``); verity boots still
+    get ``mount.usr=/dev/mapper/usr``. Exact repeats of earlier words in ``extra`` are dropped so
+    that keeping the running arguments does not grow the command line by one copy per kexec.
     """
+    return " ".join(_arrange(facts, delivery)[0])
+
+
+def dropped_args(facts: BootFacts, delivery: Delivery = Delivery.CMDLINE) -> tuple[str, ...]:
+    """The words from the OEM partition or ``extra`` that ``build_cmdline`` leaves out because
+    they would set a protected argument (for the caller's log line)."""
+    return tuple(_arrange(facts, delivery)[1])
+
+
+def protected(word: str) -> bool:
+    """Whether a command-line word sets (or names, when bare) a protected key, however it is
+    written: quotes anywhere in the key, any case, ``-`` for ``_``."""
+    key = word.replace('"', "").partition("=")[0].replace("-", "_").lower()
+    return key in _PROTECTED or key.startswith("systemd.verity")
+
+
+_PROTECTED = frozenset(k.replace("-", "_").lower() for k in PROTECTED_KEYS)
+
+
+def _arrange(facts: BootFacts, delivery: Delivery) -> tuple[list[str], list[str]]:
     oem = facts.oem
     per_slot = delivery is Delivery.CMDLINE
     words: list[str] = []
+    init: list[str] = []  # the words after a "--": init's arguments
+    separated = False
+    dropped: list[str] = []
+
+    def add(candidates: Iterable[str], *, dedupe: bool = False) -> None:
+        """One source's words: those before its own "--" are kernel arguments, those after it
+        init's; either way a protected word is dropped."""
+        nonlocal separated
+        kernel, tail, has_tail = _split_init(list(candidates))
+        dropped.extend(w for w in (*kernel, *tail) if protected(w))
+        for word in kernel:
+            if not protected(word) and (not dedupe or word not in words):
+                words.append(word)
+        theirs = [w for w in tail if not protected(w)]
+        if dedupe and init and theirs[: len(init)] == init:
+            theirs = theirs[len(init) :]  # kept from a running line that already had them
+        init.extend(theirs)  # init's arguments are not ours to deduplicate otherwise
+        separated = separated or has_tail
+
     if per_slot and facts.boot_image:
         words.append(f"BOOT_IMAGE={facts.boot_image}")
-    if facts.usrhash is not None:
-        words.append("mount.usr=/dev/mapper/usr")
-        if per_slot:
-            words.append(f"verity.usr=PARTUUID={facts.partuuid}")
-    elif per_slot:
-        words.append(f"mount.usr=PARTUUID={facts.partuuid}")
     words += ["rootflags=rw", "mount.usrflags=ro", "consoleblank=0", "root=LABEL=ROOT"]
+    if facts.panic is not None:
+        words.append(f"panic={facts.panic}")
     # GRUB expands these variables unquoted, so their values are split into words.
-    words += (oem.linux_console or DEFAULT_CONSOLE).split()
+    add((oem.linux_console or DEFAULT_CONSOLE).split())
     if per_slot and facts.first_boot:
         words.append("flatcar.first_boot=detected")
     if oem.oem_id:
-        words += f"flatcar.oem.id={oem.oem_id}".split()
-    words += oem.linux_append.split()
-    seen = set(words)
-    for word in facts.extra:
-        if word == "--" or "--" in words:
-            words.append(word)  # init's arguments are not ours to deduplicate
-        elif word not in seen:
-            seen.add(word)
-            words.append(word)
-    if per_slot and facts.usrhash is not None:
-        end = words.index("--") if "--" in words else len(words)
-        words.insert(end, f"verity.usrhash={facts.usrhash}")
-    return " ".join(words)
+        add(f"flatcar.oem.id={oem.oem_id}".split())
+    add(oem.linux_append.split())
+    add(facts.extra, dedupe=True)
+    if facts.usrhash is not None:
+        words.append("mount.usr=/dev/mapper/usr")
+        if per_slot:
+            words += [f"verity.usr=PARTUUID={facts.partuuid}", f"verity.usrhash={facts.usrhash}"]
+    elif per_slot:
+        words.append(f"mount.usr=PARTUUID={facts.partuuid}")
+    if separated:
+        words += ["--", *init]
+    return words, dropped
+
+
+def _split_init(words: list[str]) -> tuple[list[str], list[str], bool]:
+    if "--" not in words:
+        return words, [], False
+    at = words.index("--")
+    return words[:at], words[at + 1 :], True
 
 
 def facts_env(facts: BootFacts) -> str:
@@ -269,7 +336,7 @@ def facts_env(facts: BootFacts) -> str:
     }
     for key, value in pairs.items():
         if not _SAFE.fullmatch(value):
-            raise UsageError(
+            raise DataError(
                 f"{key} value {value!r} has characters the initrd cannot read safely",
                 hint="allowed: letters, digits and . _ : , / + = -",
             )

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from updater.agent.schedule import Window, parse_window
-from updater.cmdline import Delivery, split_cmdline
+from updater.cmdline import Delivery, protected, split_cmdline
 from updater.errors import UsageError
 
 CONFIG_PATH = "/etc/updater/updater.toml"
@@ -77,6 +77,7 @@ class BootSettings:
     delivery: Delivery = Delivery.CMDLINE
     verity: bool = True
     arch: str = field(default_factory=native_arch)
+    panic: int = 10
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,18 @@ def _kernel_words(value: object) -> tuple[str, ...]:
     for word in words:
         if not word.isprintable():
             raise ValueError(f"{word!r} holds control characters")
+    return words
+
+
+def _extra_args(value: object) -> tuple[str, ...]:
+    """Kernel words that may not set a protected argument (the slot, its root hash, init...)."""
+    words = _kernel_words(value)
+    for word in words:
+        if protected(word):
+            raise ValueError(
+                f"{word!r} would set a slot-specific or protected argument, which the updater "
+                "sets itself"
+            )
     return words
 
 
@@ -361,9 +374,11 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("boot", "extra_args", _kernel_words,
+    Setting("boot", "extra_args", _extra_args,
             "Kernel arguments appended to Flatcar's command line (a string, split as the kernel "
-            "splits it, or a list of single arguments)."),
+            "splits it, or a list of single arguments). Arguments that name the slot or its "
+            "root of trust (`mount.usr`, `verity.usr`, `verity.usrhash`, `usrhash`, `root`, "
+            "`init`, `flatcar.first_boot`, ...) are refused: the updater sets those itself."),
     Setting("boot", "reuse_cmdline", _bool,
             "Keep the running kernel's arguments across a kexec, minus every slot-specific one "
             "(`mount.usr`, `verity.usr`, `verity.usrhash`, `usrhash`, `root`, `BOOT_IMAGE`, "
@@ -380,6 +395,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("boot", "arch", _arch,
             "Where the root hash sits in the kernel (`x86_64`: byte 0x40, `arm64`: byte 512), "
             "and which releases `update` takes.", "this machine's"),
+    Setting("boot", "panic", _count(-1, 3600),
+            "`panic=N` on every command line the updater builds and in the ESP's grubenv for "
+            "`grub/grub.cfg`: a kernel that panics reboots after N seconds (through the "
+            "firmware, where GRUB's tries decide the slot); -1 reboots at once, 0 never "
+            "reboots (a machine that stays down)."),
     Setting("update", "repo", _repository,
             "The release repository: an `http://` or `https://` URL (its `metadata/` and "
             "`targets/` below it) or an absolute directory holding a copy (offline media). "

@@ -59,5 +59,14 @@ class ReleaseError(UpdaterError):
     offer, a downgrade without permission, releases only for another architecture."""
 
 
+class Interrupted(BaseException):
+    """A SIGTERM or SIGHUP arrived while a flow held one off (``updater.signals``). A
+    BaseException, like KeyboardInterrupt: no ``except Exception`` may swallow it."""
+
+    def __init__(self, signum: int, name: str) -> None:
+        super().__init__(f"terminated by {name}")
+        self.signum = signum
+
+
 class ToolMissing(UpdaterError):
     """An external program the operation needs is not installed."""

@@ -134,5 +134,16 @@ def locked(path: str, *, writable: bool) -> Iterator[Disk]:
 
 
 def repair(path: str) -> int:
+    """Rewrite a damaged or stale copy from the one in use, then read both copies back: a
+    repair that did not leave two valid, equal copies is an error, not a success."""
     with locked(path, writable=True) as disk:
-        return apply_plan(disk, gptformat.plan_repair(read_table(disk)))
+        written = apply_plan(disk, gptformat.plan_repair(read_table(disk)))
+        after = read_table(disk)
+        if after.needs_repair:
+            primary = after.primary.problem or "valid"
+            backup = after.backup.problem or ("stale" if after.backup_stale else "valid")
+            raise GptError(
+                f"{path}: {written} sectors written, but the table still needs repair "
+                f"(primary: {primary}; backup: {backup})"
+            )
+        return written

@@ -7,7 +7,14 @@ supplies (``updater.gpt`` for real disks, an in-memory disk in tests); writing i
 
 Rules followed (UEFI spec, GRUB's gpt code, cgpt):
 - a copy is valid when its header has the signature, revision 1.0, a sane size, a matching header
-  CRC32, the expected own LBA, and its entry array matches the header's entries CRC32;
+  CRC32, the expected own LBA, a geometry that fits the disk (usable area inside it, its entry
+  array between its header and the usable area, never over either), and its entry array matches
+  the header's entries CRC32; a backup whose geometry differs from a valid primary's (entry
+  count, entry size, usable area, disk GUID) is invalid too, because writing the primary's
+  array where the backup's header says would overrun it;
+- the backup is looked for where the primary's alternate LBA says and, when that is not a valid
+  backup, at the disk's last sector (where UEFI puts it), so that a wrong alternate LBA cannot
+  hide an intact backup;
 - the primary copy is preferred; the backup is used when the primary is invalid; only when both
   are invalid is the table unreadable;
 - a write rewrites the backup (header after entries) first, syncs, then the primary, syncs, and
@@ -146,8 +153,19 @@ class GptTable:
         )
 
     @property
+    def alternate_wrong(self) -> bool:
+        """The primary is valid but its alternate LBA does not point at the backup in use."""
+        p = self.primary.header
+        return self.primary.valid and p is not None and p.alternate_lba != self.backup.header_lba
+
+    @property
     def needs_repair(self) -> bool:
-        return not self.primary.valid or not self.backup.valid or self.backup_stale
+        return (
+            not self.primary.valid
+            or not self.backup.valid
+            or self.backup_stale
+            or self.alternate_wrong
+        )
 
     def entries(self) -> list[GptEntry]:
         return parse_entries(self.entries_raw, self.header.entry_size, self.header.num_entries)
@@ -231,7 +249,7 @@ def parse_entries(raw: bytes, entry_size: int, count: int) -> list[GptEntry]:
 
 
 def _read_copy(
-    reader: SectorReader, header_lba: int, fallback_entries_lba: int | None
+    reader: SectorReader, header_lba: int, fallback_entries_lba: int | None, *, primary: bool
 ) -> CopyState:
     ss, total = reader.sector_size, reader.total_sectors
     sector = reader.read(header_lba, 1)
@@ -240,16 +258,33 @@ def _read_copy(
     except GptError as exc:
         entries_lba = fallback_entries_lba if fallback_entries_lba is not None else header_lba
         return CopyState(header_lba, sector, entries_lba, b"", None, str(exc))
-    n_sectors = header.entries_sectors(ss)
-    if header.entries_lba + n_sectors > total or header.entries_lba < 2:
-        return CopyState(
-            header_lba, sector, header.entries_lba, b"", header, "entry array is outside the disk"
-        )
-    raw = reader.read(header.entries_lba, n_sectors)
-    problem = None
+    problem = _geometry_problem(header, total, ss, primary=primary)
+    if problem is not None:
+        return CopyState(header_lba, sector, header.entries_lba, b"", header, problem)
+    raw = reader.read(header.entries_lba, header.entries_sectors(ss))
     if zlib.crc32(raw[: header.entries_bytes]) != header.entries_crc:
         problem = "entry array CRC32 mismatch"
     return CopyState(header_lba, sector, header.entries_lba, raw, header, problem)
+
+
+def _geometry_problem(h: GptHeader, total: int, ss: int, *, primary: bool) -> str | None:
+    """Where the header's own numbers put things that cannot be: outside the disk, over the
+    header, over the usable area."""
+    n = h.entries_sectors(ss)
+    if not 2 <= h.first_usable_lba <= h.last_usable_lba < total - 1:
+        return "usable area is outside the disk"
+    if primary:
+        fits = 2 <= h.entries_lba and h.entries_lba + n <= h.first_usable_lba
+    else:
+        fits = h.last_usable_lba < h.entries_lba and h.entries_lba + n <= h.my_lba
+    return None if fits else "entry array is outside the disk"
+
+
+def _geometry_differs(a: GptHeader, b: GptHeader) -> str | None:
+    for name in ("num_entries", "entry_size", "first_usable_lba", "last_usable_lba", "disk_guid"):
+        if getattr(a, name) != getattr(b, name):
+            return f"{name.replace('_', ' ')} differs from the primary's"
+    return None
 
 
 def read_table(reader: SectorReader) -> GptTable:
@@ -260,25 +295,8 @@ def read_table(reader: SectorReader) -> GptTable:
     mbr = reader.read(0, 1)
     if mbr[510:512] != b"\x55\xaa" or not any(mbr[446 + 16 * i + 4] == 0xEE for i in range(4)):
         raise GptError("no protective MBR (not a GPT disk)")
-    primary = _read_copy(reader, 1, None)
-    if primary.header is not None and 2 < primary.header.alternate_lba < total:
-        backup_lba = primary.header.alternate_lba
-    else:
-        backup_lba = total - 1
-    fallback = None
-    if primary.header is not None:
-        fallback = backup_lba - primary.header.entries_sectors(reader.sector_size)
-    backup = _read_copy(reader, backup_lba, fallback)
-    # The backup's entries region, when its header is unreadable, is where a rebuilt backup would
-    # put it; read it so a later plan can tell which sectors really change.
-    if (
-        backup.header is None
-        and primary.header is not None
-        and fallback is not None
-        and fallback > 1
-    ):
-        n = primary.header.entries_sectors(reader.sector_size)
-        backup = replace(backup, entries_lba=fallback, entries_raw=reader.read(fallback, n))
+    primary = _read_copy(reader, 1, None, primary=True)
+    backup = _find_backup(reader, primary)
     for good in (primary, backup):
         if good.valid and good.header is not None:
             return GptTable(
@@ -292,6 +310,38 @@ def read_table(reader: SectorReader) -> GptTable:
     raise GptError(
         f"both GPT copies are invalid (primary: {primary.problem}; backup: {backup.problem})"
     )
+
+
+def _find_backup(reader: SectorReader, primary: CopyState) -> CopyState:
+    """The backup where the primary says, else at the last sector; when neither is a valid
+    backup, the copy at the last sector (where a rebuilt backup goes)."""
+    total, ss = reader.total_sectors, reader.sector_size
+    p = primary.header
+    places = [total - 1]
+    if p is not None and p.last_usable_lba < p.alternate_lba < total - 1:
+        places.insert(0, p.alternate_lba)  # e.g. a disk grown after partitioning
+    found: list[CopyState] = []
+    for lba in places:
+        fallback = lba - p.entries_sectors(ss) if p is not None else None
+        copy = _read_copy(reader, lba, fallback, primary=False)
+        if copy.valid and copy.header is not None and primary.valid and p is not None:
+            differs = _geometry_differs(p, copy.header)
+            if differs is not None:
+                copy = replace(copy, problem=differs)
+        if copy.valid:
+            return copy
+        found.append(copy)
+    backup = found[-1]
+    # A rebuilt backup puts its entries right below its header: read what is there now, so a
+    # later plan can tell which sectors really change.
+    if p is not None and backup.header is None and backup.entries_lba > 1:
+        n = p.entries_sectors(ss)
+        backup = replace(backup, entries_raw=reader.read(backup.entries_lba, n))
+    elif p is not None and backup.header is not None:
+        n = p.entries_sectors(ss)
+        lba = backup.header_lba - n
+        backup = replace(backup, entries_lba=lba, entries_raw=reader.read(lba, n))
+    return backup
 
 
 def with_attributes(table: GptTable, changes: Mapping[int, int]) -> bytes:
@@ -339,13 +389,20 @@ def plan_write(table: GptTable, entries: bytes) -> WritePlan:
     crc = zlib.crc32(entries)
     n_sectors = h.entries_sectors(ss)
     backup_lba = table.backup.header_lba
+    # A copy's own entry location is kept only when that copy is valid; a damaged one is
+    # rebuilt where UEFI puts it (LBA 2, and right below the backup header).
     p_hdr = table.primary.header
-    primary_entries_lba = p_hdr.entries_lba if p_hdr is not None else 2
+    valid_p = p_hdr is not None and table.primary.valid
+    primary_entries_lba = p_hdr.entries_lba if valid_p and p_hdr else 2
     b_hdr = table.backup.header
-    backup_entries_lba = b_hdr.entries_lba if b_hdr is not None else backup_lba - n_sectors
+    valid_b = b_hdr is not None and table.backup.valid
+    backup_entries_lba = b_hdr.entries_lba if valid_b and b_hdr else backup_lba - n_sectors
     if (
-        primary_entries_lba + n_sectors > h.first_usable_lba
+        primary_entries_lba < 2
+        or primary_entries_lba + n_sectors > h.first_usable_lba
         or backup_entries_lba <= h.last_usable_lba
+        or backup_entries_lba + n_sectors > backup_lba
+        or backup_lba >= table.total_sectors
     ):
         raise GptError("entry arrays would overlap the usable area; repair the table first")
     backup_header = h.rebuilt(

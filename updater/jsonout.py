@@ -1,16 +1,18 @@
-"""One JSON encoder for every ``--json`` output: sorted keys, two-space indent, trailing newline;
-for streams of events (``install --json``), the same sorted keys on one line each."""
+"""One JSON encoder for every ``--json`` output: sorted keys, two-space indent, trailing newline."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 
 def dumps(value: Any) -> str:
+    import json  # here: most commands print no JSON, and the import costs start-up time
+
     return json.dumps(value, sort_keys=True, indent=2) + "\n"
 
 
 def line(value: Any) -> str:
-    """One event of a stream: compact, on a single line."""
+    """One JSON document on one line (event streams: one object per line), sorted keys."""
+    import json
+
     return json.dumps(value, sort_keys=True, separators=(",", ":")) + "\n"

@@ -11,6 +11,9 @@ and return argument lists, so tests compare plans instead of running them:
 - The clean path is ``systemctl kexec`` (services stop, filesystems unmount; it refuses when
   nothing is loaded); ``--force`` syncs, remounts / read-only and runs ``kexec -e``.
 - Never ``--reuse-cmdline``: it copies the old slot's ``mount.usr`` / ``verity.usrhash``.
+- Each command is a ``Step`` that says itself whether its failure is tolerated: unloading when
+  nothing is loaded fails harmlessly, and so does remounting / read-only when something holds
+  it open; a failed jump or reboot is never tolerated.
 
 This module does not choose slots or build command lines (``updater.slots``, ``updater.cmdline``).
 """
@@ -24,6 +27,22 @@ from pathlib import Path
 
 from updater.errors import UpdaterError
 from updater.run import CommandFailed, child_env, run
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command of a plan, and whether the plan goes on when it fails."""
+
+    argv: tuple[str, ...]
+    tolerated: bool = False
+
+    def run(self) -> None:
+        run(self.argv, check=not self.tolerated)
+
+
+def argvs(steps: list[Step]) -> list[list[str]]:
+    """The commands as argument lists (the ``commands`` of the kexec JSON contract)."""
+    return [list(s.argv) for s in steps]
 
 
 class Method(StrEnum):
@@ -62,6 +81,9 @@ class KexecImage:
     initrd: str | None
     cmdline: str
 
+    def load_step(self, method: Method) -> Step:
+        return Step(tuple(self.load_argv(method)))
+
     def load_argv(self, method: Method) -> list[str]:
         flag = {Method.FILE: "-s", Method.LOAD: "-c"}[method]
         argv = ["kexec", flag, "-l", self.kernel]
@@ -71,21 +93,25 @@ class KexecImage:
         return argv
 
 
-UNLOAD = ["kexec", "-u"]
+# Unloading when nothing is loaded fails on some kexec-tools versions; that is fine.
+UNLOAD = Step(("kexec", "-u"), tolerated=True)
 
 
-def exec_argvs(*, force: bool, systemd: bool) -> list[list[str]]:
+def exec_steps(*, force: bool, systemd: bool) -> list[Step]:
     """How to jump into the loaded kernel."""
     if force or not systemd:
-        return [["sync"], ["mount", "-o", "remount,ro", "/"], ["kexec", "-e"]]
-    return [["systemctl", "kexec"]]
+        # The remount fails when something keeps / busy for writing; sync already made the
+        # data durable, so the jump goes on.
+        return [Step(("sync",)), Step(("mount", "-o", "remount,ro", "/"), tolerated=True),
+                Step(("kexec", "-e"))]  # fmt: skip
+    return [Step(("systemctl", "kexec"))]
 
 
-def firmware_argvs(*, force: bool, systemd: bool) -> list[list[str]]:
+def firmware_steps(*, force: bool, systemd: bool) -> list[Step]:
     """A normal reboot through the firmware; the loaded kexec kernel is dropped first."""
     if force or not systemd:
-        return [UNLOAD, ["sync"], ["reboot", "-f"]]
-    return [UNLOAD, ["systemctl", "reboot"]]
+        return [UNLOAD, Step(("sync",)), Step(("reboot", "-f"))]
+    return [UNLOAD, Step(("systemctl", "reboot"))]
 
 
 def first_method(support: KexecSupport) -> Method:
@@ -152,11 +178,11 @@ def load(image: KexecImage, support: KexecSupport) -> Method:
     blocker = support.blocker()
     if blocker:
         raise LoadFailed(f"kexec is not possible: {blocker}", "disabled")
-    run(UNLOAD, check=False)
+    UNLOAD.run()
     method = Method.FILE
     while True:
         try:
-            run(image.load_argv(method))
+            image.load_step(method).run()
             return method
         except CommandFailed as exc:
             cause = classify(exc.stderr)

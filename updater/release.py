@@ -124,13 +124,15 @@ def _target(signed: SignedTarget, max_length: int) -> Target:
 class _Fields:
     """Typed access to one JSON object that must have exactly the expected keys."""
 
-    def __init__(self, what: str, value: object, keys: Sequence[str]) -> None:
+    def __init__(
+        self, what: str, value: object, keys: Sequence[str], optional: Sequence[str] = ()
+    ) -> None:
         self.what = what
         if not isinstance(value, dict):
             raise self.error(f"is {type(value).__name__}, not an object")
-        if set(value) != set(keys):
+        if not set(keys) <= set(value) <= set(keys) | set(optional):
             missing = sorted(set(keys) - set(value))
-            extra = sorted(str(k) for k in set(value) - set(keys))
+            extra = sorted(str(k) for k in set(value) - set(keys) - set(optional))
             raise self.error(
                 f"fields differ from format {FORMAT}: missing {missing}, extra {extra}"
             )
@@ -245,11 +247,20 @@ class UsrImage:
     frames: FrameTable
     kernel_path: str
     initrd_path: str | None
+    # Rollout waves (Bottlerocket's idea): (seed bound, RFC 3339 start) pairs; a machine whose
+    # seed is below a bound may take the release from that wave's start. The agent checks the
+    # order and parses the times (``updater.agent.schedule.parse_waves``); empty: everyone now.
+    waves: tuple[tuple[int, str], ...] = ()
 
 
 USR_KEYS = ("format", "kind", "version", "channel", "arch", "size", "fs_type", "verity",
             "frame_size", "frames", "kernel", "initrd")  # fmt: skip
+USR_OPTIONAL = ("waves",)
 VERITY_KEYS = ("root_hash", "hash_offset", "algorithm", "block_size")
+MAX_WAVES = 64
+_WAVE_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{5,15}(Z|[+-][0-9]{2}:[0-9]{2})", re.IGNORECASE
+)
 PART_KEYS = ("format", "kind", "version", "channel", "arch")
 
 
@@ -275,6 +286,7 @@ def usr_custom(image: UsrImage) -> dict[str, Any]:
             "frames": [[f.compressed_size, f.sha256] for f in image.frames.frames],
             "kernel": image.kernel_path,
             "initrd": image.initrd_path,
+            **({"waves": [list(w) for w in image.waves]} if image.waves else {}),
         }
     }
 
@@ -345,7 +357,7 @@ def parse_usr(signed: SignedTarget, channel: str, arch: str, version: Version) -
     if signed.path != expected:
         raise VerificationError(f"target {signed.path}: expected {expected}")
     usr = _target(signed, MAX_IMAGE_SIZE)
-    f = _Fields(f"target {signed.path}: custom metadata", _custom(signed), USR_KEYS)
+    f = _Fields(f"target {signed.path}: custom metadata", _custom(signed), USR_KEYS, USR_OPTIONAL)
     f.equal("format", FORMAT)
     f.equal("kind", "usr")
     f.equal("version", str(version))
@@ -365,8 +377,28 @@ def parse_usr(signed: SignedTarget, channel: str, arch: str, version: Version) -
         f.equal("initrd", initrd_path(channel, arch, version))
     return UsrImage(
         version, channel, arch, fs_type, usr, size, verity, frames,
-        kernel_path(channel, arch, version), initrd,
+        kernel_path(channel, arch, version), initrd, _waves(f),
     )  # fmt: skip
+
+
+def _waves(fields: _Fields) -> tuple[tuple[int, str], ...]:
+    raw = fields.value.get("waves", [])
+    if not isinstance(raw, list) or not 0 < len(raw) <= MAX_WAVES and "waves" in fields.value:
+        raise fields.error(f"waves: not a list of 1 to {MAX_WAVES} [seed bound, start] pairs")
+    out: list[tuple[int, str]] = []
+    for i, pair in enumerate(raw):
+        if (
+            not isinstance(pair, list)
+            or len(pair) != 2
+            or not isinstance(pair[0], int)
+            or isinstance(pair[0], bool)
+            or not 1 <= pair[0] <= 2048
+            or not isinstance(pair[1], str)
+            or not _WAVE_TIME.fullmatch(pair[1])
+        ):
+            raise fields.error(f"waves[{i}]: not [seed bound 1..2048, RFC 3339 time]")
+        out.append((pair[0], pair[1]))
+    return tuple(out)
 
 
 def parse_part(signed: SignedTarget, kind: str, image: UsrImage) -> Target:
@@ -414,6 +446,7 @@ class Release:
             "initrd": (
                 {"path": self.initrd.path, "length": self.initrd.length} if self.initrd else None
             ),
+            "waves": [list(w) for w in img.waves],
         }
 
 

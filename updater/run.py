@@ -9,7 +9,6 @@ match (``kexec.classify`` reads strerror texts), plus what the caller passes exp
 
 from __future__ import annotations
 
-import contextvars
 import os
 import shlex
 import shutil
@@ -17,24 +16,15 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
-from updater.errors import ToolMissing, UpdaterError
+from updater.debug import debugging, set_debug
+from updater.errors import DataError, ToolMissing, UpdaterError
 
-# A context variable, not a module global: a flow that runs in a thread or a test that turns
-# debugging on for one call does not leak the setting into unrelated code.
-_DEBUG: contextvars.ContextVar[bool] = contextvars.ContextVar("updater_debug", default=False)
+__all__ = ["CommandFailed", "child_env", "debugging", "require_tool", "run", "set_debug"]
 
 # Always searched after the caller's PATH: the tools live in sbin on Debian, which a non-login
 # root shell or a systemd unit may not have on its PATH.
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _INHERITED = ("PATH", "HOME", "TERM", "TMPDIR")
-
-
-def set_debug(enabled: bool) -> None:
-    _DEBUG.set(enabled)
-
-
-def debugging() -> bool:
-    return _DEBUG.get()
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -93,6 +83,8 @@ def run(
         )
     except FileNotFoundError as exc:
         raise ToolMissing(f"{argv[0]} is not installed") from exc
+    except ValueError as exc:  # an argument with a NUL byte: no exec can carry it
+        raise DataError(f"cannot run {argv[0]}: {exc}") from None
     if check and proc.returncode != 0:
         err = proc.stderr.decode(errors="replace") if proc.stderr else ""
         raise CommandFailed(argv, proc.returncode, err)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from updater.errors import NoBootableSlot, SlotError, UsageError
 
@@ -91,10 +92,12 @@ class Slot:
 
     @property
     def letter(self) -> str | None:
-        """``A`` for a partition labelled USR-A, and so on; None for other labels."""
+        """``A`` for a partition labelled USR-A, and so on; None for other labels (a label is
+        bytes from the disk: ``USR-1`` or ``USR-\\n`` name no slot letter)."""
         prefix = "USR-"
         if self.label.upper().startswith(prefix) and len(self.label) == len(prefix) + 1:
-            return self.label[-1].upper()
+            letter = self.label[-1].upper()
+            return letter if "A" <= letter <= "Z" else None
         return None
 
     @property
@@ -109,6 +112,32 @@ class Slot:
 
     def with_attributes(self, attributes: int) -> Slot:
         return Slot(self.partition, self.label, self.partuuid, attributes)
+
+
+class PartitionEntry(Protocol):
+    """What a slot is made of: the fields of a GPT entry (``gptformat.GptEntry`` has them)."""
+
+    @property
+    def number(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def unique_guid(self) -> uuid.UUID: ...
+    @property
+    def type_guid(self) -> uuid.UUID: ...
+    @property
+    def attributes(self) -> int: ...
+
+
+def slots_of(
+    entries: Iterable[PartitionEntry], type_guid: uuid.UUID = USR_TYPE
+) -> tuple[Slot, ...]:
+    """The slots among a table's entries: the partitions of the usr type, in table order."""
+    return tuple(
+        Slot(e.number, e.name, e.unique_guid, e.attributes)
+        for e in entries
+        if e.type_guid == type_guid
+    )
 
 
 @dataclass(frozen=True)
@@ -247,14 +276,64 @@ def mark_good(slots: Sequence[Slot], partition: int) -> Transition:
 def mark_bad(slots: Sequence[Slot], partition: int, *, force: bool = False) -> Transition:
     """Never boot this slot again until it is set active: priority 0, tries 0, not successful."""
     target = _by_partition(slots, partition)
-    wanted = {partition: encode(target.attributes, priority=0, tries=0, successful=False)}
-    t = Transition("mark-bad", partition, _diff(slots, wanted))
+    return _disable(slots, target, "mark-bad", f"mark {target.label or partition} bad", force)
+
+
+def _disable(
+    slots: Sequence[Slot], target: Slot, action: str, what: str, force: bool
+) -> Transition:
+    """Priority 0, tries 0, not successful; refused when no other slot could boot after."""
+    wanted = {target.partition: encode(target.attributes, priority=0, tries=0, successful=False)}
+    t = Transition(action, target.partition, _diff(slots, wanted))
     if not force and choose_next(apply(slots, t.changes)) is None:
         raise SlotError(
-            f"refusing to mark {target.label or partition} bad: no other slot could boot",
+            f"refusing to {what}: no other slot could boot",
             hint="pass --force if the disk is meant to stop booting",
         )
     return t
+
+
+def make_unbootable(
+    slots: Sequence[Slot], partition: int, *, booted: int | None, force: bool = False
+) -> Transition:
+    """The slot is about to be overwritten with a new image: priority 0, tries 0, not successful
+    (Bottlerocket writes P0 T0 S0 before it writes a slot), so that no boot loader and no kexec
+    picks a half-written slot. Refused for the booted slot whatever ``force`` says: its image is
+    in use. Guarded like the others: refused when it would leave no slot to boot or take away
+    the last known-good fallback, unless ``force``."""
+    target = _by_partition(slots, partition)
+    name = target.label or str(partition)
+    if booted is None:
+        raise SlotError(
+            f"refusing to make {name} unbootable: the booted slot is unknown",
+            hint="pass --booted PART for an image file",
+        )
+    if partition == booted:
+        raise SlotError(f"{name} is the booted slot; its image is in use and cannot be replaced")
+    t = _disable(slots, target, "make-unbootable", f"make {name} unbootable", force)
+    return _guard(slots, t, force)
+
+
+def give_back_try(slots: Sequence[Slot], consumed: Slot) -> Transition:
+    """Undo the consumption of a boot try (a kexec whose jump failed): ``consumed`` is the slot
+    as it was written when the try was taken. Only when the slot still has exactly those
+    attributes, so a change someone made in between is never overwritten; else nothing."""
+    now = _by_partition(slots, consumed.partition)
+    if now.attributes != consumed.attributes or consumed.tries >= FIELD_MAX:
+        return Transition("give-back", consumed.partition, {})
+    wanted = {now.partition: encode(now.attributes, tries=now.tries + 1)}
+    return Transition("give-back", consumed.partition, _diff(slots, wanted))
+
+
+def consume_try(slots: Sequence[Slot], expected: Slot) -> Transition:
+    """A kexec into ``expected`` consumes its boot try as GRUB would (tries - 1 when > 0).
+    ``expected`` is the slot as it was when the boot was planned: if another tool changed it
+    since, the plan is stale and refused."""
+    now = _by_partition(slots, expected.partition)
+    if now.attributes != expected.attributes:
+        raise SlotError(f"the A/B state of {now.label} changed while preparing the kexec")
+    changes = {now.partition: encode(now.attributes, tries=now.tries - 1)} if now.tries else {}
+    return Transition("kexec", now.partition, changes)
 
 
 def other_slot(slots: Sequence[Slot], booted: int) -> Slot:
@@ -273,13 +352,11 @@ def rollback(
     has_image: bool,
     force: bool = False,
 ) -> Transition:
-    """Make the slot that is not booted boot next (the operator's manual rollback).
-
-    It must hold an image and have booted successfully before; ``force`` overrides both, and a
+    """Prioritize ``other`` (the operator's manual rollback), with its checks: the other slot
+    must hold an image and have booted successfully before; ``force`` overrides both, and a
     forced slot that never succeeded gets one try so that the disk falls back again if it fails.
     """
-    _by_partition(slots, booted)
-    other = other_slot(slots, booted)
+    other = resolve(slots, "other", booted)
     name = other.label or str(other.partition)
     if not force:
         if not has_image:
@@ -295,9 +372,23 @@ def rollback(
     return _guard(slots, Transition("rollback", other.partition, _diff(slots, wanted)), force)
 
 
-def resolve(slots: Sequence[Slot], spec: str) -> Slot:
-    """PART as a user writes it: a partition number ("3"), a label ("USR-B") or a letter ("B")."""
+ROLES = ("booted", "other")
+
+
+def resolve(slots: Sequence[Slot], spec: str, booted: int | None = None) -> Slot:
+    """PART as a user writes it: a partition number ("3"), a label ("USR-B"), a letter ("B"),
+    or a role as RAUC names them: ``booted`` (the running slot) or ``other`` (the one slot that
+    is not booted)."""
     text = spec.strip()
+    if text.lower() in ROLES:
+        if booted is None:
+            raise UsageError(
+                f"slot {text!r} needs the booted slot, which is unknown",
+                hint="pass --booted PART for an image file",
+            )
+        if text.lower() == "booted":
+            return _by_partition(slots, booted)
+        return other_slot(slots, booted)
     if text.isdigit():
         for slot in slots:
             if slot.partition == int(text):

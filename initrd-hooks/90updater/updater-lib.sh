@@ -2,8 +2,15 @@
 # Shared by the updater hooks. Sourced by dracut's init, so only POSIX sh plus dracut-lib.sh.
 
 # Every failure ends here: one line that tests and people can grep for, on every console, then the
-# machine powers off. Nothing unverified is ever mounted. rd.shell on the command line gives an
-# emergency shell instead (for debugging).
+# machine reboots through the firmware, as Flatcar's and ChromeOS's initrds do: the boot try was
+# consumed before this kernel started (by GRUB, or by `updater kexec`), so GRUB now picks the
+# other slot, or the same one while it has tries left. Powering off instead would leave a machine
+# in a fleet dead until someone walks to it. Nothing unverified is ever mounted. rd.shell on the
+# command line gives an emergency shell instead (for debugging).
+#
+# The pause keeps a machine whose every slot fails (a known-good slot is retried on every boot:
+# nothing else is left to boot) from rebooting at full speed, and leaves the line on the screen.
+UPDATER_FAIL_PAUSE=5
 updater_fail() {
     _msg="UPDATER-BOOT-FAILED: $*"
     echo "<2>$_msg" > /dev/kmsg 2> /dev/null
@@ -12,11 +19,22 @@ updater_fail() {
     if getargbool 0 rd.shell; then
         emergency_shell -n updater "$_msg"
     fi
-    echo "$_msg (powering off)" > /dev/console 2> /dev/null
+    updater_say "UPDATER-REBOOTING in ${UPDATER_FAIL_PAUSE} s (the firmware and GRUB choose the slot)"
     sync
-    # sysrq works without any userspace tool and regardless of the kernel.sysrq mask.
-    echo o > /proc/sysrq-trigger
+    sleep "$UPDATER_FAIL_PAUSE"
+    # sysrq works without any userspace tool and regardless of the kernel.sysrq mask; b restarts
+    # through the firmware at once (everything that matters was synced above).
+    echo b > /proc/sysrq-trigger
     while :; do sleep 60; done
+}
+
+# Whether a `dmsetup status` line of a verity target reports no corruption: "START LEN verity V"
+# and, on newer kernels, more fields after the V (e.g. " -" for FEC), so the fourth field counts,
+# not the end of the line. C (corrupted) or anything else is a failure.
+updater_verity_ok() {
+    # shellcheck disable=SC2086 # split the status line into its fields on purpose
+    set -- $1
+    [ "$3" = verity ] && [ "$4" = V ]
 }
 
 updater_say() {

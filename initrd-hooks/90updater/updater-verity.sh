@@ -34,11 +34,8 @@ if ! dd if=/dev/mapper/usr of=/dev/null bs=1M iflag=direct 2> /tmp/verity.log; t
     dmsetup remove usr
     updater_fail "dm-verity: $_dev does not match verity.usrhash=$_hash (corrupted block or wrong root hash; see 'device-mapper: verity' in the kernel log)"
 fi
-case "$(dmsetup status usr)" in
-    *" V") ;;
-    *)
-        dmsetup remove usr
-        updater_fail "dm-verity: corruption detected on $_dev (verity.usrhash=$_hash)"
-        ;;
-esac
+if ! updater_verity_ok "$(dmsetup status usr)"; then
+    dmsetup remove usr
+    updater_fail "dm-verity: corruption detected on $_dev (verity.usrhash=$_hash)"
+fi
 info "updater: $_dev verified as /dev/mapper/usr"

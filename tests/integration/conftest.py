@@ -126,3 +126,7 @@ def etcd(fast_tmp: Path) -> Iterator[EtcdServer]:
 
     with etcd_server(fast_tmp) as server:
         yield server
+
+
+# A repository over HTTP behind a fault-injecting proxy, for the fetch and update tests.
+from tests.integration.repos import published, site  # noqa: E402,F401

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from updater import gpt, gptformat, layout, slots, state
+from updater import gpt, gptformat, layout, slotimage, slots, state, target
 
-from ..unit.memdisk import REGIONS, region_lba
+from ..unit.memdisk import REGIONS, MemDisk, region_lba, rewrite_header, shrink_backup
 from .conftest import CgptField, Cli, loop_device, need_tools, sgdisk_attributes, sha, tool
 
 pytestmark = pytest.mark.integration
@@ -48,7 +48,7 @@ def test_cgpt_and_sgdisk_read_what_updater_writes(
     for _ in range(12):
         p, t, s = rng.randint(0, 15), rng.randint(0, 15), rng.random() < 0.5
         attrs = slots.encode(FOREIGN, priority=p, tries=t, successful=s)
-        outcome = state.change(str(flatcar_disk), "A", set_b(attrs))
+        outcome = state.change(target.resolve(str(flatcar_disk), "A"), set_b(attrs))
         assert outcome.sectors_written > 0
         assert (cgpt_field(flatcar_disk, 4, "P"), cgpt_field(flatcar_disk, 4, "T")) == (p, t)
         assert cgpt_field(flatcar_disk, 4, "S") == int(s)
@@ -66,7 +66,7 @@ def test_updater_reads_what_cgpt_and_sgdisk_write(
         assert slot_fields(status(cli, flatcar_disk), 4) == (p, t, bool(s))
         raw = rng.getrandbits(64)
         tool("sgdisk", f"--attributes=3:=:{raw:016x}", str(flatcar_disk))
-        st = state.load(str(flatcar_disk), "A")
+        st = state.load(target.resolve(str(flatcar_disk), "A"))
         assert st.slot(3).attributes == raw
 
 
@@ -96,7 +96,7 @@ def test_cli_transitions_match_flatcar_and_tools(
 
 
 def slot_uuid(disk: Path, part: int) -> uuid.UUID:
-    found: uuid.UUID = state.load(str(disk), "A").slot(part).partuuid
+    found: uuid.UUID = state.load(target.resolve(str(disk), "A")).slot(part).partuuid
     return found
 
 
@@ -121,13 +121,13 @@ def test_prioritize_matches_cgpt(fast_tmp: Path) -> None:
         chosen = rng.randint(1, n)
         with gpt.locked(str(img), writable=False) as d:
             ours = slots.prioritize(
-                state.slots_of(gpt.read_table(d).entries(), CHROMEOS_KERNEL), chosen
+                slots.slots_of(gpt.read_table(d).entries(), CHROMEOS_KERNEL), chosen
             )
         tool("cgpt", "prioritize", "-i", str(chosen), str(img))
         with gpt.locked(str(img), writable=False) as d:
             theirs = {
                 s.partition: s.attributes
-                for s in state.slots_of(gpt.read_table(d).entries(), CHROMEOS_KERNEL)
+                for s in slots.slots_of(gpt.read_table(d).entries(), CHROMEOS_KERNEL)
             }
         assert ours == theirs, f"round {round_}"
 
@@ -282,7 +282,7 @@ def test_4096_byte_sectors_on_a_loop_device(
         assert [cgpt_field(Path(dev), 4, f) for f in "PTS"] == [2, 2, 0]
         assert "No problems found" in tool("sgdisk", "-v", dev)
     # the same bytes as a plain file: the sector size is probed from the header position
-    st = state.load(str(img), "A")
+    st = state.load(target.resolve(str(img), "A"))
     assert st.table.sector_size == 4096 and st.slot(4).tries == 2
 
 
@@ -309,5 +309,39 @@ def test_partition_nodes_of_a_block_device(fast_tmp: Path, cli: Cli) -> None:
         assert bootfs.partition_node(dev, 5) is None
         with open(f"{dev}p3", "r+b") as f:
             f.write(b"hsqs")
-        st = state.load(dev, "B")
-        assert state.holds_image(st, 3) and not state.holds_image(st, 4)
+        st = state.load(target.resolve(dev, "B"))
+        assert slotimage.holds_image(dev, st.table, 3)
+        assert not slotimage.holds_image(dev, st.table, 4)
+
+
+def edit_image(path: Path, change: Callable[[MemDisk], None]) -> None:
+    disk = MemDisk(bytearray(path.read_bytes()), 512)
+    change(disk)
+    path.write_bytes(bytes(disk.data))
+
+
+def test_backup_with_fewer_entries_is_rebuilt_not_overrun(flatcar_disk: Path, cli: Cli) -> None:
+    """A CRC-valid backup header declaring 4 entries: a write must not put 128 entries below
+    it (over the header, past the end of the image), and repair must leave a valid backup."""
+    size = flatcar_disk.stat().st_size
+    edit_image(flatcar_disk, shrink_backup)
+    doc = status(cli, flatcar_disk)
+    assert doc["gpt"]["backup"] != "valid"  # type: ignore[index]
+    cli("--disk", str(flatcar_disk), "--booted", "A", "set-active", "B")
+    assert flatcar_disk.stat().st_size == size
+    assert "No problems found" in tool("sgdisk", "-v", str(flatcar_disk))
+    edit_image(flatcar_disk, shrink_backup)
+    out = json.loads(cli("--disk", str(flatcar_disk), "repair", "--json").stdout)
+    assert out["sectors_written"] >= 1 and flatcar_disk.stat().st_size == size
+    assert "No problems found" in tool("sgdisk", "-v", str(flatcar_disk))
+
+
+def test_wrong_alternate_lba_does_not_hide_the_backup(flatcar_disk: Path, cli: Cli) -> None:
+    edit_image(flatcar_disk, lambda d: rewrite_header(d, 1, alternate_lba=40))
+    assert status(cli, flatcar_disk)["next"] == 3
+    cli("--disk", str(flatcar_disk), "--booted", "A", "set-active", "B")
+    assert "No problems found" in tool("sgdisk", "-v", str(flatcar_disk))
+    assert slot_fields(status(cli, flatcar_disk), 4) == (2, 1, False)
+    edit_image(flatcar_disk, lambda d: rewrite_header(d, 1, alternate_lba=40))
+    cli("--disk", str(flatcar_disk), "repair")
+    assert "No problems found" in tool("sgdisk", "-v", str(flatcar_disk))

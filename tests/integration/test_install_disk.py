@@ -112,10 +112,12 @@ def test_install_on_an_image_file(release: Release, fast_tmp: Path, cli: Cli) ->
     out = cli("install", "--disk", str(disk), "--oem", "qemu", "--yes", "--json",
               *release.args())  # fmt: skip
     stream = events(out.stdout)
-    assert [e["event"] for e in stream][0] == "start" and stream[-1]["event"] == "done"
+    assert stream[0]["event"] == "installing" and stream[0]["version"] == "1"
     assert [e["step"] for e in stream if e["event"] == "step"] == [
         "clear", "format", "slot", "boot-files", "partition-table", "verify",
     ]  # fmt: skip
+    assert {e["event"] for e in stream} >= {"downloading", "verifying", "boot-files"}
+    assert stream[-1]["event"] == "result" and stream[-1]["status"] == "installed"
     assert stream[-1]["slots"][0]["successful"] is True  # type: ignore[index]
     check_installed(str(disk), release)
     # the ESP: FAT that fsck accepts, the files GRUB and the boot path read
@@ -222,7 +224,8 @@ def test_refusals_change_nothing(release: Release, fast_tmp: Path, cli: Cli) -> 
     forged = cli("install", "--disk", str(disk), *args, check=False)
     assert forged.returncode == 1 and "not signed by enough trusted keys" in forged.stderr
     last = events(forged.stdout)[-1]
-    assert (last["event"], last["step"], last["disk_changed"]) == ("failed", None, False)
+    assert (last["event"], last["status"], last["step"]) == ("result", "failed", None)
+    assert last["disk_changed"] is False and last["exit"] == 1
     assert "not signed by enough trusted keys" in str(last["error"])
     small = blank(fast_tmp / "small.img", 1 << 30)
     tiny = cli("install", "--disk", str(small), "--yes", *release.args(), check=False)

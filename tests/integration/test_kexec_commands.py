@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from updater import bootflow, cli, gpt, kexec, state
+from updater import bootflow, cli, gpt, kexec, state, target
 from updater.kexec import KexecSupport
 
-from .conftest import CgptField, need_tools, sha
+from .conftest import CgptField, Cli, need_tools, sha
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,9 @@ FAKE = """#!/bin/bash
 . "$(dirname "$0")/fake.env"
 { printf '%q ' "$(basename "$0")" "$@"; echo; } >> "$FAKE_LOG"
 case "$(basename "$0") $*" in
-  "kexec -s"*) [ -n "$FAKE_FAIL_S" ] && { echo "$FAKE_FAIL_S" >&2; exit 1; } ;;
+  "kexec -s"*) [ -n "$FAKE_TERM_PARENT" ] && kill -TERM "$PPID"
+               [ -n "$FAKE_FAIL_S" ] && { echo "$FAKE_FAIL_S" >&2; exit 1; } ;;
+  "systemctl kexec") [ -n "$FAKE_FAIL_JUMP" ] && { echo "$FAKE_FAIL_JUMP" >&2; exit 1; } ;;
   "kexec -c"*) [ -n "$FAKE_FAIL_C" ] && { echo "$FAKE_FAIL_C" >&2; exit 1; } ;;
 esac
 exit 0
@@ -60,17 +62,23 @@ def boot_disk(flatcar_disk: Path, fast_tmp: Path) -> Path:
         src = fast_tmp / name
         src.write_bytes(data)
         subprocess.run(["mcopy", "-i", esp, str(src), f"::/flatcar/{name}"], check=True, env=env)
-    oem_dir = fast_tmp / "oem"
-    oem_dir.mkdir()
-    (oem_dir / "grub.cfg").write_text('set oem_id="qemu"\nset linux_append="updater.test=1"\n')
-    oem = by["OEM"]
+    make_oem(flatcar_disk, fast_tmp, b'set oem_id="qemu"\nset linux_append="updater.test=1"\n')
+    return flatcar_disk
+
+
+def make_oem(disk: Path, tmp: Path, grub_cfg: bytes) -> None:
+    """A fresh ext4 OEM partition holding ``grub_cfg`` (what any OEM image could ship)."""
+    oem_dir = tmp / "oem"
+    oem_dir.mkdir(exist_ok=True)
+    (oem_dir / "grub.cfg").write_bytes(grub_cfg)
+    with gpt.locked(str(disk), writable=False) as d:
+        oem = next(e for e in gpt.read_table(d).used_entries() if e.name == "OEM")
     size_kib = (oem.last_lba - oem.first_lba + 1) * 512 // 1024
     subprocess.run(
         ["mkfs.ext4", "-q", "-F", "-L", "OEM", "-d", str(oem_dir), "-E",
-         f"offset={oem.first_lba * 512}", str(flatcar_disk), f"{size_kib}k"],
+         f"offset={oem.first_lba * 512}", str(disk), f"{size_kib}k"],
         check=True,
     )  # fmt: skip
-    return flatcar_disk
 
 
 @pytest.fixture
@@ -121,12 +129,12 @@ def test_kexec_loads_consumes_the_try_then_jumps(
     assert code == 0
     doc = json.loads(out)
     stage = fast_tmp / "stage"
-    uuid_b = state.load(d).slot(4).partuuid
+    uuid_b = state.load(target.resolve(d)).slot(4).partuuid
     expected_cmdline = (
-        f"BOOT_IMAGE=/flatcar/vmlinuz-b mount.usr=/dev/mapper/usr verity.usr=PARTUUID={uuid_b} "
-        "rootflags=rw mount.usrflags=ro consoleblank=0 root=LABEL=ROOT console=ttyS0,115200n8 "
-        "console=tty0 flatcar.first_boot=detected flatcar.oem.id=qemu updater.test=1 "
-        f"verity.usrhash={HASH_B}"
+        "BOOT_IMAGE=/flatcar/vmlinuz-b rootflags=rw mount.usrflags=ro consoleblank=0 "
+        "root=LABEL=ROOT panic=10 console=ttyS0,115200n8 console=tty0 flatcar.first_boot=detected "
+        "flatcar.oem.id=qemu updater.test=1 mount.usr=/dev/mapper/usr "
+        f"verity.usr=PARTUUID={uuid_b} verity.usrhash={HASH_B}"
     )
     assert doc["cmdline"] == expected_cmdline
     assert (doc["slot"], doc["partition"], doc["method"], doc["tries_left"]) == (
@@ -257,3 +265,176 @@ def test_bad_config_is_one_line_and_changes_nothing(
     assert code == 2 and "[boot] delivery must be one of cmdline, initrd" in err
     assert err.count("\n") == 1
     assert logged(fakes) == [] and sha(boot_disk) == before
+
+
+# --- the boot hardening ----------------------------------------------------------------------
+
+
+def test_failed_jump_gives_the_try_back(
+    boot_disk: Path, fakes: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], cgpt_field: CgptField,
+) -> None:  # fmt: skip
+    """systemctl kexec refused (an inhibitor): the try must not be lost silently."""
+    use(monkeypatch, OK)
+    fake_settings(fakes, FAKE_FAIL_JUMP="Operation inhibited by \"sshd\" (PID 1)")
+    d = str(boot_disk)
+    assert run_cli(["--disk", d, "--booted", "A", "set-active", "B"], capsys)[0] == 0
+    code, _, err = run_cli(["--disk", d, "--booted", "A", "kexec"], capsys)
+    assert code == 1 and err.count("\n") == 2  # the kexec line, then the one error line
+    assert "gave the boot try of USR-B back (tries 1)" in err and "inhibited" in err
+    assert cgpt_field(boot_disk, 4, "T") == 1
+    assert logged(fakes)[-2:] == [["systemctl", "kexec"], ["kexec", "-u"]]
+
+
+def test_failed_consumption_unloads_the_kernel(
+    boot_disk: Path, fakes: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], cgpt_field: CgptField,
+) -> None:  # fmt: skip
+    use(monkeypatch, OK)
+    d = str(boot_disk)
+    assert run_cli(["--disk", d, "--booted", "A", "set-active", "B"], capsys)[0] == 0
+
+    def write_error(*args: object, **kwargs: object) -> state.Outcome:
+        raise OSError(5, "Input/output error", d)
+
+    monkeypatch.setattr(state, "change", write_error)
+    code, _, err = run_cli(["--disk", d, "--booted", "A", "kexec"], capsys)
+    assert code == 1 and "Input/output error" in err
+    calls = logged(fakes)
+    assert calls[-1] == ["kexec", "-u"] and ["systemctl", "kexec"] not in calls
+    assert cgpt_field(boot_disk, 4, "T") == 1
+
+
+def test_sigterm_after_the_load_unloads_the_kernel(
+    boot_disk: Path, fakes: Path, cli: Cli, cgpt_field: CgptField, fast_tmp: Path
+) -> None:
+    """The load succeeds and a SIGTERM arrives right after it: the kernel is unloaded, the
+    try is not consumed, and the exit status says how it ended."""
+    fake_settings(fakes, FAKE_TERM_PARENT="1")
+    d = str(boot_disk)
+    cli("--disk", d, "--booted", "A", "set-active", "B")
+    fakes.write_text("")
+    proc = cli("--disk", d, "--booted", "A", "kexec", check=False)
+    assert proc.returncode == 128 + 15, proc.stderr
+    calls = logged(fakes)
+    loads = [i for i, c in enumerate(calls) if c[:2] == ["kexec", "-s"]]
+    assert loads and calls[loads[-1] + 1 :] == [["kexec", "-u"]], calls
+    assert cgpt_field(boot_disk, 4, "T") == 1
+
+
+def test_firmware_reboot_never_boots_another_slot_than_named(
+    boot_disk: Path, fakes: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    use(monkeypatch, OK)
+    d = str(boot_disk)
+    assert run_cli(["--disk", d, "--booted", "A", "set-active", "B"], capsys)[0] == 0
+    before = sha(boot_disk)
+    code, _, err = run_cli(
+        ["--disk", d, "--booted", "A", "reboot", "--via", "firmware", "--slot", "A"], capsys
+    )
+    assert code == 1 and err.count("\n") == 1
+    assert "GRUB would boot USR-B, not USR-A" in err and "prioritize A" in err
+    assert logged(fakes) == [] and sha(boot_disk) == before
+    code, _, err = run_cli(
+        ["--disk", d, "--booted", "A", "reboot", "--via", "firmware", "--slot", "other"], capsys
+    )
+    assert code == 0 and logged(fakes) == [["kexec", "-u"], ["systemctl", "reboot"]]
+
+
+def test_mounted_esp_kernel_is_loaded_from_the_copy_the_hash_came_from(
+    boot_disk: Path, fakes: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], fast_tmp: Path,
+) -> None:  # fmt: skip
+    use(monkeypatch, OK)
+    esp = fast_tmp / "mounted-esp" / "flatcar"
+    esp.mkdir(parents=True)
+    (esp / "vmlinuz-a").write_bytes(kernel(HASH_A))
+    code, out, _ = run_cli(["--disk", str(boot_disk), "--esp", str(esp.parent), "kexec",
+                            "--json"], capsys)  # fmt: skip
+    assert code == 0
+    doc = json.loads(out)
+    staged = Path(doc["kernel"])
+    assert staged.parent == fast_tmp / "stage", doc["kernel"]
+    assert staged.read_bytes() == (esp / "vmlinuz-a").read_bytes()
+    load = next(c for c in logged(fakes) if c[:2] == ["kexec", "-s"])
+    assert load[3] == str(staged)
+
+
+@pytest.mark.parametrize(
+    ("grub_cfg", "note"),
+    [
+        (b'set oem_id="qemu"\nset linux_append="a\0b"\n', "control character"),
+        (b'set oem_id="qemu\nset linux_append=x\n', "unterminated"),
+        (b"set linux_append=$(reboot)\n", "nothing is executed"),
+        (b'set oem_id="a b"\n', "leaving out the OEM id"),
+    ],
+)
+def test_damaged_oem_grub_cfg_never_stops_the_reboot(
+    boot_disk: Path, fakes: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], fast_tmp: Path, grub_cfg: bytes, note: str,
+) -> None:  # fmt: skip
+    """GRUB would boot with such a file; so does the kexec, with one line saying what it left."""
+    use(monkeypatch, OK)
+    make_oem(boot_disk, fast_tmp, grub_cfg)
+    code, out, err = run_cli(["--disk", str(boot_disk), "kexec", "--json"], capsys)
+    assert code == 0, err
+    assert note in err and err.count("\n") == 1 and "Traceback" not in err
+    doc = json.loads(out)
+    assert "\0" not in doc["cmdline"] and logged(fakes)[-1] == ["systemctl", "kexec"]
+
+
+def test_oem_cannot_steer_the_initrd_to_another_partition(
+    boot_disk: Path, fakes: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], fast_tmp: Path,
+) -> None:  # fmt: skip
+    use(monkeypatch, OK)
+    evil = "-- verity.usr=PARTUUID=00000000-0000-0000-0000-000000000bad verity.usrhash=" + "f" * 64
+    make_oem(boot_disk, fast_tmp, f'set linux_append="{evil} VERITY.USR=x"\n'.encode())
+    d = str(boot_disk)
+    code, out, err = run_cli(["--disk", d, "kexec", "--dry-run", "--json"], capsys)
+    assert code == 0 and "left out arguments" in err and "000000000bad" in err
+    words = json.loads(out)["cmdline"].split()
+    uuid_a = state.load(target.resolve(d)).slot(3).partuuid
+    usr = [w for w in words if w.lower().startswith(("verity.usr=", "verity.usrhash="))]
+    assert usr == [f"verity.usr=PARTUUID={uuid_a}", f"verity.usrhash={HASH_A}"]
+    assert words[-3:] == [*usr, "--"]  # the OEM's "--" passes, its words after it do not
+
+
+@pytest.mark.parametrize(("via", "last"), [("kexec", ["systemctl", "kexec"]),
+                                           ("firmware", ["systemctl", "reboot"])])  # fmt: skip
+def test_rollback_with_reboot_switches_then_reboots_into_the_other_slot(
+    boot_disk: Path, fakes: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], cgpt_field: CgptField, fast_tmp: Path,
+    via: str, last: list[str],
+) -> None:  # fmt: skip
+    use(monkeypatch, OK)
+    d = str(boot_disk)
+    assert run_cli(["--disk", d, "--booted", "A", "set-active", "B"], capsys)[0] == 0
+    assert run_cli(["--disk", d, "--booted", "B", "mark-good"], capsys)[0] == 0
+    # B booted and good, A good below it: the operator goes back to A (whose test image holds
+    # no filesystem, hence --force) and reboots in the same command.
+    code, _, err = run_cli(
+        ["--disk", d, "--booted", "B", "rollback", "--force", "--reboot", via], capsys
+    )
+    assert code == 0, err
+    assert (cgpt_field(boot_disk, 3, "P"), cgpt_field(boot_disk, 4, "P")) == (2, 1)
+    calls = logged(fakes)
+    assert calls[-1] == last
+    if via == "kexec":
+        loads = [c for c in calls if c[:3] == ["kexec", "-s", "-l"]]
+        assert len(loads) == 1 and loads[0][3].endswith("flatcar_vmlinuz-a")
+    else:
+        assert not any(c[:2] == ["kexec", "-s"] for c in calls)
+
+
+def test_rollback_without_reboot_runs_nothing(
+    boot_disk: Path, fakes: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    use(monkeypatch, OK)
+    d = str(boot_disk)
+    assert run_cli(["--disk", d, "--booted", "A", "set-active", "B"], capsys)[0] == 0
+    assert run_cli(["--disk", d, "--booted", "B", "mark-good"], capsys)[0] == 0
+    assert run_cli(["--disk", d, "--booted", "B", "rollback", "--force"], capsys)[0] == 0
+    assert logged(fakes) == []

@@ -6,8 +6,10 @@ import struct
 import uuid
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from updater import gptformat
+from updater.layout import USR_A_UUID, USR_B_UUID
 from updater.slots import USR_TYPE
 
 ESP = uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
@@ -134,3 +136,44 @@ def flatcar_parts(a_attrs: int, b_attrs: int = 0) -> list[Part]:
         Part(USR_TYPE, "USR-A", a_attrs),
         Part(USR_TYPE, "USR-B", b_attrs),
     ]
+
+
+def image_file(path: Path, a_attrs: int, b_attrs: int = 0, sector_size: int = 512) -> Path:
+    """A Flatcar-style disk image file (ESP, BIOS-BOOT, USR-A, USR-B) with the fixed USR GUIDs,
+    for tests that go through the file-based code paths."""
+    parts = flatcar_parts(a_attrs, b_attrs)
+    parts[2].guid, parts[3].guid = USR_A_UUID, USR_B_UUID
+    path.write_bytes(bytes(build(parts, sector_size).data))
+    return path
+
+
+def kernel_with_hash(root_hash: str, offset: int = 0x40, size: int = 8192) -> bytes:
+    data = bytearray(size)
+    data[offset : offset + 64] = root_hash.encode()
+    return bytes(data)
+
+
+def rewrite_header(disk: MemDisk, lba: int, **fields: int) -> None:
+    """Change fields of the header at ``lba`` and give it a correct CRC32 again (what a buggy
+    or hostile tool could write: every check but the geometry passes)."""
+    ss = disk.sector_size
+    sector = bytearray(disk.read(lba, 1))
+    values = list(gptformat.HEADER_FORMAT.unpack_from(sector))
+    index = {"alternate_lba": 6, "entries_lba": 10, "num_entries": 11, "entries_crc": 13}
+    for name, value in fields.items():
+        values[index[name]] = value
+    values[3] = 0
+    gptformat.HEADER_FORMAT.pack_into(sector, 0, *values)
+    struct.pack_into("<I", sector, 16, zlib.crc32(bytes(sector[:92])))
+    disk.data[lba * ss : (lba + 1) * ss] = sector
+
+
+def shrink_backup(disk: MemDisk, entries: int = 4) -> None:
+    """A CRC-valid backup that declares only ``entries`` entries, in one sector right below
+    its header."""
+    t = gptformat.read_table(disk)
+    ss, backup_lba = disk.sector_size, t.backup.header_lba
+    small = t.entries_raw[: entries * t.header.entry_size]
+    disk.write(backup_lba - 1, small + bytes(ss - len(small)))
+    rewrite_header(disk, backup_lba, entries_lba=backup_lba - 1, num_entries=entries,
+                   entries_crc=zlib.crc32(small))  # fmt: skip

@@ -23,7 +23,7 @@ from updater.cmdline import (
     strip_slot_args,
     usrhash_from_kernel,
 )
-from updater.errors import UsageError
+from updater.errors import DataError, UsageError
 
 UUID_A = uuid.UUID("7130c94a-213a-4e5a-8e26-6cce9662f132")
 UUID_B = uuid.UUID("e03dd35c-7c2d-4a47-b3fe-27f15780a57c")
@@ -42,57 +42,57 @@ def facts(**changes: Any) -> BootFacts:
 CASES = [
     pytest.param(
         facts(),
-        f"{VERITY_B} {COMMON} {DEFAULT_CONSOLE} verity.usrhash={HASH_1}",
+        f"{COMMON} {DEFAULT_CONSOLE} {VERITY_B} verity.usrhash={HASH_1}",
         id="verity-B",
     ),
     pytest.param(
         facts(letter="A", partuuid=UUID_A, usrhash=None),
-        f"mount.usr=PARTUUID={UUID_A} {COMMON} {DEFAULT_CONSOLE}",
+        f"{COMMON} {DEFAULT_CONSOLE} mount.usr=PARTUUID={UUID_A}",
         id="no-verity-A",
     ),
     pytest.param(
         facts(first_boot=True, boot_image="/flatcar/vmlinuz-b"),
-        f"BOOT_IMAGE=/flatcar/vmlinuz-b {VERITY_B} {COMMON} {DEFAULT_CONSOLE} "
-        f"flatcar.first_boot=detected verity.usrhash={HASH_1}",
+        f"BOOT_IMAGE=/flatcar/vmlinuz-b {COMMON} {DEFAULT_CONSOLE} "
+        f"flatcar.first_boot=detected {VERITY_B} verity.usrhash={HASH_1}",
         id="first-boot-boot-image",
     ),
     pytest.param(
         facts(oem=EC2),
-        f"{VERITY_B} {COMMON} console=ttyS0 flatcar.oem.id=ec2 flatcar.autologin "
-        f"verity.usrhash={HASH_1}",
+        f"{COMMON} console=ttyS0 flatcar.oem.id=ec2 flatcar.autologin "
+        f"{VERITY_B} verity.usrhash={HASH_1}",
         id="oem-everything",
     ),
     pytest.param(
         facts(oem=OemConfig(linux_append="flatcar.autologin  foo=bar")),
-        f"{VERITY_B} {COMMON} {DEFAULT_CONSOLE} flatcar.autologin foo=bar verity.usrhash={HASH_1}",
+        f"{COMMON} {DEFAULT_CONSOLE} flatcar.autologin foo=bar {VERITY_B} verity.usrhash={HASH_1}",
         id="oem-append-without-id",
     ),
     pytest.param(
         facts(oem=OemConfig(oem_id="qemu"), usrhash=None, first_boot=True),
-        f"mount.usr=PARTUUID={UUID_B} {COMMON} {DEFAULT_CONSOLE} flatcar.first_boot=detected "
-        "flatcar.oem.id=qemu",
+        f"{COMMON} {DEFAULT_CONSOLE} flatcar.first_boot=detected "
+        f"flatcar.oem.id=qemu mount.usr=PARTUUID={UUID_B}",
         id="oem-id-only-first-boot-no-verity",
     ),
     pytest.param(
         facts(oem=OemConfig(linux_console="console=ttyS0,115200n8 earlyprintk=ttyS0,115200")),
-        f"{VERITY_B} {COMMON} console=ttyS0,115200n8 earlyprintk=ttyS0,115200 "
-        f"verity.usrhash={HASH_1}",
+        f"{COMMON} console=ttyS0,115200n8 earlyprintk=ttyS0,115200 "
+        f"{VERITY_B} verity.usrhash={HASH_1}",
         id="oem-console-two-words",
     ),
     pytest.param(
         facts(extra=("systemd.log_level=debug", 'acpi_osi="Windows 2015"'), oem=EC2),
-        f"{VERITY_B} {COMMON} console=ttyS0 flatcar.oem.id=ec2 flatcar.autologin "
-        f'systemd.log_level=debug acpi_osi="Windows 2015" verity.usrhash={HASH_1}',
+        f"{COMMON} console=ttyS0 flatcar.oem.id=ec2 flatcar.autologin "
+        f'systemd.log_level=debug acpi_osi="Windows 2015" {VERITY_B} verity.usrhash={HASH_1}',
         id="extra-args",
     ),
     pytest.param(
         facts(extra=("consoleblank=0", "console=tty0", "panic=10", "panic=10")),
-        f"{VERITY_B} {COMMON} {DEFAULT_CONSOLE} panic=10 verity.usrhash={HASH_1}",
+        f"{COMMON} {DEFAULT_CONSOLE} panic=10 {VERITY_B} verity.usrhash={HASH_1}",
         id="extra-repeats-dropped",
     ),
     pytest.param(
         facts(extra=("panic=10", "--", "single", "single")),
-        f"{VERITY_B} {COMMON} {DEFAULT_CONSOLE} panic=10 verity.usrhash={HASH_1} -- single single",
+        f"{COMMON} {DEFAULT_CONSOLE} panic=10 {VERITY_B} verity.usrhash={HASH_1} -- single single",
         id="usrhash-before-init-args",
     ),
 ]
@@ -110,14 +110,14 @@ def test_initrd_delivery_is_stable_across_slots_hashes_and_first_boot() -> None:
         facts(first_boot=True, boot_image="/flatcar/vmlinuz-b"),
     ]
     lines = {build_cmdline(v, Delivery.INITRD) for v in variants}
-    assert lines == {f"mount.usr=/dev/mapper/usr {COMMON} {DEFAULT_CONSOLE}"}
+    assert lines == {f"{COMMON} {DEFAULT_CONSOLE} mount.usr=/dev/mapper/usr"}
 
 
 def test_initrd_delivery_keeps_oem_and_extra_but_no_slot_fact() -> None:
     line = build_cmdline(facts(oem=EC2, extra=("panic=10",), first_boot=True), Delivery.INITRD)
     assert line == (
-        f"mount.usr=/dev/mapper/usr {COMMON} console=ttyS0 flatcar.oem.id=ec2 "
-        "flatcar.autologin panic=10"
+        f"{COMMON} console=ttyS0 flatcar.oem.id=ec2 "
+        "flatcar.autologin panic=10 mount.usr=/dev/mapper/usr"
     )
     no_verity = build_cmdline(facts(usrhash=None), Delivery.INITRD)
     assert no_verity == f"{COMMON} {DEFAULT_CONSOLE}"
@@ -256,13 +256,13 @@ set linux_append=after
     ],
 )
 def test_parse_oem_refuses_expansion(text: str, line: int) -> None:
-    with pytest.raises(UsageError, match=f"line {line}:.*nothing is executed"):
+    with pytest.raises(DataError, match=f"line {line}:.*nothing is executed"):
         parse_oem_grub_cfg(text)
 
 
 @pytest.mark.parametrize("text", ['set oem_id="ec2', "\nset oem_id='ec2", "set oem_id=x\\"])
 def test_parse_oem_refuses_broken_quoting(text: str) -> None:
-    with pytest.raises(UsageError, match="OEM grub.cfg line"):
+    with pytest.raises(DataError, match="OEM grub.cfg line"):
         parse_oem_grub_cfg(text)
 
 
@@ -282,7 +282,7 @@ def test_facts_env() -> None:
 
 @pytest.mark.parametrize("oem_id", ["a b", "x;reboot", "$(id)", "a\nUPDATER_SLOT=A", "'q'", "é"])
 def test_facts_env_refuses_unsafe_values(oem_id: str) -> None:
-    with pytest.raises(UsageError, match="UPDATER_OEM_ID"):
+    with pytest.raises(DataError, match="UPDATER_OEM_ID"):
         facts_env(facts(oem=OemConfig(oem_id=oem_id)))
 
 
@@ -425,3 +425,99 @@ def test_facts_env_is_readable_line_by_line(state: BootFacts) -> None:
     assert env["UPDATER_USR"] == f"PARTUUID={state.partuuid}"
     assert env["UPDATER_USRHASH"] == (state.usrhash or "")
     assert env["UPDATER_FIRST_BOOT"] == ("1" if state.first_boot else "0")
+
+
+# -- nothing from the OEM partition or the configuration can name the slot ----------------------
+
+
+def getarg(line: str, key: str) -> str | None:
+    """dracut's getarg: every whitespace-separated word, the key compared exactly, the last
+    occurrence wins, and a "--" does not stop it."""
+    found = None
+    for word in line.split():
+        name, sep, value = word.partition("=")
+        if sep and name == key:
+            found = value
+    return found
+
+
+def _spellings(key: str) -> st.SearchStrategy[str]:
+    """The ways a word can still set ``key`` for some reader: case, - for _, quotes."""
+    return st.tuples(
+        st.lists(st.booleans(), min_size=len(key), max_size=len(key)),
+        st.booleans(),
+        st.sampled_from(['{}', '"{}"', '"{}', '{}"']),
+    ).map(
+        lambda t: t[2].format(
+            "".join(c.upper() if up else c for c, up in zip(key, t[0], strict=True)).replace(
+                "_", "-" if t[1] else "_"
+            )
+            + "=PARTUUID=00000000-0000-0000-0000-000000000000"
+        )
+    )
+
+
+_hostile = st.one_of(
+    st.sampled_from(cmdline.PROTECTED_KEYS).flatmap(_spellings),
+    _word,
+    st.just("--"),
+)
+
+
+@given(
+    st.lists(_hostile, max_size=6),
+    st.lists(_hostile, max_size=6),
+    st.lists(_hostile.filter(lambda w: w != "--"), max_size=3),
+    st.sampled_from(list(Delivery)),
+)
+def test_oem_and_extra_never_set_a_protected_argument(
+    append: list[str], extra: list[str], console: list[str], delivery: Delivery
+) -> None:
+    state = facts(
+        oem=OemConfig(oem_id="ec2", linux_append=" ".join(append), linux_console=" ".join(console)),
+        extra=tuple(extra),
+        boot_image="/flatcar/vmlinuz-b",
+    )
+    line = build_cmdline(state, delivery)
+    ours = {
+        "mount.usr": "/dev/mapper/usr",
+        "verity.usr": f"PARTUUID={UUID_B}" if delivery is Delivery.CMDLINE else None,
+        "verity.usrhash": HASH_1 if delivery is Delivery.CMDLINE else None,
+        "root": "LABEL=ROOT",
+        "BOOT_IMAGE": "/flatcar/vmlinuz-b" if delivery is Delivery.CMDLINE else None,
+    }
+    for key, value in ours.items():
+        assert getarg(line, key) == value, (key, line)
+    words = line.split()
+    mine = {w for w in build_cmdline(facts(boot_image="/flatcar/vmlinuz-b"), delivery).split()}
+    theirs = [w for w in words if cmdline.protected(w)]
+    assert set(theirs) <= mine and len(theirs) == len(set(theirs)), line
+    given_words = [*console, *append, *extra]
+    assert set(cmdline.dropped_args(state, delivery)) == {
+        w for w in given_words if w != "--" and cmdline.protected(w)
+    }
+
+
+@pytest.mark.parametrize(
+    "word",
+    ['"verity.usr=PARTUUID=x"', "VERITY.USR=x", "MOUNT.USRFLAGS=rw", 'ver"ity.usrhash=x', "init=/x",
+     "root", "Mount.Usr=PARTUUID=x", "systemd.verity_usr_data=x", "flatcar.first-boot=detected"],
+)  # fmt: skip
+def test_protected_words_however_written(word: str) -> None:
+    assert cmdline.protected(word)
+    state = facts(oem=OemConfig(linux_append=f"a=1 -- {word}"), extra=(word,))
+    assert word not in build_cmdline(state).split()
+    assert cmdline.dropped_args(state) == (word, word)
+
+
+def test_panic_after_root_and_the_slot_last_before_init_args() -> None:
+    line = build_cmdline(facts(panic=10, extra=("x=1", "--", "single")))
+    assert line == (
+        f"{COMMON} panic=10 {DEFAULT_CONSOLE} x=1 {VERITY_B} verity.usrhash={HASH_1} -- single"
+    )
+
+
+@pytest.mark.parametrize("text", ['set linux_append="a\0b"', "set oem_id=x\x1b[2J"])
+def test_parse_oem_refuses_control_characters(text: str) -> None:
+    with pytest.raises(DataError, match="control character"):
+        parse_oem_grub_cfg(text)

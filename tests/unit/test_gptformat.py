@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 
 from updater import gptformat, slots
 from updater.errors import GptError
-from updater.state import slots_of
+from updater.slots import slots_of
 
-from .memdisk import MemDisk, build, flatcar_parts, region_lba
+from .memdisk import MemDisk, build, flatcar_parts, region_lba, rewrite_header, shrink_backup
 
 A_GOOD = slots.encode(0, priority=1, tries=0, successful=True)
 FOREIGN = (1 << 0) | (1 << 2) | (1 << 57) | (1 << 60) | (1 << 63) | (0xABCD << 16)
@@ -133,31 +133,87 @@ def test_entries_by_number_and_names() -> None:
     assert by[3].name == "USR-A" and by[3].number == 3
 
 
+# --- hostile geometry ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ss", [512, 4096])
+def test_backup_with_fewer_entries_is_never_overrun(ss: int) -> None:
+    """A CRC-valid backup header that declares 4 entries (one sector right below it) must not
+    make a write put the primary's whole array there: over the backup header, past the end."""
+    disk = build(flatcar_parts(A_GOOD), sector_size=ss)
+    shrink_backup(disk)
+    table = gptformat.read_table(disk)
+    assert not table.backup.valid and table.needs_repair
+    cur = slots_of(table.entries())
+    changes = slots.set_active(cur, 4, booted=3).changes
+    plan = gptformat.plan_write(
+        table, gptformat.with_attributes(table, {p - 1: a for p, a in changes.items()})
+    )
+    assert all(lba < disk.total_sectors for lba, _ in plan.sectors())
+    size = len(disk.data)
+    disk.apply(plan)
+    assert len(disk.data) == size
+    after = gptformat.read_table(disk)
+    assert after.primary.valid and after.backup.valid and not after.needs_repair
+    assert after.backup.header is not None and after.backup.header.num_entries == 128
+    repaired = disk.copy()
+    repaired.apply(gptformat.plan_repair(gptformat.read_table(repaired)))
+    assert repaired.data == disk.data  # nothing left to repair
+
+
+@pytest.mark.parametrize("alternate", [40, 2, 10**9])
+def test_wrong_alternate_lba_does_not_hide_the_backup(alternate: int) -> None:
+    disk = build(flatcar_parts(A_GOOD))
+    rewrite_header(disk, 1, alternate_lba=alternate)
+    table = gptformat.read_table(disk)
+    assert table.primary.valid and table.backup.valid
+    assert table.backup.header_lba == disk.total_sectors - 1
+    assert table.needs_repair and table.alternate_wrong
+    plan = gptformat.plan_repair(table)
+    assert [lba for lba, _ in plan.sectors()] == [1]  # only the primary header is rewritten
+    disk.apply(plan)
+    fixed = gptformat.read_table(disk)
+    assert not fixed.needs_repair
+    assert fixed.primary.header is not None
+    assert fixed.primary.header.alternate_lba == disk.total_sectors - 1
+
+
 # --- power cuts ----------------------------------------------------------------------------
 
-TRANSITIONS = st.sampled_from(["set-active", "next", "mark-good", "rollback"])
+TRANSITIONS = [
+    "set-active", "next", "mark-good", "mark-bad", "rollback", "prioritize", "make-unbootable",
+    "kexec", "give-back",
+]  # fmt: skip
+DAMAGE = [None, "primary-header", "primary-entries", "backup-header", "backup-entries"]
 
 
 def _transition(name: str, ss: list[slots.Slot]) -> dict[int, int]:
-    if name == "set-active":
-        return dict(slots.set_active(ss, 4, booted=3, force=True).changes)
-    if name == "next":
-        return dict(slots.next_boot(ss)[1].changes)
-    if name == "mark-good":
-        return dict(slots.mark_good(ss, 4).changes)
-    return dict(slots.prioritize(ss, 3))
+    """Every transition the project writes, on a disk where A is good and B is on trial."""
+    b = next(s for s in ss if s.partition == 4)
+    decided = {
+        "set-active": lambda: slots.set_active(ss, 4, tries=3, booted=3),
+        "next": lambda: slots.next_boot(ss)[1],
+        "mark-good": lambda: slots.mark_good(ss, 4),
+        "mark-bad": lambda: slots.mark_bad(ss, 4),
+        "rollback": lambda: slots.rollback(ss, 4, has_image=True),
+        "prioritize": lambda: slots.prioritize_transition(ss, 3),
+        "make-unbootable": lambda: slots.make_unbootable(ss, 4, booted=3),
+        "kexec": lambda: slots.consume_try(ss, b),
+        "give-back": lambda: slots.give_back_try(ss, b),
+    }[name]()
+    assert decided.changes, f"{name} changes nothing on this disk: the sweep would be empty"
+    return dict(decided.changes)
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    TRANSITIONS,
-    st.sampled_from([512, 4096]),
-    st.sampled_from([None, "primary-header", "primary-entries", "backup-header", "backup-entries"]),
-    st.booleans(),
-)
+@pytest.mark.parametrize("torn", [False, True])
+@pytest.mark.parametrize("damage", DAMAGE)
+@pytest.mark.parametrize("ss", [512, 4096])
+@pytest.mark.parametrize("name", TRANSITIONS)
 def test_power_cut_after_any_sector_leaves_old_or_new(
     name: str, ss: int, damage: str | None, torn: bool
 ) -> None:
+    """Exhaustive: every transition, both sector sizes, each copy damaged beforehand or none,
+    a cut after every sector of the plan, with and without the next sector torn in half."""
     b = slots.encode(FOREIGN, priority=2, tries=1, successful=False)
     disk = build(flatcar_parts(A_GOOD | FOREIGN, b), sector_size=ss)
     if damage:
@@ -186,4 +242,45 @@ def test_power_cut_after_any_sector_leaves_old_or_new(
         assert seen in (old, new), f"cut after {cut} of {len(writes)} sectors"
         assert (
             slots.choose_next([slots.Slot(p, "", slots.USR_TYPE, a) for p, a in seen]) is not None
-        )
+        ) or name == "mark-bad" and seen == new
+
+
+# --- the family: any CRC-valid header, whatever its numbers say ----------------------------
+
+_FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "alternate_lba": st.integers(0, 1 << 20),
+        "entries_lba": st.integers(0, 1 << 20),
+        "num_entries": st.integers(1, 256),
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["primary", "backup"]), _FIELDS, st.sampled_from([512, 4096]))
+def test_no_header_can_make_a_write_leave_its_place(
+    which: str, fields: dict[str, int], ss: int
+) -> None:
+    """A header with any alternate LBA, entry location or entry count, and a correct CRC32:
+    the table is read from a valid copy or refused, and a write then stays inside the disk,
+    never touches the usable area, and leaves two valid copies with the new attributes."""
+    disk = build(flatcar_parts(A_GOOD), sector_size=ss)
+    t = gptformat.read_table(disk)
+    rewrite_header(disk, 1 if which == "primary" else t.backup.header_lba, **fields)
+    try:
+        table = gptformat.read_table(disk)
+    except GptError:
+        return
+    new_b = slots.encode(0, priority=2, tries=1)
+    plan = gptformat.plan_write(table, gptformat.with_attributes(table, {3: new_b}))
+    h = t.header
+    for lba, data in plan.sectors():
+        assert 0 < lba < disk.total_sectors and len(data) == ss
+        assert not h.first_usable_lba <= lba <= h.last_usable_lba, f"wrote LBA {lba}"
+    size = len(disk.data)
+    disk.apply(plan)
+    assert len(disk.data) == size
+    after = gptformat.read_table(disk)
+    assert after.primary.valid and after.backup.valid and not after.needs_repair
+    assert dict(state_of(disk))[4] == new_b

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from updater import grubenv, slots
-from updater.errors import UsageError
+from updater.errors import DataError, UsageError
 from updater.layout import USR_A_UUID, USR_B_UUID
 
 HASH_A = "a" * 64
@@ -51,7 +51,7 @@ def test_parse_undoes_grub_escapes() -> None:
 
 
 def test_parse_requires_header() -> None:
-    with pytest.raises(UsageError):
+    with pytest.raises(DataError):
         grubenv.parse(b"k=v\n" + b"#" * 1020)
 
 
@@ -156,3 +156,94 @@ def test_other_partitions_are_not_slots() -> None:
     values = grubenv.slot_vars(table, {})
     assert "usr_a_priority" in values and not any(k.startswith("usr_c") for k in values)
     assert values["usr_sync"].startswith("3:0101000000000000,5:")
+
+
+# --- the two copies --------------------------------------------------------------------------
+
+
+def values_of(table: list[slots.Slot]) -> dict[str, str]:
+    values = grubenv.slot_vars(table, {"A": HASH_A, "B": HASH_B})
+    values[grubenv.PANIC_KEY] = "10"
+    return values
+
+
+def test_tries_are_one_hex_digit_and_reconcile_reads_them() -> None:
+    table = [usr(3, "USR-A", 1, 0, True), usr(4, "USR-B", 2, 12, False)]
+    env = grubenv.slot_vars(table, {})
+    assert env["usr_b_tries"] == "c"
+    env["usr_b_tries"] = "b"  # GRUB's chain: c -> b
+    assert grubenv.reconcile(env, table) == {4: slots.encode(table[1].attributes, tries=11)}
+    env["usr_b_tries"] = "11"  # a block of an earlier version, in decimal
+    assert grubenv.reconcile(env, table) == {4: slots.encode(table[1].attributes, tries=11)}
+
+
+def test_copy_framing_and_choice() -> None:
+    values = values_of(after_update())
+    block = grubenv.render_copy(values, 7)
+    text = block.decode()
+    assert text.index("usr_seq=7\n") < text.index("usr_a_priority") < text.index("usr_end=7\n")
+    assert grubenv.EnvCopy.of(block).seq == 7
+    assert grubenv.EnvCopy.of(block).payload() == values
+    cut = block.replace(b"usr_end=7", b"usr_end=6")
+    assert grubenv.EnvCopy.of(cut).seq is None
+    legacy = grubenv.render(values)  # an earlier version's single block: the oldest state
+    assert grubenv.EnvCopy.of(legacy).seq == 0
+    assert grubenv.EnvCopy.of(None).seq is None and grubenv.EnvCopy.of(b"junk").seq is None
+    copies = [grubenv.EnvCopy.of(b) for b in (block, grubenv.render_copy(values, 7))]
+    assert grubenv.choose(copies) == 0  # a tie goes to the first copy, as in grub.cfg
+    copies[0] = grubenv.EnvCopy.of(grubenv.render_copy(values, 6))
+    assert grubenv.choose(copies) == 1
+    assert grubenv.choose([grubenv.EnvCopy.of(cut), grubenv.EnvCopy.of(None)]) is None
+    assert grubenv.plan_rewrite([grubenv.EnvCopy.of(block)] * 2, values) == []
+
+
+SECTORS = [512, 1024]  # a 512-byte disk writes a block in two sectors; a 4K disk in one write
+BEFORE = ["same", "first-torn", "second-torn", "second-missing", "second-newer", "legacy"]
+
+
+def _copies_before(kind: str, old: dict[str, str]) -> list[bytes | None]:
+    a, b = grubenv.render_copy(old, 5), grubenv.render_copy(old, 5)
+    if kind == "first-torn":
+        a = a[:600] + grubenv.render_copy(old, 4)[600:]
+    elif kind == "second-torn":
+        b = b[:300] + bytes(len(b) - 300)
+    elif kind == "second-missing":
+        return [a, None]
+    elif kind == "second-newer":
+        a = grubenv.render_copy(old, 4)
+    elif kind == "legacy":
+        return [grubenv.render(old), None]
+    return [a, b]
+
+
+@pytest.mark.parametrize("torn", [False, True])
+@pytest.mark.parametrize("sector", SECTORS)
+@pytest.mark.parametrize("before", BEFORE)
+def test_power_cut_while_rewriting_the_copies_leaves_old_or_new(
+    before: str, sector: int, torn: bool
+) -> None:
+    """The rewrite modelled as in-place sector writes, copy after copy in the planned order:
+    a cut after every sector, with and without the next sector half written, always leaves a
+    complete copy that GRUB (``choose``) takes, holding the old or the new state."""
+    old_table = after_update()
+    new_table = slots.apply(old_table, {4: slots.encode(old_table[1].attributes, tries=0)})
+    old, new = values_of(old_table), values_of(new_table)
+    start = _copies_before(before, old)
+    plan = grubenv.plan_rewrite([grubenv.EnvCopy.of(c) for c in start], new)
+    assert [i for i, _ in plan][-1] == grubenv.choose([grubenv.EnvCopy.of(c) for c in start])
+    writes = [(i, off, block[off : off + sector]) for i, block in plan
+              for off in range(0, len(block), sector)]  # fmt: skip
+    for cut in range(len(writes) + 1):
+        files = [bytearray(c if c is not None else bytes(grubenv.SIZE)) for c in start]
+        for i, off, data in writes[:cut]:
+            files[i][off : off + len(data)] = data
+        if torn and cut < len(writes):
+            i, off, data = writes[cut]
+            half = len(data) // 2
+            files[i][off : off + half] = data[:half]
+        copies = [grubenv.EnvCopy.of(bytes(f)) for f in files]
+        in_use = grubenv.choose(copies)
+        assert in_use is not None, f"no complete copy after {cut} of {len(writes)} writes"
+        assert copies[in_use].payload() in (old, new), f"cut after {cut} of {len(writes)}"
+    final = [grubenv.EnvCopy.of(bytes(block)) for _, block in sorted(plan)]
+    assert all(c.payload() == new for c in final)

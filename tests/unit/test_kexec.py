@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from updater import bootflow, gptformat, kexec, slots, state
+from updater import bootflow, bootplan, contracts, gptformat, kexec, slots, state
+from updater.bootfs import BootFiles
 from updater.cmdline import Delivery
 from updater.config import BootSettings
 from updater.errors import NoBootableSlot, SlotError, VerificationError
 from updater.kexec import KexecImage, KexecSupport, Method
+from updater.target import Target
 
 from .memdisk import build, flatcar_parts
 
@@ -86,10 +88,13 @@ def test_classify(stderr: str, cause: str) -> None:
 
 
 def test_exec_and_firmware_commands() -> None:
-    assert kexec.exec_argvs(force=False, systemd=True) == [["systemctl", "kexec"]]
-    assert kexec.exec_argvs(force=True, systemd=True)[-1] == ["kexec", "-e"]
-    assert kexec.exec_argvs(force=False, systemd=False)[0] == ["sync"]
-    fw = kexec.firmware_argvs(force=False, systemd=True)
+    def exec_argvs(**kw: bool) -> list[list[str]]:
+        return kexec.argvs(kexec.exec_steps(**kw))
+
+    assert exec_argvs(force=False, systemd=True) == [["systemctl", "kexec"]]
+    assert exec_argvs(force=True, systemd=True)[-1] == ["kexec", "-e"]
+    assert exec_argvs(force=False, systemd=False)[0] == ["sync"]
+    fw = kexec.argvs(kexec.firmware_steps(force=False, systemd=True))
     assert fw[0] == ["kexec", "-u"] and fw[-1] == ["systemctl", "reboot"]  # stale kernel dropped
 
 
@@ -120,9 +125,6 @@ class MemFiles:
     def write(self, rel: str, data: bytes) -> None:
         self.files[rel] = data
 
-    def local_copy(self, rel: str, directory: str) -> str:
-        return f"{directory}/{rel}"
-
 
 def kernel(h: str | None) -> bytes:
     data = bytearray(4096)
@@ -134,8 +136,16 @@ def kernel(h: str | None) -> bytes:
 def disk_state(a: tuple[int, int, bool], b: tuple[int, int, bool]) -> state.DiskState:
     enc = [slots.encode(0, priority=p, tries=t, successful=s) for p, t, s in (a, b)]
     table = gptformat.read_table(build(flatcar_parts(enc[0], enc[1])))
-    found = state.slots_of(table.entries())
+    found = slots.slots_of(table.entries())
     return state.DiskState("disk.img", table, found, 3)
+
+
+def target(
+    esp: BootFiles, oem: BootFiles | None = None, settings: BootSettings | None = None,
+    running: str = "",
+) -> Target:  # fmt: skip
+    """The Target these plans are made for: an image file booted from USR-A."""
+    return Target("disk.img", 3, esp, oem, running, settings or BootSettings())
 
 
 def esp(**extra: bytes) -> MemFiles:
@@ -152,9 +162,7 @@ def esp(**extra: bytes) -> MemFiles:
 def test_plan_follows_grub_choice_and_builds_flatcar_cmdline() -> None:
     st = disk_state((1, 0, True), (2, 1, False))
     oem = MemFiles({"grub.cfg": b'set oem_id="qemu"\nset linux_append="x=1"\n'})
-    plan = bootflow.plan_boot(
-        st, None, esp(flatcar__first_boot=b""), oem, BootSettings(), ""
-    )
+    plan = bootplan.plan_boot(st, None, target(esp(flatcar__first_boot=b""), oem))
     assert plan.slot.partition == 4 and plan.kernel == "flatcar/vmlinuz-b"
     assert plan.initrd == "flatcar/initrd-b"
     words = plan.cmdline.split()
@@ -168,13 +176,11 @@ def test_plan_refuses_kernel_without_hash_and_unbootable_slots() -> None:
     files = esp()
     files.files["flatcar/vmlinuz-b"] = kernel(None)
     with pytest.raises(VerificationError, match="no dm-verity root hash"):
-        bootflow.plan_boot(st, None, files, None, BootSettings(), "")
+        bootplan.plan_boot(st, None, target(files))
     with pytest.raises(SlotError, match="cannot boot"):
-        bootflow.plan_boot(disk_state((1, 0, True), (0, 0, False)), "B", esp(), None,
-                           BootSettings(), "")  # fmt: skip
+        bootplan.plan_boot(disk_state((1, 0, True), (0, 0, False)), "B", target(esp()))
     with pytest.raises(NoBootableSlot):
-        bootflow.plan_boot(disk_state((0, 0, True), (0, 0, False)), None, esp(), None,
-                           BootSettings(), "")  # fmt: skip
+        bootplan.plan_boot(disk_state((0, 0, True), (0, 0, False)), None, target(esp()))
 
 
 def test_plan_reuses_running_cmdline_without_slot_args() -> None:
@@ -184,7 +190,7 @@ def test_plan_reuses_running_cmdline_without_slot_args() -> None:
         f"verity.usr=PARTUUID={uuid.uuid4()} root=LABEL=ROOT quiet custom=1 verity.usrhash={HASH_B}"
     )
     cfg = BootSettings(reuse_cmdline=True)
-    plan = bootflow.plan_boot(st, None, esp(), None, cfg, running)
+    plan = bootplan.plan_boot(st, None, target(esp(), settings=cfg, running=running))
     words = plan.cmdline.split()
     assert "custom=1" in words and "quiet" not in words
     assert words.count("root=LABEL=ROOT") == 1
@@ -194,11 +200,11 @@ def test_plan_reuses_running_cmdline_without_slot_args() -> None:
 def test_stage_initrd_delivery_appends_facts_archive() -> None:
     st = disk_state((1, 0, True), (0, 0, False))
     cfg = BootSettings(delivery=Delivery.INITRD)
-    plan = bootflow.stage(
-        bootflow.plan_boot(st, "A", esp(), None, cfg, ""), esp(), "/run/x", copy=False
+    plan = bootplan.stage(
+        bootplan.plan_boot(st, "A", target(esp(), settings=cfg)), "/run/x", copy=False
     )
     assert "verity.usrhash" not in plan.cmdline and "PARTUUID" not in plan.cmdline
     assert plan.image().initrd == "/run/x/initrd-with-facts"
-    doc = bootflow.plan_json(plan, [], "kexec_file_load")
+    doc = contracts.reboot(bootflow.Report(Method.FILE, (), plan.slot, plan))
     assert doc["initrd"] == ["/run/x/flatcar_initrd-a", "/run/x/boot-facts.cpio"]
     assert doc["slot"] == "A" and doc["partition"] == 3

@@ -359,3 +359,32 @@ def test_nothing_offered_is_nothing_to_do() -> None:
     assert choose([], arch="arm64", booted=v("1")).release is None
     with pytest.raises(ReleaseError, match="unknown architecture"):
         choose(OFFER, arch="riscv64", booted=v("1"))
+
+
+# ------------------------------------------------------------------------------ rollout waves
+
+
+def with_waves(value: Any) -> dict[str, Any]:
+    doc = usr_doc()
+    doc["custom"]["updater"]["waves"] = value
+    return doc
+
+
+def test_waves_are_optional_and_read_back() -> None:
+    assert release.parse_usr(signed(usr_doc()), "stable", "x86_64", v("3")).waves == ()
+    waves = [[100, "2030-01-01T02:00:00Z"], [2048, "2030-01-02T02:00:00+01:00"]]
+    image = release.parse_usr(signed(with_waves(waves)), "stable", "x86_64", v("3"))
+    assert image.waves == ((100, "2030-01-01T02:00:00Z"), (2048, "2030-01-02T02:00:00+01:00"))
+    assert release.usr_custom(image)["updater"]["waves"] == waves
+
+
+@pytest.mark.parametrize(
+    "value",
+    [[], "soon", [[0, "2030-01-01T02:00:00Z"]], [[2049, "2030-01-01T02:00:00Z"]],
+     [[True, "2030-01-01T02:00:00Z"]], [[10, "2030-01-01"]], [[10, "tomorrow"]],
+     [[10, "2030-01-01T02:00:00Z", 3]], [["10", "2030-01-01T02:00:00Z"]],
+     [[10, "2030-01-01T02:00:00Z"]] * 65],
+)  # fmt: skip
+def test_bad_waves_are_refused(value: Any) -> None:
+    with pytest.raises(VerificationError, match="waves"):
+        release.parse_usr(signed(with_waves(value)), "stable", "x86_64", v("3"))

@@ -255,3 +255,86 @@ def test_no_sequence_leaves_no_bootable_slot_unless_marked_bad(
             for _ in range(40):
                 chosen, t = slots.next_boot(trial)
                 trial = slots.apply(trial, t.changes)
+
+
+# --- the update flow's transition, kexec's try, roles --------------------------------------
+
+
+def test_make_unbootable_before_overwriting_a_slot() -> None:
+    """Bottlerocket's P0 T0 S0 before a slot is written; every other bit is kept."""
+    ss = [mk(3, 2, 0, True, "USR-A"), mk(4, 1, 0, True, "USR-B", extra=1 << 57)]
+    t = slots.make_unbootable(ss, 4, booted=3)
+    after = slots.apply(ss, t.changes)
+    assert pts(after) == [(2, 0, True), (0, 0, False)]
+    assert after[1].attributes == 1 << 57
+    assert t.action == "make-unbootable" and t.target == 4
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_make_unbootable_never_takes_the_booted_slot(force: bool) -> None:
+    ss = [mk(3, 2, 0, True, "USR-A"), mk(4, 1, 0, True, "USR-B")]
+    with pytest.raises(SlotError, match="booted slot"):
+        slots.make_unbootable(ss, 3, booted=3, force=force)
+    with pytest.raises(SlotError, match="booted slot is unknown"):
+        slots.make_unbootable(ss, 4, booted=None, force=force)
+
+
+def test_make_unbootable_is_guarded_like_the_others() -> None:
+    # Booted from B on trial, A the only good slot: overwriting A would leave no fallback.
+    ss = [mk(3, 1, 0, True, "USR-A"), mk(4, 2, 0, False, "USR-B")]
+    with pytest.raises(SlotError, match="no other slot could boot"):
+        slots.make_unbootable(ss, 3, booted=4)
+    # B still has a try: bootable, but never proven; A is the last good one.
+    ss = [mk(3, 1, 0, True, "USR-A"), mk(4, 2, 1, False, "USR-B")]
+    with pytest.raises(SlotError, match="fall back"):
+        slots.make_unbootable(ss, 3, booted=4)
+    forced = slots.apply(ss, slots.make_unbootable(ss, 3, booted=4, force=True).changes)
+    assert pts(forced) == [(0, 0, False), (2, 1, False)]
+
+
+def test_consume_and_give_back_a_kexec_try() -> None:
+    ss = [mk(3, 1, 0, True, "USR-A"), mk(4, 2, 2, False, "USR-B")]
+    consumed = slots.apply(ss, slots.consume_try(ss, ss[1]).changes)
+    assert pts(consumed) == [(1, 0, True), (2, 1, False)]
+    back = slots.apply(consumed, slots.give_back_try(consumed, consumed[1]).changes)
+    assert back == ss
+    # Only when nothing changed in between: a newer state is never overwritten.
+    marked = slots.apply(consumed, slots.mark_good(consumed, 4).changes)
+    assert slots.give_back_try(marked, consumed[1]).empty
+    with pytest.raises(SlotError, match="changed while preparing"):
+        slots.consume_try(marked, ss[1])
+    good = [mk(3, 1, 0, True, "USR-A")]
+    assert slots.consume_try(good, good[0]).empty  # a proven slot with tries 0: no write
+
+
+def test_resolve_roles() -> None:
+    ss = fresh()
+    assert slots.resolve(ss, "booted", booted=3).partition == 3
+    assert slots.resolve(ss, "other", booted=3).partition == 4
+    assert slots.resolve(ss, " Other ", booted=4).partition == 3
+    with pytest.raises(UsageError, match="booted slot, which is unknown"):
+        slots.resolve(ss, "other")
+
+
+@pytest.mark.parametrize("label", ["USR-1", "USR-\n", "USR-é", "USR-"])
+def test_a_label_names_a_letter_only_when_it_is_one(label: str) -> None:
+    assert Slot(3, label, uuid.uuid4(), 0).letter is None
+
+
+@pytest.mark.parametrize("tries", [1, 2, 3])
+def test_both_slots_failing_is_bounded_by_the_tries(tries: int) -> None:
+    """Every boot fails and nobody marks anything good: the trial slot gets exactly its tries,
+    then GRUB boots the known-good slot on every boot after, never the trial slot again; with no
+    good slot either, nothing boots after the tries (GRUB stops instead of looping)."""
+    ss = slots.apply(fresh(), slots.set_active(fresh(), 4, tries=tries, booted=3).changes)
+    booted = []
+    for _ in range(tries + 10):
+        chosen, t = slots.next_boot(ss)
+        booted.append(chosen.partition)
+        ss = slots.apply(ss, t.changes)
+    assert booted == [4] * tries + [3] * 10
+    nothing_good = [mk(3, 1, 0, False, "USR-A"), mk(4, 2, tries, False, "USR-B")]
+    for _ in range(tries):
+        nothing_good = slots.apply(nothing_good, slots.next_boot(nothing_good)[1].changes)
+    with pytest.raises(NoBootableSlot):
+        slots.next_boot(nothing_good)

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import random
 import struct
 import uuid
+from pathlib import Path
 
 import pytest
 
+from updater import verityfile
 from updater.commands import verity as verity_command
-from updater.errors import UsageError, VerificationError
+from updater.errors import DeviceError, UsageError, VerificationError
 from updater.verity import (
     BLOCK_SIZE,
     Superblock,
@@ -291,3 +294,46 @@ def test_cli_rejects(argv: list[str], capsys: pytest.CaptureFixture[str]) -> Non
         parse(*argv)
     assert exc.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+# --- hashing in forked workers ----------------------------------------------------------------
+
+
+def test_forked_workers_give_the_same_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many small ranges over 1..4 worker processes: the same tree as one process, in order."""
+    monkeypatch.setattr(verityfile, "RANGE_SIZE", 64 * 1024)
+    data = tmp_path / "data"
+    data.write_bytes(os.urandom(40 * 64 * 1024 + 3 * 4096))  # 41 ranges, the last one short
+    params = VerityParams(blocks_for_size(data.stat().st_size), b"salt")
+    one = verityfile.compute_tree(str(data), params, workers=1)
+    for workers in (2, 3, 4):
+        seen: list[int] = []
+
+        def progress(done: int, total: int, seen: list[int] = seen) -> None:
+            seen.append(done)
+
+        tree = verityfile.compute_tree(str(data), params, workers=workers, progress=progress)
+        assert tree == one
+        assert seen == sorted(seen) and seen[-1] == data.stat().st_size and len(seen) == 41
+
+
+def test_a_failing_worker_is_an_error_and_leaves_no_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(verityfile, "RANGE_SIZE", 64 * 1024)
+    data = tmp_path / "data"
+    data.write_bytes(bytes(8 * 64 * 1024))
+    real = verityfile._range_digests
+
+    def flaky(path: str, salt: bytes, start: int, size: int) -> bytes:
+        if start == 5 * 64 * 1024:
+            raise OSError(5, "Input/output error")
+        return real(path, salt, start, size)
+
+    monkeypatch.setattr(verityfile, "_range_digests", flaky)
+    with pytest.raises(DeviceError, match="failed in a worker process"):
+        verityfile.compute_tree(str(data), VerityParams(128, b""), workers=2)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)  # every child was reaped

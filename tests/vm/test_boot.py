@@ -18,7 +18,8 @@ import pytest
 
 from tests.vm import harness
 from tests.vm.conftest import MachineFactory
-from updater import gptformat, layout, state
+from updater import gptformat, grubenv, layout, state, target
+from updater.espenv import COPIES
 
 pytestmark = pytest.mark.vm
 
@@ -32,13 +33,13 @@ USR_A = 3
 
 def usr_a(disk: Path) -> tuple[gptformat.GptEntry, int]:
     """USR-A's partition entry and the disk's sector size, read with the project's GPT reader."""
-    st = state.load(str(disk), "A")
+    st = state.load(target.resolve(str(disk), "A"))
     entry = gptformat.entries_by_number(st.table.entries())[USR_A]
     return entry, st.table.sector_size
 
 
 def esp_offset(disk: Path) -> int:
-    st = state.load(str(disk), "A")
+    st = state.load(target.resolve(str(disk), "A"))
     entries = st.table.entries()
     esp = next(e for e in entries if e.type_guid == layout.ESP_TYPE)
     return esp.first_lba * st.table.sector_size
@@ -104,7 +105,7 @@ def test_boots_usr_a_with_verity(
     assert m.poweroff(timeout=180) == 0
 
 
-def test_corrupted_usr_stops_the_boot(
+def test_corrupted_usr_stops_the_boot_and_reboots(
     machines: MachineFactory, ovmf: harness.Firmware, built_image: Any, tmp_path: Path
 ) -> None:
     manifest = json.loads(Path(built_image.manifest_v1).read_text())
@@ -117,13 +118,28 @@ def test_corrupted_usr_stops_the_boot(
         byte = f.read(1)
         f.seek(offset)
         f.write(bytes([byte[0] ^ 0xFF]))
+    # Both grubenv copies cut short as well (their closing number differs): GRUB must not halt
+    # but boot the slot that booted successfully before, A (whose USR is what fails here).
+    image, env = f"{disk}@@{esp_offset(disk)}", {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    for copy in COPIES:
+        block = subprocess.run(["mcopy", "-n", "-i", image, f"::/{copy}", "-"], check=True,
+                               capture_output=True, env=env).stdout  # fmt: skip
+        damaged = block.replace(b"usr_end=1\n", b"usr_end=9\n")
+        assert damaged != block and grubenv.EnvCopy.of(damaged).seq is None
+        subprocess.run(["mcopy", "-o", "-i", image, "-", f"::/{copy}"], input=damaged,
+                       check=True, capture_output=True, env=env)  # fmt: skip
 
-    m = firmware_machine(machines, ovmf, disk)
+    # -no-reboot: the guest's reboot ends QEMU, so this one boot is all the test waits for.
+    m = machines(harness.VmConfig(ovmf, disk=disk, extra_args=("-no-reboot",)))
     m.start()
+    m.wait_for(r"UPDATER-GRUBENV-DAMAGED", BOOT_TIMEOUT)
+    m.wait_for(r"Booting USR-a", BOOT_TIMEOUT)
     failed = m.wait_for(r"UPDATER-BOOT-FAILED: ([^\r\n]*)\r?\n", BOOT_TIMEOUT)
     print(f"vm: boot stopped with: {failed.group(0).strip()}")
     assert "verity" in failed.group(1)
-    # The initrd powers the machine off after a failure; nothing from USR ever ran.
+    # The initrd reboots through the firmware after a failure (GRUB then picks the slot; here
+    # the only one, whose every boot fails the same way, a pause apart); nothing from USR ran.
+    m.wait_for(r"UPDATER-REBOOTING", 60, failed.end())
     m.wait_exit(180)
     assert not re.search(READY, m.console.text)
 

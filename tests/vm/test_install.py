@@ -102,8 +102,14 @@ def test_network_install_kexec_then_cold_boot(
     missing = harness.missing_tools(["sgdisk", "mkfs.ext4", "wipefs"])
     if missing or not Path("/usr/lib/ipxe/qemu/efi-virtio.rom").is_file():
         pytest.skip(f"missing {', '.join(missing) or 'efi-virtio.rom (Debian package ipxe-qemu)'}")
+    repo = tmp_path / "repo"
+    shutil.copytree(built_image.repo, repo)
+    from images.build import payload, publish_release  # the builder is loaded by conftest
+
+    # the installer runs version 1 (its own image); it installs the repository's newest, 2
+    publish_release(repo, payload(Path(built_image.directory), 2), Path(built_image.initrd))
     forged = tmp_path / "forged"
-    forged_copy(built_image.repo, forged)
+    forged_copy(repo, forged)
     tftp = tmp_path / "tftp"
     tftp.mkdir()
     boot_script(tftp, built_image)
@@ -111,7 +117,7 @@ def test_network_install_kexec_then_cold_boot(
     with disk.open("rb") as f:
         original = hashlib.sha256(f.read(1 << 20)).hexdigest()
 
-    with RepoServer(built_image.repo) as good, RepoServer(forged) as bad:
+    with RepoServer(repo) as good, RepoServer(forged) as bad:
         forwards = (harness.Forward(port(good)), harness.Forward(port(bad), guest_addr=BAD))
         m = machines(harness.VmConfig(
             ovmf, disk=disk, forwards=forwards, net_boot=harness.NetBoot(tftp, "boot.ipxe"),
@@ -138,7 +144,7 @@ def test_network_install_kexec_then_cold_boot(
         since = m.console.position()
         m.console.write("updater install --disk /dev/vda --repo http://10.0.2.100 --wipe --yes "
                         "--json\n")  # fmt: skip
-        m.wait_for(r'"done":\d{8,},"event":"progress","phase":"write"', 300, since)
+        m.wait_for(r'"bytes":\d{8,},"event":"downloading"', 300, since)
         m.kill()
         cut = harness.to_raw(m.overlay or disk, tmp_path / "cut.img")
         with open_disk(str(cut)) as d, pytest.raises(GptError, match="protective MBR"):
@@ -165,8 +171,11 @@ def test_network_install_kexec_then_cold_boot(
         status = m.run("updater status --json", timeout=120).check().output
         a = next(s for s in json.loads(status)["slots"] if s["partition"] == 3)
         assert (a["priority"], a["tries"], a["successful"], a["booted"]) == (1, 0, True, True)
+        assert "rebooting into the installed USR-A (kexec_file_load)" in m.console.text
         cmdline = m.run("cat /proc/cmdline").check().output
         assert "flatcar.first_boot=detected" in cmdline and "flatcar.oem.id=qemu" in cmdline
+        v2 = json.loads(Path(built_image.manifest_v2).read_text())["root_hash"]
+        assert f"verity.usrhash={v2}" in cmdline and f"verity.usr=PARTUUID={USR_A}" in cmdline
         assert m.run("test -f /var/lib/updater/first-boot").status == 0
 
         # 5. power off and on: OVMF and GRUB boot the same slot, not a first boot any more

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import FrameType
-from typing import Protocol
+from typing import Any, Protocol
 
 from updater.agent import machine, metrics
 from updater.agent.locking import RebootLock
@@ -122,13 +122,15 @@ class Agent:
                     raise
                 self.say("the agent is running and verifies the boot itself")
                 return 0
-            self._signals()
+            previous = self._signals()
             try:
                 return self._loop(mode)
             except Stopping:
                 self.say("stopping at a safe point")
                 return 0
             finally:
+                for sig, old in previous.items():
+                    signal.signal(sig, old)
                 self.notifier.stopping()
 
     def _loop(self, mode: Mode) -> int:
@@ -293,13 +295,16 @@ class Agent:
         self.say(text)
         self.notifier.status(self._status(step))
 
-    def _signals(self) -> None:
+    def _signals(self) -> dict[int, Any]:
+        """A stop request instead of dying, while the loop runs; returns the handlers to put
+        back (the agent may run inside a longer-lived process, as in tests)."""
+
         def handler(signum: int, frame: FrameType | None) -> None:
             self.stop.set()
 
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, handler)
-            signal.signal(signal.SIGINT, handler)
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
 
 
 def _describe(action: Action, rec: Record) -> str:

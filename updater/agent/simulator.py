@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from updater import layout, slots, state
+from updater import layout, slots, state, target
 from updater.agent.schedule import parse_waves
 from updater.agent.seam import Booted, Offer, Progress, SlotView
 from updater.agent.store import write_atomic
@@ -81,8 +81,11 @@ class Simulator:
             raise DataError(f"{self.dir / 'booted'}: not a slot letter")
         return letter
 
+    def _target(self) -> target.Target:
+        return target.resolve(self.disk, self._booted_letter(), esp=self.esp)
+
     def _state(self) -> state.DiskState:
-        return state.load(self.disk, self._booted_letter(), self.esp)
+        return state.load(self._target())
 
     def version(self, letter: str) -> str | None:
         return _read(self.dir / f"version-{letter}") or None
@@ -160,7 +163,7 @@ class Simulator:
         raise SimulatedReboot()
 
     def _change(self, decide: Callable[[state.DiskState], slots.Transition]) -> None:
-        state.change(self.disk, self._booted_letter(), decide, esp=self.esp)
+        state.change(self._target(), decide)
 
     def mark_good(self) -> None:
         letter = self._booted_letter()
@@ -194,7 +197,7 @@ def boot(directory: str) -> str:
         chosen.append(slot)
         return transition
 
-    state.change(str(path / "disk.img"), None, decide, esp=str(path / "esp"))
+    state.change(target.resolve(str(path / "disk.img"), None, esp=str(path / "esp")), decide)
     letter = chosen[0].letter or "?"
     write_atomic(path / "booted", f"{letter}\n".encode())
     (path / "reboot").unlink(missing_ok=True)

@@ -21,12 +21,17 @@ if TYPE_CHECKING:
 # any other command starts: start-up time counts on small machines.
 
 
-def update_flow_system(cfg: config.Config) -> System:
-    """The seam on top of the update flow (``updater update``): not part of this build yet."""
-    raise UpdaterError(
-        "the agent needs the update flow to stage releases, and this build has none yet",
-        hint="--simulate DIR runs it against a simulated machine",
-    )
+def update_flow_system(args: argparse.Namespace, cfg: config.Config) -> System:
+    """The seam on top of the update flow, on the disk of the global options (default: the
+    disk holding the booted /usr), resolved anew for each call."""
+    from updater import target
+    from updater.agent.system import UpdateFlowSystem
+
+    def resolve() -> target.Target:
+        return target.resolve(args.disk, args.booted, esp=args.esp, oem=args.oem,
+                              settings=cfg.boot)  # fmt: skip
+
+    return UpdateFlowSystem(cfg, resolve)
 
 
 def _system(args: argparse.Namespace, cfg: config.Config) -> tuple[System, bool]:
@@ -34,7 +39,7 @@ def _system(args: argparse.Namespace, cfg: config.Config) -> tuple[System, bool]
         from updater.agent.simulator import Simulator
 
         return Simulator(args.simulate, cfg.update.repo), True
-    return update_flow_system(cfg), False
+    return update_flow_system(args, cfg), False
 
 
 def _run(args: argparse.Namespace, mode: Mode) -> int:

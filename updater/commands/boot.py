@@ -1,130 +1,95 @@
-"""Boot commands: ``kexec`` (into the chosen slot, consuming its try) and ``reboot``."""
+"""Boot commands: ``kexec`` (into the chosen slot, consuming its try) and ``reboot``.
+
+Each turns its arguments into a ``bootflow.Request``, runs the flow, and prints its ``Report``
+(for a real kexec, right before the jump). The sequence itself is ``updater.bootflow``'s.
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from updater import bootdisk, bootflow, bootfs, config, jsonout, kexec, state
-from updater.errors import UpdaterError
-from updater.run import run
-
-
-def _out(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
-
-
-def _plan(args: argparse.Namespace, directory: str, *, copy: bool) -> bootflow.BootPlan:
-    settings = config.load(args.config).boot
-    st = state.load(args.disk, args.booted, args.esp)
-    running = args.disk is None
-    esp = bootfs.locate_esp(st.disk, st.table, args.esp, running)
-    oem = bootfs.locate_oem(st.disk, st.table, args.oem, running)
-    plan = bootflow.plan_boot(st, args.slot, esp, oem, settings, bootdisk.read_cmdline())
-    return bootflow.stage(plan, esp, directory, copy=copy)
+from updater import bootflow, config, contracts, kexec
+from updater.commands import INDEX
+from updater.commands.common import emit, out, resolve_target
+from updater.config import RebootVia
+from updater.log import log
 
 
 def cmd_kexec(args: argparse.Namespace) -> int:
+    return _reboot(args, RebootVia.KEXEC)
+
+
+def cmd_reboot(args: argparse.Namespace) -> int:
+    return _reboot(args, RebootVia(args.via))
+
+
+def _reboot(args: argparse.Namespace, via: RebootVia) -> int:
+    request = bootflow.Request(slot=args.slot, via=via, force=args.force, dry_run=args.dry_run)
     support = kexec.probe_support()
-    via_firmware = getattr(args, "via", "kexec") == "firmware"
-    if via_firmware:
-        return _firmware(args, support, "asked for a firmware reboot")
-    if args.dry_run:
-        plan = _plan(args, bootflow.STAGE_DIR, copy=False)
-        method = kexec.first_method(support)
-        commands = [kexec.UNLOAD, plan.image().load_argv(kexec.Method.FILE)]
-        if method is kexec.Method.FIRMWARE:
-            commands = kexec.firmware_argvs(force=args.force, systemd=support.systemd)
-        else:
-            commands += kexec.exec_argvs(force=args.force, systemd=support.systemd)
-        doc = bootflow.plan_json(plan, commands, str(method))
+
+    def announce(report: bootflow.Report) -> None:
         if args.json:
-            _out(jsonout.dumps(doc))
-        else:
-            blocker = support.blocker()
-            _out(
-                f"would boot {plan.slot.label} (partition {plan.slot.partition}) via "
-                f"{'the firmware: ' + blocker if blocker else 'kexec'}\n"
-                f"kernel  {doc['kernel']}\ninitrd  {' + '.join(doc['initrd']) or '-'}\n"
-                f"cmdline {plan.cmdline}\n"
+            emit(contracts.reboot(report))
+        elif report.plan is not None:
+            log(
+                f"kexec into {report.plan.slot.label} ({report.method}); "
+                f"cmdline: {report.plan.cmdline}"
             )
-            for argv in commands:
-                _out("  " + " ".join(argv) + "\n")
-        return 0
-    plan = _plan(args, bootflow.STAGE_DIR, copy=True)
-    try:
-        method = kexec.load(plan.image(), support)
-    except kexec.LoadFailed as exc:
-        return _firmware(args, support, exc.message)
-    # The try is consumed only now, durably, right before the jump (see bootflow).
-    known = {plan.facts.letter: plan.facts.usrhash} if plan.facts.usrhash else {}
-    outcome = state.change(
-        args.disk, args.booted, bootflow.consume_try(plan.slot), esp=args.esp, hashes=known
-    )
-    left = outcome.after
-    if args.json:
-        doc = bootflow.plan_json(
-            plan, kexec.exec_argvs(force=args.force, systemd=support.systemd), str(method)
-        )
-        doc["tries_left"] = next(s.tries for s in left if s.partition == plan.slot.partition)
-        _out(jsonout.dumps(doc))
-    else:
-        bootflow.log(f"kexec into {plan.slot.label} ({method}); cmdline: {plan.cmdline}")
-    try:
-        for argv in kexec.exec_argvs(force=args.force, systemd=support.systemd):
-            run(argv, check=argv[0] != "mount")
-    except UpdaterError:
-        run(kexec.UNLOAD, check=False)
-        raise
+
+    report = bootflow.reboot(resolve_target(args), request, support, announce)
+    if args.dry_run:
+        if args.json:
+            emit(contracts.reboot(report))
+        else:
+            out(_describe(report))
     return 0
 
 
-def _firmware(args: argparse.Namespace, support: kexec.KexecSupport, why: str) -> int:
-    st = state.load(args.disk, args.booted, args.esp)
-    target = st.next
-    name = target.label if target else "no bootable slot"
-    if args.dry_run:
-        commands = kexec.firmware_argvs(force=args.force, systemd=support.systemd)
-        if args.json:
-            _out(
-                jsonout.dumps(
-                    {
-                        "slot": target.letter if target else None,
-                        "partition": target.partition if target else None,
-                        "method": "firmware",
-                        "commands": commands,
-                    }
-                )
-            )
-        else:
-            _out(f"would reboot through the firmware into {name} ({why})\n")
-        return 0
-    bootflow.log(f"rebooting through the firmware into {name}: {why}")
-    bootflow.firmware_reboot(args.disk, args.booted, args.esp, args.force, support)
-    return 0
+def _describe(report: bootflow.Report) -> str:
+    """The dry run, for humans."""
+    name = report.slot.label if report.slot else "no bootable slot"
+    plan = report.plan
+    if plan is None:
+        return f"would reboot through the firmware into {name} ({report.reason})\n"
+    via = f"the firmware: {report.reason}" if report.reason else "kexec"
+    staged = plan.staged
+    initrd = " + ".join(staged.initrd_parts) if staged else ""
+    lines = [
+        f"would boot {plan.slot.label} (partition {plan.slot.partition}) via {via}",
+        f"kernel  {staged.kernel if staged else '-'}",
+        f"initrd  {initrd or '-'}",
+        f"cmdline {plan.cmdline}",
+        *("  " + " ".join(argv) for argv in kexec.argvs(list(report.steps))),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+DESCRIPTION = (
+    "Choose the slot as GRUB would (or --slot), read its kernel and verity hash from\n"
+    "the ESP, the first-boot marker and the OEM settings, build Flatcar's command\n"
+    "line, load the kernel (kexec_file_load, else kexec_load where allowed), consume\n"
+    "the slot's boot try durably, and jump (systemctl kexec; --force: kexec -e).\n"
+    "If kexec is impossible (lockdown, kexec_load_disabled, no kexec tool, a failed\n"
+    "load) the machine reboots through the firmware into the same slot instead; a\n"
+    "failed jump unloads the kernel and gives the try back.\n"
+    f"Settings: the [boot] section of {config.CONFIG_PATH} (updater config --help)."
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    for name, help_text in (
-        ("kexec", "boot the chosen slot now with kexec, consuming its try (firmware fallback)"),
-        ("reboot", "reboot into the chosen slot: kexec by default, or through the firmware"),
-    ):
+    for name, func in (("kexec", cmd_kexec), ("reboot", cmd_reboot)):
         p = sub.add_parser(
             name,
-            help=help_text,
+            help=INDEX[name].help,
             formatter_class=argparse.RawDescriptionHelpFormatter,
-            description=(
-                "Choose the slot as GRUB would (or --slot), read its kernel and verity hash from\n"
-                "the ESP, the first-boot marker and the OEM settings, build Flatcar's command\n"
-                "line, load the kernel (kexec_file_load, else kexec_load where allowed), consume\n"
-                "the slot's boot try durably, and jump (systemctl kexec; --force: kexec -e).\n"
-                "If kexec is impossible (lockdown, kexec_load_disabled, no kexec tool, a failed\n"
-                "load) the machine reboots through the firmware into the same slot instead.\n"
-                f"Settings: the [boot] section of {config.CONFIG_PATH} (updater config --help)."
-            ),
+            description=DESCRIPTION,
         )
-        p.add_argument("--slot", default="auto", metavar="auto|A|B", help="slot to boot")
+        p.add_argument(
+            "--slot",
+            default="auto",
+            metavar="auto|A|B|booted|other",
+            help="slot to boot (default: GRUB's choice)",
+        )
         p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
         p.add_argument("--json", action="store_true", help="print the plan as JSON (README)")
         p.add_argument("--force", action="store_true", help="skip the clean shutdown")
@@ -137,6 +102,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                 "--via",
                 choices=("kexec", "firmware"),
                 default="kexec",
-                help="kexec (default; falls back to the firmware) or firmware",
+                help="kexec (default; falls back to the firmware) or firmware (into GRUB's "
+                "choice; a --slot GRUB would not boot is refused)",
             )
-        p.set_defaults(func=cmd_kexec)
+        p.set_defaults(func=func)

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from updater import config, jsonout
+from updater.commands import INDEX
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -36,7 +37,7 @@ sections and keys are refused, so a misspelt setting never silently keeps its de
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "config",
-        help="show the effective settings, or the reference of every setting",
+        help=INDEX["config"].help,
         description=DESCRIPTION + config.reference(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

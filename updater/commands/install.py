@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, TextIO
+import time
+from typing import TYPE_CHECKING
 
 from updater import bootdisk, config, jsonout
+from updater.commands import INDEX
+from updater.commands.common import ProgressBar, out, resolve_target
+from updater.config import RebootVia
 from updater.errors import UpdaterError, UsageError
 from updater.install import events, params
 from updater.install.plan import DiskFacts
+from updater.log import log
 from updater.release import Release
 
 if TYPE_CHECKING:
@@ -41,8 +46,9 @@ EPILOG = """\
 A disk that holds a partition table, a filesystem or any other signature is refused unless
 --wipe; a disk the running system uses, a mounted one and a partition are always refused.
 Without --yes the disk's model, serial and size are shown and "yes" is asked for on a terminal;
-elsewhere --yes is required. --json prints one JSON object per line: start, step, progress,
-done or failed (README). Exit status 0 installed, 1 refused or failed, 2 bad usage.
+elsewhere --yes is required. --json prints one JSON object per line: {"event": "installing"|
+"step"|"downloading"|"verifying"|"boot-files"|"rebooting"|"result", ...} (README).
+Exit status 0 installed, 1 refused or failed, 2 bad usage.
 """
 
 
@@ -62,21 +68,22 @@ def cmd_install(args: argparse.Namespace) -> int:
         channel=args.channel or cfg.update.channel, version=args.version,
         arch=cfg.boot.arch, trusted_root=args.trusted_root or cfg.update.trusted_root,
         assets=args.assets or cfg.install.assets, oem_id=args.oem_id, oem_dir=args.oem_dir,
-        both_slots=args.both_slots, wipe=args.wipe,
-        timeout=cfg.update.timeout, retries=cfg.update.retries,
+        both_slots=args.both_slots, wipe=args.wipe, timeout=cfg.update.timeout,
+        retries=cfg.update.retries, panic=cfg.boot.panic,
     )  # fmt: skip
-    printer = Printer(args.json, sys.stdout if args.json else sys.stderr)
+    show = Show(args.json, sys.stderr.isatty())
     try:
-        done = flow.install(req, printer, _confirm(args.yes))
+        done = flow.install(req, show, _confirm(args.yes))
     except UpdaterError as exc:
-        if not printer.failed:  # the flow reports failures after the disk changed itself
-            printer(events.Failed(exc.message, None))
+        if not show.failed:  # the flow reports the failures after the disk changed itself
+            show(events.Failed(exc.message, None, exit=exc.exit_code))
         raise
+    finally:
+        show.close()
+    show(done)
     then = args.then or "none"
-    printer(events.Done(done.disk, done.version, done.slots, done.seconds, then))
     if then != "none":
-        printer(events.Step("then", detail=then))
-        _then(then, done.disk)
+        _then(then, args, show)
     return 0
 
 
@@ -113,46 +120,57 @@ def _confirm(yes: bool) -> Confirm:
     return ask
 
 
-class Printer:
-    """Events as JSON lines on stdout, or as lines for people on stderr (progress every 10%;
-    a failure only when the disk was written to, the CLI's error line says the rest)."""
+class Show:
+    """Events as JSON lines (progress at most twice a second), or for people: a progress bar
+    on a terminal, else lines (progress every 10 %); a failure only when the disk was written
+    to, since the CLI's error line says the rest."""
 
-    def __init__(self, as_json: bool, out: TextIO) -> None:
+    def __init__(self, as_json: bool, tty: bool) -> None:
         self.as_json = as_json
-        self.out = out
+        self.bar = ProgressBar(tty)
         self.failed = False
-        self._shown: dict[tuple[str, str], int] = {}
+        self._last = 0.0
 
     def __call__(self, event: events.Event) -> None:
         self.failed = self.failed or isinstance(event, events.Failed)
         if self.as_json:
-            self.out.write(jsonout.line(event.to_json()))
-        elif isinstance(event, events.Failed) and not event.disk_changed:
-            return  # the error line says it all: nothing was written
+            if isinstance(event, events.Progress) and event.done < event.total:
+                now = time.monotonic()
+                if now - self._last < 0.5:
+                    return
+                self._last = now
+            out(jsonout.line(events.to_json(event)))
         elif isinstance(event, events.Progress):
-            key = (event.slot, event.phase)
-            tenth = 10 * event.done // event.total if event.total else 10
-            if self._shown.get(key, -1) < tenth:
-                self._shown[key] = tenth
-                self.out.write(f"updater: install: {event.text()}\n")
-        else:
-            self.out.write(f"updater: install: {event.text()}\n")
-        self.out.flush()
+            self.bar.update(f"USR-{event.slot} {event.kind}", event.done, event.total)
+        elif not isinstance(event, events.Failed) or event.disk_changed:
+            self.bar.close()
+            out(event.text() + "\n")
+
+    def close(self) -> None:
+        self.bar.close()
 
 
-def _then(then: str, disk: str) -> None:
-    from updater import kexec
+def _then(then: str, args: argparse.Namespace, show: Show) -> None:
+    """Boot the installed disk the way a cold boot would (``kexec``: the reboot flow with the
+    command line GRUB builds from that disk, no firmware; ``reboot``: through the firmware), or
+    power off."""
+    from updater import bootflow, kexec
     from updater.run import run
 
     support = kexec.probe_support()
-    if then == "kexec":
-        raise UsageError("--then kexec is not available yet")
-    argv = {
-        "reboot": kexec.firmware_argvs(force=False, systemd=support.systemd),
-        "poweroff": [["systemctl", "poweroff"] if support.systemd else ["poweroff", "-f"]],
-    }[then]
-    for command in argv:
-        run(command, check=command[0] != "kexec")
+    if then == "poweroff":
+        run(["systemctl", "poweroff"] if support.systemd else ["poweroff", "-f"])
+        return
+
+    def announce(report: bootflow.Report) -> None:
+        slot = report.slot.letter if report.slot else None
+        show(events.Rebooting(slot, str(report.method)))
+        if report.plan is not None and not args.json:
+            log(f"kexec cmdline: {report.plan.cmdline}")
+
+    target = resolve_target(args, disk=args.install_disk)
+    via = RebootVia.KEXEC if then == "kexec" else RebootVia.FIRMWARE
+    bootflow.reboot(target, bootflow.Request(slot="auto", via=via), support, announce)
 
 
 def _options(p: argparse.ArgumentParser) -> None:
@@ -176,7 +194,7 @@ def _options(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "install",
-        help="install the OS on a blank disk (partition, format, GRUB, the release, verify)",
+        help=INDEX["install"].help,
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from updater import config, jsonout
+from updater.commands.common import add_repository_options
 
 DESCRIPTION = f"""\
 List the releases the repository offers for a channel and architecture, after verifying the
@@ -72,13 +73,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    for flag, key, metavar, help_text in (
-        ("--repo", "repo", "URL|DIR", "release repository ([update] repo)"),
-        ("--trusted-root", "trusted_root", "FILE", "root metadata to start trust from"),
-        ("--state-dir", "state_dir", "DIR", "where verified metadata is cached"),
-        ("--channel", "channel", "C", "release channel ([update] channel)"),
-    ):
-        p.add_argument(flag, type=config.option("update", key), metavar=metavar, help=help_text)
+    add_repository_options(p, "where verified metadata is cached")
     p.add_argument("--arch", choices=config.ARCHES, help="architecture ([boot] arch)")
     p.add_argument("--json", action="store_true", help="print the result as JSON (README)")
     p.set_defaults(func=cmd_releases)

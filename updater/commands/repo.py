@@ -152,6 +152,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             initrd=initrd,
             frame_size=args.frame_size * frames.MiB,
             expiry=_expiry(args),
+            waves=_waves(args.wave),
         )
     doc = published.to_json()
     line = (
@@ -159,6 +160,33 @@ def cmd_add(args: argparse.Namespace) -> int:
         f"({doc['fs_type']}) in {doc['frames']} frames, {doc['usr']['length']} compressed"
     )
     return _print(args, repo, {"release": doc}, (line,))
+
+
+def _wave(text: str) -> tuple[int, str]:
+    """``BOUND@TIME``: machines whose seed is below BOUND (1..2048) from TIME (RFC 3339)."""
+    from updater.agent.schedule import parse_rfc3339
+
+    bound, sep, when = text.partition("@")
+    try:
+        if not sep or not 1 <= int(bound) <= 2048:
+            raise ValueError(f"{text!r} is not BOUND@TIME with BOUND 1..2048")
+        parse_rfc3339(when)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return int(bound), when
+
+
+def _waves(given: list[tuple[int, str]] | None) -> tuple[tuple[int, str], ...]:
+    """The waves in bound order; the agent refuses a plan whose starts go back in time."""
+    from updater.agent.schedule import parse_waves
+    from updater.errors import DataError
+
+    waves = tuple(sorted(given or ()))
+    try:
+        parse_waves([list(w) for w in waves])
+    except DataError as exc:
+        raise UsageError(f"--wave: {exc.message}") from None
+    return waves
 
 
 def _roles(args: argparse.Namespace) -> tuple[str, ...]:
@@ -237,6 +265,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add.add_argument("--arch", choices=config.ARCHES, default=config.native_arch(),
                      help="default: this machine's")  # fmt: skip
+    add.add_argument("--wave", type=_wave, action="append", metavar="BOUND@TIME",
+                     help="rollout wave: machines with a seed below BOUND (1..2048) take the "
+                     "release from TIME (RFC 3339, e.g. 2030-01-01T02:00:00Z); repeatable; "
+                     "none: every machine at once")  # fmt: skip
     add.add_argument("--frame-size", type=_frame_mib, default=32, metavar="MIB",
                      help="uncompressed bytes per zstd frame, in MiB (default 32)")  # fmt: skip
     expires(add)

@@ -1,23 +1,20 @@
 """Slot commands: status, next, prioritize, set-active, mark-good, mark-bad, rollback, repair,
 create-disk. Each parses arguments, asks ``updater.state`` to read or change the disk with a
-decision from ``updater.slots``, and prints the result for humans or as JSON."""
+decision from ``updater.slots``, and prints the result for humans or as JSON
+(``updater.contracts``). PART may also be a role: ``booted`` or ``other``."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
-from typing import Any
 
-from updater import gpt, jsonout, layout, slots, state
-from updater.agent import report as agent_report
-from updater.errors import SlotError, UsageError
+from updater import contracts, gpt, layout, slotimage, slots, state, target
+from updater.commands import INDEX
+from updater.commands.common import emit, resolve_target
+from updater.commands.common import out as _out
+from updater.errors import UsageError
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def _out(text: str) -> None:
-    sys.stdout.write(text)
 
 
 def _format_slots(st: state.DiskState, after: tuple[slots.Slot, ...] | None = None) -> str:
@@ -34,10 +31,12 @@ def _format_slots(st: state.DiskState, after: tuple[slots.Slot, ...] | None = No
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    st = state.load(args.disk, args.booted, args.esp)
+    from updater.agent import report as agent_report  # status is the only slot command using it
+
+    st = state.load(resolve_target(args))
     agent = agent_report.status_json(args.config)
     if args.json:
-        _out(jsonout.dumps({**st.to_json(), "agent": agent}))
+        emit({**contracts.status(st), "agent": agent})
         return 0
     t = st.table
     backup = t.backup.problem or ("stale" if t.backup_stale else "valid")
@@ -57,14 +56,10 @@ def cmd_next(args: argparse.Namespace) -> int:
         chosen.append(slot)
         return transition
 
-    outcome = state.change(args.disk, args.booted, decide, dry_run=args.dry_run, esp=args.esp)
+    outcome = state.change(resolve_target(args), decide, dry_run=args.dry_run)
     slot = chosen[0]
     if args.json:
-        _out(
-            jsonout.dumps(
-                {"partition": slot.partition, "partuuid": str(slot.partuuid), "label": slot.label}
-            )
-        )
+        emit(contracts.next_boot(slot))
     else:
         left = slots.tries_of(outcome.transition.changes.get(slot.partition, slot.attributes))
         verb = "would boot" if args.dry_run else "boot"
@@ -80,11 +75,7 @@ def _transition_command(
 ) -> Handler:
     def handler(args: argparse.Namespace) -> int:
         outcome = state.change(
-            args.disk,
-            args.booted,
-            lambda st: decide_for(args, st),
-            dry_run=getattr(args, "dry_run", False),
-            esp=args.esp,
+            resolve_target(args), lambda st: decide_for(args, st), dry_run=args.dry_run
         )
         _report(args, outcome)
         return 0
@@ -93,22 +84,10 @@ def _transition_command(
 
 
 def _report(args: argparse.Namespace, o: state.Outcome) -> None:
-    dry = getattr(args, "dry_run", False)
+    dry = args.dry_run
     t = o.transition
     if args.json:
-        nxt = slots.choose_next(o.after)
-        doc: dict[str, Any] = {
-            "action": t.action,
-            "target": t.target,
-            "dry_run": dry,
-            "changed": sorted(t.changes),
-            "sectors_written": o.sectors_written,
-            "grubenv_written": o.grubenv_written,
-            "grub_consumed": sorted(o.consumed),
-            "next": nxt.partition if nxt else None,
-            "slots": [state.slot_json(s, o.before.booted) for s in o.after],
-        }
-        _out(jsonout.dumps(doc))
+        emit(contracts.transition(o, dry_run=dry))
         return
     for part, attrs in o.consumed.items():
         _out(f"partition {part}: GRUB consumed a boot try (tries now {slots.tries_of(attrs)})\n")
@@ -132,7 +111,7 @@ def _part(st: state.DiskState, spec: str | None) -> int:
         if st.booted is None:
             raise UsageError("no PART given and the booted slot is unknown", hint="name a PART")
         return st.booted
-    return slots.resolve(st.slots, spec).partition
+    return st.resolve(spec).partition
 
 
 def _decide_prioritize(args: argparse.Namespace, st: state.DiskState) -> slots.Transition:
@@ -158,19 +137,34 @@ def _decide_sync(args: argparse.Namespace, st: state.DiskState) -> slots.Transit
 
 
 def _decide_rollback(args: argparse.Namespace, st: state.DiskState) -> slots.Transition:
-    if st.booted is None:
-        raise SlotError("the booted slot is unknown", hint="pass --booted PART for an image file")
-    other = slots.other_slot(st.slots, st.booted)
-    return slots.rollback(
-        st.slots, st.booted, has_image=state.holds_image(st, other.partition), force=args.force
-    )
+    """Prioritize ``other``, after its checks (``slots.rollback``)."""
+    other = st.resolve("other")
+    assert st.booted is not None  # resolving "other" needs it
+    has_image = slotimage.holds_image(st.disk, st.table, other.partition)
+    return slots.rollback(st.slots, st.booted, has_image=has_image, force=args.force)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """The switch, reported as every transition is; then, if asked, the reboot into it."""
+    status = _transition_command(_decide_rollback)(args)
+    if args.reboot != "none" and not args.dry_run:
+        from updater import bootflow, kexec
+        from updater.config import RebootVia
+        from updater.log import log
+
+        def announce(report: bootflow.Report) -> None:
+            log(f"rebooting into {report.slot.label if report.slot else '?'} ({report.method})")
+
+        request = bootflow.Request(slot="auto", via=RebootVia(args.reboot))
+        bootflow.reboot(resolve_target(args), request, kexec.probe_support(), announce)
+    return status
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    path = state.resolve_disk(args.disk)
+    path = target.resolve_disk(args.disk)
     written = gpt.repair(path)
     if args.json:
-        _out(jsonout.dumps({"disk": path, "sectors_written": written}))
+        emit(contracts.repair(path, written))
     elif written:
         _out(f"{path}: repaired, {written} sectors written\n")
     else:
@@ -181,9 +175,9 @@ def cmd_repair(args: argparse.Namespace) -> int:
 def cmd_create_disk(args: argparse.Namespace) -> int:
     lay = layout.flatcar_layout(usr_size=args.usr_size * layout.MiB)
     layout.create_disk(lay, args.image, overwrite=args.force)
-    st = state.load(args.image)
+    st = state.load(resolve_target(args, disk=args.image))
     if args.json:
-        _out(jsonout.dumps(st.to_json()))
+        emit(contracts.status(st))
     else:
         _out(f"created {args.image} ({lay.size // layout.MiB} MiB, Flatcar layout)\n")
         _out(_format_slots(st))
@@ -191,21 +185,20 @@ def cmd_create_disk(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    def add(name: str, func: Handler, help_text: str, description: str) -> argparse.ArgumentParser:
+    def add(name: str, func: Handler, description: str) -> argparse.ArgumentParser:
         p = sub.add_parser(
             name,
-            help=help_text,
+            help=INDEX[name].help,
             description=description,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.add_argument("--json", action="store_true", help="print a JSON document (README)")
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, dry_run=False)
         return p
 
     add(
         "status",
         cmd_status,
-        "show the A/B state of the disk",
         "Show each slot's priority, tries, successful flag, which one is booted and which one\n"
         "boots next, and the health of both GPT copies.",
     )
@@ -213,7 +206,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add(
         "next",
         cmd_next,
-        "choose the slot to boot and consume one try (as GRUB does)",
         "Choose the slot GRUB's gptprio.next would boot: the highest priority among slots with\n"
         "tries left or marked successful, lowest partition number on ties. If it has tries\n"
         "left, one is consumed and written durably (backup GPT first). Exit 1 if no slot\n"
@@ -224,7 +216,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add(
         "prioritize",
         _transition_command(_decide_prioritize),
-        "give PART the top priority, keep the order of the rest (cgpt prioritize)",
         "Put PART on top; other slots keep their relative order; priority 0 stays 0.",
     )
     p.add_argument("part", metavar="PART")
@@ -233,7 +224,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add(
         "set-active",
         _transition_command(_decide_set_active),
-        "make a freshly written slot boot next, on trial",
         "Mark PART not successful with N tries (default 1) and prioritize it, as after writing\n"
         "a new image. Refused for the booted slot, and when no other slot would remain\n"
         "marked good to fall back to (unless --force).",
@@ -252,7 +242,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add(
         "mark-good",
         _transition_command(_decide_mark_good),
-        "mark a slot (default: the booted one) as proven good",
         "Set successful, clear tries and prioritize the slot (default: the booted one).",
     )
     p.add_argument("part", metavar="PART", nargs="?")
@@ -261,7 +250,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add(
         "mark-bad",
         _transition_command(_decide_mark_bad),
-        "never boot PART again (priority 0, tries 0, not successful)",
         "Refused when no other slot could boot afterwards, unless --force.",
     )
     p.add_argument("part", metavar="PART")
@@ -270,18 +258,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = add(
         "rollback",
-        _transition_command(_decide_rollback),
-        "boot the other slot next (manual rollback)",
+        cmd_rollback,
         "Prioritize the slot that is not booted. Refused when it holds no image or never\n"
-        "booted successfully, unless --force (which gives a never-good slot one try).",
+        "booted successfully, unless --force (which gives a never-good slot one try).\n"
+        "--reboot kexec|firmware then reboots into it (kexec falls back to the firmware);\n"
+        "default none. The fleet agent notices the rollback and does not offer the release\n"
+        "rolled back from again until `updater agent forget VERSION`.",
     )
     p.add_argument("--force", action="store_true", help="skip the checks on the other slot")
+    p.add_argument("--reboot", choices=("kexec", "firmware", "none"), default="none",
+                   help="reboot into the other slot after switching (default: none)")
     p.add_argument("--dry-run", action="store_true", help="decide but write nothing")
 
     p = add(
         "sync",
         _transition_command(_decide_sync),
-        "carry boot tries GRUB consumed into the GPT and refresh the ESP's grubenv",
         "On disks booted by stock GRUB (grub/README.md) the A/B state is mirrored in the ESP's\n"
         "flatcar/grubenv, where GRUB decrements tries. sync carries those decrements back into\n"
         "the GPT (the source of truth) and rewrites the block from it. Every command that\n"
@@ -292,14 +283,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add(
         "repair",
         cmd_repair,
-        "rewrite an invalid or stale GPT copy from the valid one",
         "Like cgpt repair: when one GPT copy is damaged, rebuild it from the other.",
     )
 
     p = add(
         "create-disk",
         cmd_create_disk,
-        "create a sparse disk image with the Flatcar layout",
         "Create IMAGE with EFI-SYSTEM, BIOS-BOOT, USR-A (P1 T0 S1), USR-B (empty), OEM,\n"
         "OEM-CONFIG and ROOT partitions. Filesystems are not created.",
     )

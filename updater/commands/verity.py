@@ -10,6 +10,7 @@ import argparse
 import sys
 import uuid
 
+from updater.commands import INDEX
 from updater.errors import UsageError
 from updater.jsonout import dumps
 from updater.verity import BLOCK_SIZE, DIGEST_SIZE, VerityParams, parse_salt
@@ -101,7 +102,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verity = subparsers.add_parser(
         "verity",
-        help="build or check dm-verity hash trees",
+        help=INDEX["verity"].help,
         description="dm-verity hash trees compatible with veritysetup (format 1, sha256).",
     )
     actions = verity.add_subparsers(dest="verity_command", metavar="ACTION")

@@ -33,14 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from updater import bootflow, deploy, release
+from updater import deploy, release
 from updater.bootfs import BootFiles
 from updater.errors import ReleaseError, UpdaterError
 from updater.install import assets as install_assets
 from updater.install import bootfiles, events, media, partition, plan, probe, verify
 from updater.install.plan import DiskFacts, DiskPlan
+from updater.log import log
 from updater.release import Release
-from updater.slots import Slot
 from updater.slotwrite import Region
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ class Request:
     wipe: bool = False
     timeout: float = 30.0
     retries: int = 4
+    panic: int = 10  # [boot] panic, for the grubenv GRUB reads
 
     @property
     def source(self) -> str:
@@ -73,14 +74,6 @@ class Request:
         return ("A", "B") if self.both_slots else ("A",)
 
 
-@dataclass(frozen=True)
-class Installed:
-    disk: str
-    version: str
-    slots: tuple[Slot, ...]
-    seconds: float
-
-
 Report = Callable[[events.Event], None]
 Confirm = Callable[[DiskFacts, Release], bool]
 
@@ -89,7 +82,7 @@ class NotConfirmed(UpdaterError):
     """The operator did not confirm erasing the disk."""
 
 
-def install(req: Request, report: Report, confirm: Confirm) -> Installed:
+def install(req: Request, report: Report, confirm: Confirm) -> events.Installed:
     started = time.monotonic()
     layout = plan.install_layout()
     facts = probe.disk_facts(req.disk)
@@ -107,11 +100,12 @@ def install(req: Request, report: Report, confirm: Confirm) -> Installed:
                 raise ReleaseError(
                     f"release {rel.version} needs {rel.image.size} bytes, USR-{letter} holds {room}"
                 )
-        report(events.Start(facts, str(rel.version), req.channel, req.source, req.letters))
+        report(events.Installing(facts, str(rel.version), req.channel, req.source, req.letters))
         if not confirm(facts, rel):
             raise NotConfirmed(f"{req.disk} was not erased", hint="nothing was written")
         _write(req, Writing(where, files, client, rel, state_dir, report))
-    return Installed(req.disk, str(rel.version), where.slots(), time.monotonic() - started)
+    return events.Installed(req.disk, str(rel.version), where.slots(),
+                            time.monotonic() - started)  # fmt: skip
 
 
 def _client(req: Request, state_dir: str) -> ReleaseClient:
@@ -180,7 +174,8 @@ def _write(req: Request, w: Writing) -> None:
         step = "boot-files"
         report(events.Step("boot-files", detail="GRUB, grub.cfg, grubenv, first-boot marker"))
         boot = bootfiles.fresh_esp(w.files.boot_loader_name, w.files.boot_loader,
-                                   w.files.grub_cfg, where.slots(), hashes)  # fmt: skip
+                                   w.files.grub_cfg, where.slots(), hashes,
+                                   req.panic)  # fmt: skip
         for name, data in boot.items():
             esp.write(name, data)
         written.update(boot)
@@ -197,7 +192,7 @@ def _write(req: Request, w: Writing) -> None:
         if table_written:
             _unbootable(disk)
         if isinstance(exc, UpdaterError):
-            report(events.Failed(exc.message, step, disk_changed=True))
+            report(events.Failed(exc.message, step, disk_changed=True, exit=exc.exit_code))
         raise
 
 
@@ -219,4 +214,4 @@ def _unbootable(disk: str) -> None:
         media.clear(disk, (plan.Region(0, plan.CLEAR),))
         media.reread(disk)
     except UpdaterError as exc:
-        bootflow.log(f"could not erase the new partition table of {disk} again: {exc.message}")
+        log(f"could not erase the new partition table of {disk} again: {exc.message}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from updater import bootfs, gpt, slots, state
+from updater import bootfs, gpt, slots
 from updater.errors import VerificationError
 from updater.install import partition
 from updater.install.plan import DiskPlan
@@ -37,11 +37,14 @@ def check(disk: str, plan: DiskPlan, esp: Mapping[str, bytes], oem: Mapping[str,
     )
     if partition.read_back(disk) != expected:
         raise VerificationError(f"{disk}: libparted reads other partitions than were planned")
-    found = state.slots_of(table.entries())
+    found = slots.slots_of(table.entries())
     first = slots.choose_next(found)
     if first is None or first.label != "USR-A":
         raise VerificationError(f"{disk}: the slot rules would not boot USR-A first")
-    _files(bootfs.esp_of(disk, table), esp, "ESP")
+    esp_files = bootfs.esp_of(disk, table)
+    if esp_files is None:
+        raise VerificationError(f"{disk}: the ESP is not found")
+    _files(esp_files, esp, "ESP")
     oem_files = bootfs.oem_of(disk, table)
     if oem and oem_files is None:
         raise VerificationError(f"{disk}: the OEM partition is not found")

@@ -51,6 +51,7 @@ def add_release(
     frame_size: int = frames.DEFAULT_FRAME_SIZE,
     level: int = frames.DEFAULT_LEVEL,
     expiry: Expiry = DEFAULT_EXPIRY,
+    waves: tuple[tuple[int, str], ...] = (),
 ) -> Release:
     versions = published_versions(repo, channel, arch)
     usr_name = release.usr_path(channel, arch, version)
@@ -73,7 +74,7 @@ def add_release(
     image = release.UsrImage(
         version, channel, arch, facts.fs_type,
         release.Target(usr_name, usr_target.length, usr_target.hashes["sha256"]),
-        facts.size, facts.verity, builder.table(), kernel_name, initrd_name,
+        facts.size, facts.verity, builder.table(), kernel_name, initrd_name, waves,
     )  # fmt: skip
     usr_target.unrecognized_fields["custom"] = release.usr_custom(image)
     added = [usr_target]

@@ -1,0 +1,169 @@
+"""``updater update``: check the release repository, write and activate a release, reboot.
+
+Turns the options into an ``update.Request`` (defaults from ``[update]``), runs the flow, and
+shows its events: one JSON object per line with ``--json``, a progress bar on a terminal, plain
+log lines otherwise. The reboot after an activation goes through the reboot flow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from updater import config, jsonout
+from updater.commands.common import ProgressBar, add_repository_options, out, resolve_target
+from updater.config import RebootVia
+from updater.errors import UpdaterError
+
+DESCRIPTION = f"""\
+Refresh the release repository's signed metadata (TUF: signatures, thresholds, expiry, rollback,
+mix-and-match), choose the release for this machine (the newest of the channel and
+architecture that is newer than the booted slot's version; --version pins one; a downgrade
+only with --allow-downgrade), then, unless --check:
+  1. make the other slot unbootable (priority 0, tries 0, not successful), durably;
+  2. stream the image into it (HTTP Range, zstd frames each checked against their signed hash,
+     the whole file against the signed length and hash, the dm-verity tree recomputed), then
+     read it back bypassing the page cache against the signed verity root hash;
+  3. put its kernel (which must carry that root hash) and initrd on the ESP, atomically;
+  4. set it active (top priority, one boot try): the only step that makes it bootable;
+  5. with --reboot kexec|firmware, reboot into it (kexec falls back to the firmware).
+An interrupted run (killed, power cut) resumes the write where it stopped when rerun.
+Defaults: the [update] section of {config.CONFIG_PATH} (updater config --help).
+"""
+
+EPILOG = """\
+Exit status: 0 updated (written, verified, activated; rebooted if asked) or, with --check, an
+update is available; 3 nothing to do; 1 failed or refused (one line on stderr; the booted slot
+is never written and the other slot is left unbootable until a rerun completes); 2 bad usage.
+--json prints one JSON object per line: {"event": "checking"|"available"|"nothing"|
+"downloading"|"verifying"|"boot-files"|"activated"|"rebooting"|"result", ...} (README).
+Examples:
+  updater update --check
+  updater update --reboot kexec
+  updater --disk disk.img --booted A update --repo /media/releases --json
+"""
+
+
+class Display:
+    """Events for people: a tqdm bar per phase on a terminal, else a line every 10 %."""
+
+    def __init__(self, tty: bool) -> None:
+        self.bar = ProgressBar(tty)
+
+    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+        if kind in ("downloading", "verifying", "boot-files"):
+            self.bar.update(kind, data["bytes"], data["total"])
+            return
+        self.close()
+        text = {
+            "checking": lambda: (
+                f"checking {data['repo']} ({data['channel']}, {data['arch']}); "
+                f"booted version {data['booted_version'] or 'unknown'}"
+            ),
+            "nothing": lambda: f"nothing to do: {data['reason']}",
+            "available": lambda: f"release {data['version']}: {data['reason']}",
+            "activated": lambda: (
+                f"release {data['version']} is active in USR-{data['slot']} "
+                f"(priority {data['priority']}, {data['tries']} boot try)"
+                + (" after resuming an interrupted write" if data["resumed"] else "")
+            ),
+            "rebooting": lambda: f"rebooting into USR-{data['slot']} ({data['method']})",
+        }.get(kind)
+        if text is not None:
+            out(text() + "\n")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    from updater import bootflow, kexec, update
+    from updater.fetch.client import open_client
+    from updater.fetch.http import HttpPolicy
+
+    cfg = config.load(args.config)
+    settings = config.with_overrides(
+        cfg, "update", repo=args.repo, trusted_root=args.trusted_root,
+        state_dir=args.state_dir, channel=args.channel, reboot=args.reboot,
+    ).update  # fmt: skip
+    target = resolve_target(args)
+    request = update.Request(
+        settings=settings, arch=target.boot.arch, pin=args.version,
+        allow_downgrade=args.allow_downgrade, check_only=args.check, reboot=settings.reboot,
+    )  # fmt: skip
+    display = Display(sys.stderr.isatty())
+    last = [0.0]
+
+    def emit(event: update.Event) -> None:
+        if not args.json:
+            display(event.kind, event.data)
+            return
+        if event.kind in ("downloading", "verifying"):  # at most a few lines a second
+            now = time.monotonic()
+            if now - last[0] < 0.5 and event.data["bytes"] < event.data["total"]:
+                return
+            last[0] = now
+        out(jsonout.line({"event": event.kind, **event.data}))
+
+    def result(status: str, **data: Any) -> None:
+        if args.json:
+            out(jsonout.line({"event": "result", "status": status, **data}))
+
+    try:
+        policy = HttpPolicy(timeout=settings.timeout, retries=settings.retries)
+        client = open_client(settings.repo, settings.trusted_root, settings.state_dir, policy)
+        outcome = update.run(target, request, client, emit)
+    except UpdaterError as exc:
+        display.close()
+        result("failed", error=exc.message, exit=exc.exit_code)
+        raise
+    display.close()
+    version = str(outcome.release.version) if outcome.release else None
+    result(outcome.status, version=version, reason=outcome.reason, exit=outcome.exit_code)
+    if outcome.status == "updated" and request.reboot is not RebootVia.NONE:
+
+        def announce(report: bootflow.Report) -> None:
+            slot = report.slot.letter if report.slot else None
+            emit(update.Event("rebooting", {"slot": slot, "method": str(report.method)}))
+
+        req = bootflow.Request(slot="auto", via=request.reboot)
+        bootflow.reboot(target, req, kexec.probe_support(), announce)
+    return outcome.exit_code
+
+
+def _version(text: str) -> Any:
+    from updater import release
+
+    try:
+        return release.parse_version(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "update",
+        help="install the newest signed release into the other slot and activate it",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_repository_options(p, "verified metadata and the resume journal")
+    p.add_argument("--version", type=_version, metavar="V", help="install exactly release V")
+    p.add_argument("--allow-downgrade", action="store_true",
+                   help="take a release older than the booted one")  # fmt: skip
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="only say whether an update is available (exit 0) or not (exit 3)",
+    )
+    p.add_argument(
+        "--reboot",
+        type=config.option("update", "reboot"),
+        metavar="kexec|firmware|none",
+        help="after activating ([update] reboot)",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per line (README)")
+    p.set_defaults(func=cmd_update)

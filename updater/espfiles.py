@@ -1,0 +1,65 @@
+"""The files a slot boots from on the ESP: its kernel (with the verity root hash inside), its
+initrd, and the first-boot marker.
+
+Knows the names (``updater.cmdline`` lists them, as Flatcar's grub.cfg does) and reads them
+through a ``BootFiles``, each file once (the partition backends cache what they read). It does
+not parse the files beyond the root hash, and it does not write anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from updater import cmdline
+from updater.bootfs import BootFiles
+
+
+@dataclass(frozen=True)
+class SlotFiles:
+    """What GRUB would read from the ESP to boot one slot."""
+
+    kernel: str | None  # ESP-relative path, None when the slot has no kernel here
+    kernel_data: bytes = field(repr=False)
+    initrd: str | None  # ESP-relative path of a separate initrd, when the image ships one
+    initrd_data: bytes = field(repr=False)
+    first_boot: bool
+
+
+def slot_files(files: BootFiles, letter: str) -> SlotFiles:
+    """The slot's kernel, initrd and the first-boot marker, each read once."""
+    k, i = kernel(files, letter), initrd(files, letter)
+    return SlotFiles(
+        k[0] if k else None, k[1] if k else b"", i[0] if i else None, i[1] if i else b"",
+        first_boot(files),
+    )  # fmt: skip
+
+
+def first_of(files: BootFiles, candidates: Sequence[str]) -> tuple[str, bytes] | None:
+    """The first candidate that exists, with its bytes."""
+    for rel in candidates:
+        data = files.read(rel)
+        if data is not None:
+            return rel, data
+    return None
+
+
+def kernel(files: BootFiles, letter: str) -> tuple[str, bytes] | None:
+    """The slot's kernel: ``flatcar/vmlinuz-a`` for USR-A, ``-b`` otherwise (``coreos/``
+    on older images)."""
+    return first_of(files, cmdline.kernel_candidates(letter))
+
+
+def initrd(files: BootFiles, letter: str) -> tuple[str, bytes] | None:
+    """The slot's separate initrd, when the image ships one."""
+    return first_of(files, cmdline.initrd_candidates(letter))
+
+
+def usrhash(files: BootFiles, letter: str, arch: str) -> str | None:
+    """The verity root hash stored in the slot's kernel for ``arch``, or None."""
+    found = kernel(files, letter)
+    return cmdline.usrhash_from_kernel(found[1], arch) if found else None
+
+
+def first_boot(files: BootFiles) -> bool:
+    return any(files.read(marker) is not None for marker in cmdline.FIRST_BOOT_MARKERS)
