@@ -166,11 +166,15 @@ def _settings(stage: Path) -> None:
     wants.mkdir(parents=True, exist_ok=True)
     (wants / UNIT_PATH.name).symlink_to(f"/{UNIT_PATH}")
     write(units / "serial-getty@ttyS0.service.d/after-installer.conf", GETTY_AFTER)
-    # No UPDATER-READY from the installer (the VM tests wait for the installed OS's), no sync
-    # of a disk it did not boot from.
+    # No UPDATER-READY from the installer (the VM tests wait for the installed OS's), and none
+    # of the project's units: no disk here was booted from. Masked, not just not enabled:
+    # without /etc/machine-id systemd takes this for a first boot and enables every unit its
+    # presets allow (Debian's allow all).
     for rel in ("updater-ready.service", "multi-user.target.wants/updater-ready.service",
                 "sysinit.target.wants/updater-sync.service"):  # fmt: skip
         (units / rel).unlink()
+    for unit in ["updater-ready.service", *(p.name for p in (REPO / "systemd").glob("*.service"))]:
+        (units / unit).symlink_to("/dev/null")
     wait = units / "systemd-networkd-wait-online.service"
     wait.unlink(missing_ok=True)  # the image masks it; the installer waits for its network
     write(units / "systemd-networkd-wait-online.service.d/any.conf", WAIT_ONLINE)
