@@ -31,10 +31,11 @@ def tar_of(files: Mapping[str, bytes], path: Path, extra: tuple[tarfile.TarInfo,
 
 @pytest.fixture
 def repo() -> MemoryRepo:
-    m = MemoryRepo()
-    m.add("1")
-    m.add("2")
-    return m
+    """Two releases published by the project's own code, in memory."""
+    published = MemoryRepo()
+    for version in ("1", "2"):
+        published.add(version)
+    return published
 
 
 def client_of(archive: Path, repo: MemoryRepo, cache: Path) -> ReleaseClient:

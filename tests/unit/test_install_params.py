@@ -3,6 +3,8 @@ the kernel's ``next_arg`` does (init/main.c, lib/cmdline.c), the last occurrence
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from updater.errors import UsageError
@@ -48,3 +50,25 @@ def test_unknown_keys_and_missing_values_are_refused() -> None:
         arguments("updater.install.wpie=1")
     with pytest.raises(UsageError, match="needs a value"):
         arguments("updater.install.disk")
+
+
+def test_command_line_options_win_over_kernel_parameters(tmp_path: Path) -> None:
+    from updater.cli import build_parser
+    from updater.commands import install
+
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text(
+        "console=ttyS0 updater.install.disk=/dev/vda updater.install.repo=http://10.0.2.100 "
+        "updater.install.wipe updater.install.then=kexec updater.install.oem=qemu\n"
+    )
+    args = build_parser("install").parse_args(
+        ["install", "--kernel-cmdline", str(cmdline), "--disk", "/dev/vdb", "--then", "none"]
+    )
+    install._from_kernel(args)
+    assert (args.install_disk, args.repo, args.wipe, args.then, args.oem_id, args.yes) == (
+        "/dev/vdb", "http://10.0.2.100", True, "none", "qemu", True,
+    )  # fmt: skip
+    cmdline.write_text("updater.install.then=sometimes\n")
+    bad = build_parser("install").parse_args(["install", "--kernel-cmdline", str(cmdline)])
+    with pytest.raises(UsageError, match="kernel parameters are not valid"):
+        install._from_kernel(bad)

@@ -159,6 +159,7 @@ def test_network_install_kexec_then_cold_boot(
         m.start()
         began = m.wait_for(START, BOOT_TIMEOUT)
         installer_up = time.monotonic()
+        assert "Booting USR-" not in m.console.text[: began.start()]  # no GRUB ran first
         done = m.wait_for(r"installed release (\d+) onto /dev/vda in ([\d.]+) s", 600, began.end())
         installed_at = time.monotonic()
         ready = m.wait_for(READY, BOOT_TIMEOUT, done.end())

@@ -57,6 +57,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
     if args.kernel_cmdline:
         _from_kernel(args)
+    args.install_disk = args.install_disk or args.disk  # also before the command, as elsewhere
     if not args.install_disk:
         raise UsageError("no disk to install on", hint="pass --disk DEV")
     cfg = config.load(args.config)
@@ -182,7 +183,8 @@ def _options(p: argparse.ArgumentParser) -> None:
                         help="release repository (default: [update] repo)")  # fmt: skip
     source.add_argument("--image", metavar="FILE",
                         help="an uncompressed tar of a copy of the repository")  # fmt: skip
-    p.add_argument("--channel", type=config.option("update", "channel"), metavar="C")
+    p.add_argument("--channel", type=config.option("update", "channel"), metavar="C",
+                   help="release channel ([update] channel)")  # fmt: skip
     p.add_argument("--version", metavar="V", help="this release (default: the newest)")
     p.add_argument("--oem", dest="oem_id", metavar="ID", help="OEM settings from assets/oem/ID")
     p.add_argument("--oem-dir", metavar="DIR", help="the OEM partition's files, from DIR")
@@ -200,7 +202,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _options(p)
-    p.add_argument("--trusted-root", type=config.option("update", "trusted_root"), metavar="FILE")
+    p.add_argument("--trusted-root", type=config.option("update", "trusted_root"),
+                   metavar="FILE", help="root metadata to start trust from")  # fmt: skip
     p.add_argument("--assets", type=config.option("install", "assets"), metavar="DIR",
                    help="GRUB, ROOT and OEM files (default: [install] assets)")  # fmt: skip
     p.add_argument("--yes", action="store_true", help="do not ask before erasing the disk")

@@ -9,7 +9,8 @@ names (an optional leading ``./`` is dropped) and without duplicates, since two 
 name would make "the file" ambiguous. A member is read at its data offset, from an offset to its
 signed length and never beyond (``updater.fetch.bounds``); a missing one is answered like HTTP
 404. Compressed archives are refused: reading a member would mean decompressing everything
-before it, and an image is streamed straight into the slot.
+before it, and an image is streamed straight into the slot. Nothing is verified or extracted
+here: python-tuf checks what it reads, the slot writer the image.
 """
 
 from __future__ import annotations

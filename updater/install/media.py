@@ -10,6 +10,9 @@ partition's start as hidden sectors, as it would read it from sysfs.
 Every write here goes through the whole disk's page cache and is made durable (``fsync`` on
 the disk) before the partition table appears; the partition nodes created after that have
 page caches of their own, which then read what is on the disk.
+
+This module decides nothing: what to clear, where the partitions are and in which order things
+happen come from ``plan`` and ``flow``; the slots are written by ``updater.deploy``.
 """
 
 from __future__ import annotations
