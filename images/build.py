@@ -153,11 +153,16 @@ def _files(root: Path) -> Iterator[Path]:
             yield path
 
 
+# Files under images/ that run an image or explain it but never go into one: editing them
+# must not cost a rebuild.
+NOT_BUILD_INPUTS = frozenset({"demo.py", "walkthrough.sh", "boot.sh", "README.md"})
+
+
 def build_key(versions: Sequence[int]) -> str:
     h = hashlib.sha256(f"build {RECIPE} {rootfs_key()} {list(versions)}\n".encode())
     h.update(f"{USR_SIZE} {ESP_SIZE} {OEM_SIZE} {ROOT_SIZE} {GRUB_MODULES}".encode())
-    inputs: list[Path] = []
-    for sub in ("images", "initrd-hooks", "grub", "updater", "systemd"):
+    inputs = [p for p in _files(REPO / "images") if p.name not in NOT_BUILD_INPUTS]
+    for sub in ("initrd-hooks", "grub", "updater", "systemd"):
         inputs += list(_files(REPO / sub))
     digest_files(h, [*inputs, REPO / "pyproject.toml"])  # the runtime dependencies
     return h.hexdigest()[:20]

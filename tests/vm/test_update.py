@@ -121,7 +121,7 @@ def test_update_by_hand_and_by_the_agent(
 
         # 2. version 2 published; the write into USR-B is cut by a power failure
         publish(built_image, repo, 2)
-        m.run("nohup updater update --json > /root/update.log 2>&1 &").check()
+        m.run("nohup updater update --json > /root/update.log 2>&1 < /dev/null & true").check()
         end = time.monotonic() + 600
         while True:
             log = m.run("cat /root/update.log", timeout=60).output
