@@ -17,7 +17,9 @@ What gets built, Flatcar style:
   (where Flatcar's GRUB reads it from);
 - one initramfs, built by dracut inside the tree with the project's module from ``initrd-hooks/``;
 - the GPT disk (``updater.layout``): ESP with GRUB (``grub/grub.cfg``), kernel, initrd, grubenv and
-  the first-boot marker; USR-A = version 1; USR-B empty; OEM; ROOT = the tree without ``/usr``.
+  the first-boot marker; USR-A = version 1; USR-B empty; OEM; ROOT = the tree without ``/usr``;
+- the installer (``images/installer.py``): its assets in ``/usr/share/updater/install`` of every
+  version, and a network-boot kernel and initramfs that run ``updater install``.
 
 Results live in ``${UPDATER_CACHE:-~/.cache/updater}/images/<hash>``, where the hash covers every
 input (packages, mirror, this file, initrd-hooks, grub, systemd units, the updater package,
@@ -56,7 +58,6 @@ from images.disk import (  # noqa: E402
     OEM_SIZE,
     ROOT_SIZE,
     USR_SIZE,
-    initial_env,
     make_disk,
     make_esp,
     make_ext4,
@@ -64,6 +65,7 @@ from images.disk import (  # noqa: E402
     partition_offsets,
     root_tree,
 )
+from images.installer import make_assets, make_installer  # noqa: E402
 from images.payload import kernel_with_hash, make_usr  # noqa: E402
 from images.tree import build_rootfs_tar, customize, kernel_version, rootfs_key  # noqa: E402
 from updater.errors import UpdaterError  # noqa: E402
@@ -97,8 +99,10 @@ HOST_TOOLS = {
     "grub-mkimage": "grub-common",
     "unshare": "util-linux",
     "tar": "tar",
+    "cpio": "cpio",
+    "busybox": "busybox-static",
 }
-RECIPE = "5"  # bump to force a rebuild when something outside the hashed files changes
+RECIPE = "7"  # bump to force a rebuild when something outside the hashed files changes
 VERSIONS = (1, 2, 3, 4)  # 1 on the disk; the rest published by the VM tests and the demo
 
 
@@ -127,6 +131,10 @@ class BuildResult:
     # keys included (tests publish later versions with ``publish``); its root.json is the
     # trusted root inside the images.
     repo: Path
+    # The network-boot installer: version 1's kernel, and an initramfs holding version 1's USR
+    # image and ROOT; it runs `updater install` as the updater.install.* parameters say.
+    installer_kernel: Path
+    installer_initrd: Path
 
     def as_json(self) -> dict[str, str]:
         return {k: str(v) for k, v in asdict(self).items()}
@@ -253,6 +261,8 @@ def _result(final: Path) -> BuildResult:
         initrd=final / "initrd.img",
         directory=final,
         repo=final / "repo",
+        installer_kernel=final / "installer-vmlinuz",
+        installer_initrd=final / "installer-initrd.img",
     )
 
 
@@ -280,6 +290,8 @@ def _build_into(out: Path, tarball: Path, versions: Sequence[int]) -> None:
     shutil.copyfile(repo / "metadata/root.json", trusted)
     kver = kernel_version(tree)
     shutil.copy2(tree / "boot/updater-initrd.img", out / "initrd.img")
+    root = root_tree(tree, work)
+    assets = make_assets(tree, root)  # in /usr: every version carries them
     hashes: dict[int, str] = {}
     for version in versions:
         p = payload(out, version)
@@ -289,10 +301,11 @@ def _build_into(out: Path, tarball: Path, versions: Sequence[int]) -> None:
         kernel_with_hash(tree / f"boot/vmlinuz-{kver}", p.kernel, hashes[version])
         if version == 1:  # what the disk runs; tests publish later versions themselves
             publish_release(repo, p, out / "initrd.img")
-    esp = make_esp(work, out / "vmlinuz-v1", out / "initrd.img", initial_env(hashes[1]))
-    oem = make_oem(work)
-    root = make_ext4(work, "rootfs", "ROOT", root_tree(tree, work), ROOT_SIZE)
-    make_disk(work, out / "disk.img", payload(out, 1).usr, esp, oem, root)
+    esp = make_esp(work, out / "vmlinuz-v1", out / "initrd.img", assets, hashes[1])
+    oem = make_oem(work, assets)
+    root_fs = make_ext4(work, "rootfs", "ROOT", root, ROOT_SIZE)
+    make_disk(work, out / "disk.img", payload(out, 1).usr, esp, oem, root_fs)
+    make_installer(out, work, tree, root, payload(out, 1).usr, kver)
     shutil.rmtree(work)
     (out / "result.json").write_text(
         json.dumps({"versions": list(versions), "kernel": kver}, indent=2, sort_keys=True) + "\n"

@@ -1,7 +1,9 @@
 """The GPT disk: ESP (GRUB, kernel, initrd, grubenv, first-boot marker), OEM, ROOT and USR-A.
 
 Filesystems are made in plain files (``mkfs.vfat -C``, ``mkfs.ext4 -d``, mtools) and copied into the
-sparse disk at the partition offsets sgdisk chose: no loop devices, no mounts.
+sparse disk at the partition offsets sgdisk chose: no loop devices, no mounts. The ESP's files
+and the OEM settings are the installer's (``updater.install.bootfiles``, the assets the image
+carries for ``updater install``), so that an installed disk boots as this one does.
 """
 
 from __future__ import annotations
@@ -11,12 +13,11 @@ import shutil
 import stat
 from pathlib import Path
 
-from images import REPO, progress
-from images.tree import write
-from updater import grubenv, slots
+from images import progress
+from updater import slots
 from updater.config import BootSettings
 from updater.errors import UpdaterError
-from updater.espenv import COPIES
+from updater.install import bootfiles
 from updater.layout import MiB, create_disk, flatcar_layout
 from updater.run import run
 
@@ -56,27 +57,27 @@ def mtools(argv: list[str]) -> None:
     run(argv, env={"MTOOLS_SKIP_CHECK": "1"})
 
 
-def make_esp(work: Path, kernel: Path, initrd: Path, env_block: bytes) -> Path:
+def make_esp(work: Path, kernel: Path, initrd: Path, assets: Path, root_hash: str) -> Path:
+    """The ESP of a disk with version 1 in USR-A: what ``updater install`` writes, plus the
+    initrd for USR-B (the VM tests put only a kernel there when they write B by hand)."""
     progress("ESP: GRUB, kernel, initrd, grubenv")
     esp = work / "esp.img"
     esp.unlink(missing_ok=True)
     run(["mkfs.vfat", "-F", "32", "-n", "EFI-SYSTEM", "-C", str(esp), str(ESP_SIZE // 1024)])
-    grub_efi = work / "BOOTX64.EFI"
-    # The prefix has no device: GRUB takes the partition it was loaded from, the ESP.
-    run(["grub-mkimage", "-O", "x86_64-efi", "-d", str(GRUB_EFI_DIR), "-p", "/EFI/BOOT",
-         "-o", str(grub_efi), *GRUB_MODULES])  # fmt: skip
-    (work / "grubenv").write_bytes(env_block)  # both copies start out the same
-    (work / "first_boot").write_bytes(b"")
+    loader = "BOOTX64.EFI"
+    files = bootfiles.fresh_esp(
+        loader, (assets / "grub" / loader).read_bytes(),
+        (assets / "grub" / "grub.cfg").read_bytes(), layout_slots(), {"A": root_hash},
+        BootSettings().panic,
+    )  # fmt: skip
+    files = {"flatcar/vmlinuz-a": kernel.read_bytes(), "flatcar/initrd-a": initrd.read_bytes(),
+             "flatcar/initrd-b": initrd.read_bytes(), **files}  # fmt: skip
     img = ["-i", str(esp)]
-    mtools(["mmd", *img, "::/EFI", "::/EFI/BOOT", "::/flatcar"])
-    mtools(["mcopy", *img, str(grub_efi), "::/EFI/BOOT/BOOTX64.EFI"])
-    mtools(["mcopy", *img, str(REPO / "grub/grub.cfg"), "::/EFI/BOOT/grub.cfg"])
-    mtools(["mcopy", *img, str(kernel), "::/flatcar/vmlinuz-a"])
-    mtools(["mcopy", *img, str(initrd), "::/flatcar/initrd-a"])
-    mtools(["mcopy", *img, str(initrd), "::/flatcar/initrd-b"])
-    for copy in COPIES:
-        mtools(["mcopy", *img, str(work / "grubenv"), f"::/{copy}"])
-    mtools(["mcopy", *img, str(work / "first_boot"), "::/flatcar/first_boot"])
+    mtools(["mmd", *img, *(f"::/{d}" for d in bootfiles.DIRECTORIES)])
+    staged = work / "esp-file"
+    for name, data in files.items():
+        staged.write_bytes(data)
+        mtools(["mcopy", *img, str(staged), f"::/{name}"])
     return esp
 
 
@@ -125,16 +126,9 @@ def root_tree(tree: Path, work: Path) -> Path:
     return root
 
 
-def make_oem(work: Path) -> Path:
-    oem = work / "oem"
-    shutil.rmtree(oem, ignore_errors=True)
-    write(
-        oem / "grub.cfg",
-        "# OEM settings, sourced by the ESP grub.cfg (as Flatcar does)\n"
-        'set oem_id="qemu"\n'
-        'set linux_append="updater.test=1"\n',
-    )
-    return make_ext4(work, "oem", "OEM", oem, OEM_SIZE)
+def make_oem(work: Path, assets: Path) -> Path:
+    """OEM with the settings ``updater install --oem qemu`` takes from the same assets."""
+    return make_ext4(work, "oem", "OEM", assets / "oem" / "qemu", OEM_SIZE)
 
 
 def make_disk(work: Path, out: Path, usr_a: Path, esp: Path, oem: Path, root: Path) -> None:
@@ -167,14 +161,11 @@ def partition_offsets(disk: Path) -> dict[int, tuple[int, int]]:
     return found
 
 
-def initial_env(root_hash: str) -> bytes:
-    """The first copy of the grubenv (sequence 1), as ``updater`` renders it from the GPT."""
+def layout_slots() -> list[slots.Slot]:
+    """The usr slots of the test disk's layout, as its partition table holds them."""
     layout = flatcar_layout(usr_size=USR_SIZE, esp_size=ESP_SIZE, oem_size=OEM_SIZE)
-    table = [
+    return [
         slots.Slot(p.number, p.label, p.partuuid, p.attributes)
         for p in layout.partitions
         if p.type_guid == slots.USR_TYPE
     ]
-    values = grubenv.slot_vars(table, {"A": root_hash})
-    values[grubenv.PANIC_KEY] = str(BootSettings().panic)
-    return grubenv.render_copy(values, 1)

@@ -40,6 +40,7 @@ PACKAGES = (
     "dosfstools",
     "mtools",
     "kmod",
+    "python3-parted",  # updater install partitions with pyparted (Debian's build, 3.12)
 )
 
 # Module trees no test VM needs; dropping them keeps USR small (they are most of the kernel).

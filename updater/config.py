@@ -127,12 +127,18 @@ class HealthSettings:
 
 
 @dataclass(frozen=True)
+class InstallSettings:
+    assets: str = "/usr/share/updater/install"
+
+
+@dataclass(frozen=True)
 class Config:
     boot: BootSettings = field(default_factory=BootSettings)
     update: UpdateSettings = field(default_factory=UpdateSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
     lock: LockSettings = field(default_factory=LockSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
+    install: InstallSettings = field(default_factory=InstallSettings)
     source: str | None = None  # the file it was read from; None: every default
 
 
@@ -142,6 +148,7 @@ SECTIONS: Mapping[str, type[Any]] = {
     "agent": AgentSettings,
     "lock": LockSettings,
     "health": HealthSettings,
+    "install": InstallSettings,
 }
 
 # ------------------------------------------------------------------------------ value parsers
@@ -467,6 +474,10 @@ SETTINGS: tuple[Setting, ...] = (
             "rolled back after it."),
     Setting("health", "interval", _seconds(0.1, 600),
             "Seconds between rounds of checks while some still fail."),
+    Setting("install", "assets", _absolute_path,
+            "What `updater install` puts on a new disk besides the release: `grub/BOOTX64.EFI` "
+            "(`BOOTAA64.EFI` on arm64) and `grub/grub.cfg` for the ESP, `root/` (the initial "
+            "ROOT; absent: ROOT starts empty), `oem/ID/` (the OEM files for `--oem ID`)."),
 )  # fmt: skip
 
 _BY_KEY = {(s.section, s.key): s for s in SETTINGS}

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,40 @@ def test_render_matches_grub_editenv(tmp_path: Path) -> None:
     # And GRUB's reader agrees with ours on a block we rendered.
     path.write_bytes(grubenv.render(values))
     assert sh("grub-editenv", path, "list").splitlines() == [f"{k}={v}" for k, v in values.items()]
+
+
+def test_installer_assets_in_usr_and_the_network_boot_initramfs(
+    built: build.BuildResult, tmp_path: Path
+) -> None:
+    """Every version carries what `updater install` needs (GRUB as on the test disk's ESP, ROOT,
+    the OEM settings, pyparted); the installer's initramfs is a gzip cpio with a static busybox
+    /init, its two modules and the installer's units, then an uncompressed cpio holding
+    version 1's USR image byte for byte."""
+    listing = sh("unsquashfs", "-l", built.usr_v1)
+    for rel in ("share/updater/install/grub/BOOTX64.EFI", "share/updater/install/grub/grub.cfg",
+                "share/updater/install/root/etc/hostname",
+                "share/updater/install/oem/qemu/grub.cfg", "lib/python3/dist-packages/parted"):
+        assert f"squashfs-root/{rel}\n" in listing, rel
+    data = built.installer_initrd.read_bytes()
+    assert data[:2] == b"\x1f\x8b"
+    inflater = zlib.decompressobj(wbits=31)
+    first = inflater.decompress(data)
+    rest = inflater.unused_data.lstrip(b"\0")
+    members = sh_input(["cpio", "-itv", "--quiet"], first)
+    for name in ("init", "installer/busybox", "installer/modules/loop.ko",
+                 "installer/modules/squashfs.ko", "etc/systemd/system/updater-installer.service",
+                 "etc/systemd/network/50-dhcp.network"):
+        assert f" {name}\n" in members, name
+    lines = members.splitlines()
+    assert next(line for line in lines if line.endswith(" dev/console")).startswith("crw-------")
+    assert not [line for line in lines if line.endswith("updater-ready.service")]
+    out = tmp_path / "second"
+    out.mkdir()
+    subprocess.run(["cpio", "-id", "--quiet"], input=rest, cwd=out, check=True)
+    assert (out / "installer/usr.img").read_bytes() == built.usr_v1.read_bytes()
+    assert built.installer_kernel.read_bytes()[0x202:0x206] == b"HdrS"  # a bzImage
+
+
+def sh_input(argv: list[str], data: bytes) -> str:
+    proc = subprocess.run(argv, input=data, capture_output=True, check=True)
+    return proc.stdout.decode()

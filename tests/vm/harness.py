@@ -6,7 +6,8 @@ It can start QEMU, wait for console markers, run shell commands in the guest, re
 kill QEMU hard and start it again on the same overlay, so the disk state carries over.
 
 It does not build images, log in (the images autologin root on ttyS0), or decide what a test
-asserts. QEMU always runs with TCG and without a network device.
+asserts. QEMU always runs with TCG, and without a network device unless the test gives the
+machine forwards or a network boot: then QEMU's user network with ``restrict=on``.
 """
 
 from __future__ import annotations
@@ -75,6 +76,19 @@ class Forward:
 
 
 @dataclass(frozen=True)
+class NetBoot:
+    """Network boot from QEMU's user network: its DHCP server names ``bootfile`` and its TFTP
+    server (10.0.2.2) serves ``tftp``. The NIC's option ROM (iPXE, from Debian's ipxe-qemu)
+    loads it when the firmware gets to the NIC: after the disk, which comes first."""
+
+    tftp: Path
+    bootfile: str
+
+    def netdev_option(self) -> str:
+        return f"tftp={self.tftp.resolve()},bootfile={self.bootfile}"
+
+
+@dataclass(frozen=True)
 class VmConfig:
     boot: Firmware | DirectKernel
     disk: Path | None = None  # raw base image; the machine boots a qcow2 overlay over it
@@ -88,6 +102,9 @@ class VmConfig:
     # Restricted user networking (no route to the host or anywhere else) with only these
     # forwards to the host's loopback; no network device at all when empty.
     forwards: tuple[Forward, ...] = ()
+    net_boot: NetBoot | None = None
+    # A disk that starts out blank (a qcow2 of this many bytes, holes only) instead of ``disk``.
+    blank_disk: int | None = None
     extra_args: tuple[str, ...] = ()
 
 
@@ -118,6 +135,16 @@ def qemu_img_overlay(base: Path, overlay: Path) -> None:
             str(base.resolve()),
             str(overlay),
         ],
+        check=True,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+    )
+
+
+def qemu_img_blank(path: Path, size: int) -> None:
+    """A qcow2 disk of ``size`` bytes that reads as zeros everywhere."""
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(path), str(size)],
         check=True,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -299,6 +326,9 @@ class Machine:
         if self.config.disk is not None:
             self.overlay = self.workdir / "disk.qcow2"
             qemu_img_overlay(self.config.disk, self.overlay)
+        elif self.config.blank_disk is not None:
+            self.overlay = self.workdir / "disk.qcow2"
+            qemu_img_blank(self.overlay, self.config.blank_disk)
         self.vars: Path | None = None
         if isinstance(self.config.boot, Firmware):
             self.vars = self.workdir / "OVMF_VARS.fd"
@@ -339,11 +369,13 @@ class Machine:
                 "-drive", f"if=none,id=extra{i},format=raw,readonly=on,file={extra.resolve()}",
                 "-device", f"virtio-blk-pci,drive=extra{i},serial=extra{i}",
             ]  # fmt: skip
-        if c.forwards:
-            options = ",".join(f.netdev_option() for f in c.forwards)
+        if c.forwards or c.net_boot:
+            options = [f.netdev_option() for f in c.forwards]
+            options += [c.net_boot.netdev_option()] if c.net_boot else []
+            nic = "virtio-net-pci,netdev=net0" + (",bootindex=1" if c.net_boot else "")
             args += [
-                "-netdev", f"user,id=net0,restrict=on,{options}",
-                "-device", "virtio-net-pci,netdev=net0",
+                "-netdev", ",".join(["user,id=net0,restrict=on", *options]),
+                "-device", nic,
             ]  # fmt: skip
         else:
             args += ["-nic", "none"]

@@ -47,4 +47,7 @@ INDEX: dict[str, Entry] = {
         "agent", "the fleet update agent (unattended updates, health-gated commit, rollback)"
     ),
     "lock": Entry("lock", "the fleet's reboot semaphore in etcd: status, unlock, set-max, serve"),
+    "install": Entry(
+        "install", "install the OS on a blank disk (partition, format, GRUB, the release, verify)"
+    ),
 }

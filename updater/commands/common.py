@@ -37,6 +37,40 @@ def resolve_target(args: argparse.Namespace, disk: str | None = None) -> Target:
     )
 
 
+class ProgressBar:
+    """Progress for people: a tqdm bar per phase on a terminal (stderr), else a line on stdout
+    every 10 %. A new phase closes the bar of the one before."""
+
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+        self.bar: Any = None
+        self.phase = ""
+        self.step = -1
+
+    def update(self, phase: str, done: int, total: int) -> None:
+        if phase != self.phase:
+            self.close()
+            self.phase, self.step = phase, -1
+            if self.tty:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc=phase, unit="B", unit_scale=True,
+                                unit_divisor=1024, file=sys.stderr, leave=True)  # fmt: skip
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            return
+        step = done * 10 // total if total else 10
+        if step != self.step:
+            self.step = step
+            out(f"{phase} {done * 100 // total if total else 100} % ({done} of {total} bytes)\n")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.phase = ""
+
+
 def add_repository_options(p: argparse.ArgumentParser, state_help: str) -> None:
     """``--repo``, ``--trusted-root``, ``--state-dir`` and ``--channel``: the ``[update]``
     settings a command that reads the release repository lets the command line override, each

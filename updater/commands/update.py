@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from updater import config, jsonout
-from updater.commands.common import add_repository_options, out, resolve_target
+from updater.commands.common import ProgressBar, add_repository_options, out, resolve_target
 from updater.config import RebootVia
 from updater.errors import UpdaterError
 
@@ -50,14 +50,11 @@ class Display:
     """Events for people: a tqdm bar per phase on a terminal, else a line every 10 %."""
 
     def __init__(self, tty: bool) -> None:
-        self.tty = tty
-        self.bar: Any = None
-        self.phase = ""
-        self.step = -1
+        self.bar = ProgressBar(tty)
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
         if kind in ("downloading", "verifying", "boot-files"):
-            self._progress(kind, data["bytes"], data["total"])
+            self.bar.update(kind, data["bytes"], data["total"])
             return
         self.close()
         text = {
@@ -77,28 +74,8 @@ class Display:
         if text is not None:
             out(text() + "\n")
 
-    def _progress(self, phase: str, done: int, total: int) -> None:
-        if phase != self.phase:
-            self.close()
-            self.phase, self.step = phase, -1
-            if self.tty:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, desc=phase, unit="B", unit_scale=True,
-                                unit_divisor=1024, file=sys.stderr, leave=True)  # fmt: skip
-        if self.bar is not None:
-            self.bar.update(done - self.bar.n)
-            return
-        step = done * 10 // total if total else 10
-        if step != self.step:
-            self.step = step
-            out(f"{phase} {done * 100 // total if total else 100} % ({done} of {total} bytes)\n")
-
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-        self.phase = ""
+        self.bar.close()
 
 
 def cmd_update(args: argparse.Namespace) -> int:

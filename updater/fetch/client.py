@@ -40,6 +40,7 @@ from tuf.ngclient import Updater
 from updater import release
 from updater.config import ARCHES
 from updater.errors import DataError, UsageError, VerificationError
+from updater.fetch.archive import ArchiveFetcher
 from updater.fetch.failures import at_edge
 from updater.fetch.http import HttpFetcher, HttpPolicy
 from updater.fetch.local import LocalFetcher
@@ -73,6 +74,12 @@ def endpoint(repo: str, policy: HttpPolicy | None = None) -> Endpoint:
     if not repo:
         raise UsageError("no release repository", hint="pass --repo or set [update] repo")
     raise UsageError(f"repository {repo!r} is neither an http(s):// URL nor an absolute directory")
+
+
+def archive_endpoint(path: str) -> Endpoint:
+    """A repository copy in one uncompressed tar archive (``updater.fetch.archive``)."""
+    fetcher = ArchiveFetcher(path)
+    return Endpoint(fetcher.url("metadata"), fetcher.url("targets"), fetcher)
 
 
 def read_trusted_root(path: str) -> bytes:

@@ -66,15 +66,21 @@ class LocalFetcher(StreamingFetcher):
         return capped(self._chunks(fd, url, start, length), url, start, length)
 
     def _chunks(self, fd: int, url: str, offset: int, end: int) -> Iterator[bytes]:
-        try:
-            while offset < end:
-                try:
-                    chunk = os.pread(fd, min(CHUNK, end - offset), offset)
-                except OSError as exc:
-                    raise TransportError(f"cannot read {url}: {exc.strerror}") from None
-                if not chunk:
-                    return  # the file shrank: ``capped`` reports it as truncated
-                offset += len(chunk)
-                yield chunk
-        finally:
-            os.close(fd)
+        return pread_chunks(fd, url, offset, end)
+
+
+def pread_chunks(fd: int, what: str, offset: int, end: int) -> Iterator[bytes]:
+    """The bytes of ``fd`` from ``offset`` to ``end`` (fewer if it ends first), in chunks; the
+    descriptor is closed when the iteration ends, however it ends."""
+    try:
+        while offset < end:
+            try:
+                chunk = os.pread(fd, min(CHUNK, end - offset), offset)
+            except OSError as exc:
+                raise TransportError(f"cannot read {what}: {exc.strerror}") from None
+            if not chunk:
+                return  # the file shrank: ``capped`` reports it as truncated
+            offset += len(chunk)
+            yield chunk
+    finally:
+        os.close(fd)
