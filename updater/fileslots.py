@@ -11,8 +11,8 @@ and ``root.img`` boots.
 
 Rules (in priority order):
 - revert marker (ignored without ``root-old.img``): drop a staged new image
-  and the counter, ``root.img`` -> ``root-broken.img``, ``root-old.img`` -> ``root.img``, then drop the marker
-  (last, so a cut before it resumes the revert);
+  and the counter, ``root.img`` -> ``root-broken.img``, ``root-old.img``
+  -> ``root.img``, then drop the marker (last, so a cut before it resumes the revert);
 - staged new image: ``root.img`` -> ``root-old.img``, then ``root-new.img``
   -> ``root.img`` (a cut in between leaves no ``root.img`` but a new one,
   which resumes the promotion);
