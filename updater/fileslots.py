@@ -1,0 +1,125 @@
+"""File-slot state machine: which image files exist -> the initrd's rename steps.
+
+A machine on the file backend keeps its OS as image files in one directory:
+``root.img`` (current), ``root-new.img`` (staged), ``root-old.img`` (previous),
+``root-broken.img`` (a reverted image), the ``system-revert`` marker and a
+``tries`` counter file. This module is pure: given which of those exist (and
+the counter's value) it returns the ordered steps the initrd performs. Every
+step is one rename, one unlink or one atomic counter write, so a power cut
+between any two steps leaves a state from which :func:`plan` finishes the job
+and ``root.img`` boots.
+
+Rules (in priority order):
+- revert marker (ignored without ``root-old.img``): drop a staged new image
+  and the counter, ``root.img`` -> ``root-broken.img``, ``root-old.img``
+  -> ``root.img``, then drop the marker (last, so a cut before it resumes the revert);
+- staged new image: ``root.img`` -> ``root-old.img``, then ``root-new.img``
+  -> ``root.img`` (a cut in between leaves no ``root.img`` but a new one,
+  which resumes the promotion);
+- tries counter: 0 left means the new image never got marked good, so write
+  the revert marker (then the revert rules apply); otherwise decrement it once
+  per boot. ``mark-good`` deletes the counter.
+
+It does NOT touch files, mount, or run dm-verity; the initrd hook and the
+writer do that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+ROOT = "root.img"
+NEW = "root-new.img"
+OLD = "root-old.img"
+BROKEN = "root-broken.img"
+MARKER = "system-revert"
+TRIES = "tries"
+
+StepKind = Literal["rename", "remove", "set-tries", "mark-revert"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FileState:
+    """What the image directory holds; ``tries`` is None when no counter."""
+
+    images: frozenset[str]
+    revert: bool = False
+    tries: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    kind: StepKind
+    src: str = ""
+    dst: str = ""
+    value: int = 0
+
+
+def apply(state: FileState, step: Step) -> FileState:
+    """The state after one step, as the filesystem would hold it."""
+    images = set(state.images)
+    if step.kind == "rename":
+        images.discard(step.src)
+        images.add(step.dst)  # rename(2) replaces dst atomically
+        return dataclasses.replace(state, images=frozenset(images))
+    if step.kind == "remove":
+        if step.src == MARKER:
+            return dataclasses.replace(state, revert=False)
+        if step.src == TRIES:
+            return dataclasses.replace(state, tries=None)
+        images.discard(step.src)
+        return dataclasses.replace(state, images=frozenset(images))
+    if step.kind == "set-tries":
+        return dataclasses.replace(state, tries=step.value)
+    return dataclasses.replace(state, revert=True)
+
+
+def _next(state: FileState, decremented: bool) -> Step | None:
+    imgs = state.images
+    if state.revert and OLD not in imgs:
+        return Step("remove", MARKER)  # nothing to go back to: boot as is
+    if state.revert:
+        if NEW in imgs:
+            return Step("remove", NEW)
+        if state.tries is not None:
+            return Step("remove", TRIES)
+        if ROOT in imgs:
+            return Step("rename", ROOT, BROKEN)
+        return Step("rename", OLD, ROOT)
+    if NEW in imgs:
+        if ROOT in imgs:
+            return Step("rename", ROOT, OLD)
+        return Step("rename", NEW, ROOT)
+    if ROOT not in imgs and OLD in imgs:
+        # Only a cut mid-revert leaves this (the marker is already gone only
+        # if the rename finished, so this is defensive): boot the old image.
+        return Step("rename", OLD, ROOT)
+    if state.tries is not None and not decremented:
+        if state.tries <= 0:
+            if OLD in imgs:
+                return Step("mark-revert")
+            return Step("remove", TRIES)  # nothing to fall back to
+        return Step("set-tries", value=state.tries - 1)
+    return None
+
+
+def plan(state: FileState) -> list[Step]:
+    """The ordered steps one boot performs from ``state`` (empty: boot as is)."""
+    steps: list[Step] = []
+    decremented = False
+    for _ in range(16):  # every rule shrinks the state; 16 bounds a bug
+        step = _next(state, decremented)
+        if step is None:
+            return steps
+        steps.append(step)
+        decremented = decremented or step.kind in ("set-tries", "mark-revert")
+        state = apply(state, step)
+    raise AssertionError("file-slot plan does not converge")
+
+
+def run(state: FileState) -> FileState:
+    """The state after one whole boot's plan."""
+    for step in plan(state):
+        state = apply(state, step)
+    return state
