@@ -8,7 +8,10 @@ import pytest
 
 from updater import grubenv, slots
 from updater.errors import DataError, UsageError
-from updater.layout import USR_A_UUID, USR_B_UUID
+
+# Flatcar's USR-A and USR-B partition GUIDs (build_library/disk_layout.json).
+USR_A_UUID = uuid.UUID("7130c94a-213a-4e5a-8e26-6cce9662f132")
+USR_B_UUID = uuid.UUID("e03dd35c-7c2d-4a47-b3fe-27f15780a57c")
 
 HASH_A = "a" * 64
 HASH_B = "0123456789abcdef" * 4
@@ -51,8 +54,14 @@ def test_parse_undoes_grub_escapes() -> None:
 
 
 def test_parse_requires_header() -> None:
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="not a GRUB environment block"):
         grubenv.parse(b"k=v\n" + b"#" * 1020)
+
+
+def test_parse_skips_comment_and_blank_lines() -> None:
+    """GRUB's reader (grub_envblk_iterate) skips lines starting with '#', as padding is."""
+    block = b"# GRUB Environment Block\n#usr_a_tries=5\n\nnovalue\n#\nk=v#x\n=e\n" + b"#" * 100
+    assert grubenv.parse(block) == {"k": "v#x"}
 
 
 def test_size_limit() -> None:
@@ -138,9 +147,20 @@ def test_reconcile_only_lowers_tries() -> None:
         usr_b_priority="9",
     )
     assert grubenv.reconcile(env, table) == {}
-    for junk in ("", "-1", "x", "0x0", "١"):
-        env["usr_b_tries"] = junk
-        assert grubenv.reconcile(env, table) == {}
+
+
+@pytest.mark.parametrize(
+    "junk", ["", "-1", "x", "0x0", "١", "٠", "٠٠", " 1", "1 ", "+1", "1_0", "1.0", "10a", "g"]
+)
+def test_reconcile_ignores_what_is_not_a_tries_value(junk: str) -> None:
+    """B has 15 tries, so any of these that were read as a number (Unicode digits included,
+    which Python's int() accepts) would show up as a decrement."""
+    table = [usr(3, "USR-A", 1, 0, True), usr(4, "USR-B", 2, 15, False)]
+    env = grubenv.slot_vars(table, {})
+    env["usr_b_tries"] = junk
+    assert grubenv.reconcile(env, table) == {}
+    env["usr_b_tries"] = "e"  # and a real decrement is still seen
+    assert grubenv.reconcile(env, table) == {4: table[1].attributes - (1 << 52)}
 
 
 def test_reconcile_preserves_foreign_bits() -> None:
