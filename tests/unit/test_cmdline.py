@@ -281,7 +281,7 @@ def test_parse_oem_block_depth(text: str, expected: OemConfig) -> None:
 
 
 @pytest.mark.parametrize("value", ["a\x00b", "a\x1bb", "\x7f"])
-def test_parse_oem_refuses_control_characters(value: str) -> None:
+def test_parse_oem_refusal_names_line_and_key(value: str) -> None:
     with pytest.raises(DataError, match=r"OEM grub.cfg line 2: linux_append holds a control"):
         parse_oem_grub_cfg(f"set oem_id=x\nset linux_append='{value}'")
 

@@ -12,12 +12,19 @@ from updater import slots
 from updater.errors import NoBootableSlot, SlotError, UsageError
 from updater.slots import Slot, encode
 
-FOREIGN_BITS = st.integers(0, (1 << 64) - 1).map(lambda v: v & ~slots.OWNED_MASK)
+# The bits the slot engine owns, from the ChromeOS/Flatcar layout (priority 48-51, tries 52-55,
+# successful 56), written out here rather than taken from the module under test.
+OWNED = 0x01FF_0000_0000_0000
+FOREIGN_BITS = st.integers(0, (1 << 64) - 1).map(lambda v: v & ~OWNED)
+
+
+def bits(p: int, t: int, s: bool, extra: int = 0) -> int:
+    return extra | p << 48 | t << 52 | int(s) << 56
 
 
 def mk(part: int, p: int, t: int, s: bool, label: str | None = None, extra: int = 0) -> Slot:
-    attrs = encode(extra, priority=p, tries=t, successful=s)
-    return Slot(part, label or f"USR-{chr(ord('A') + part - 3)}", uuid.uuid4(), attrs)
+    name = label or f"USR-{chr(ord('A') + part - 3)}"
+    return Slot(part, name, uuid.uuid4(), bits(p, t, s, extra))
 
 
 def pts(ss: list[Slot] | tuple[Slot, ...]) -> list[tuple[int, int, bool]]:
@@ -35,15 +42,25 @@ def test_codec_reference_examples() -> None:
 @given(FOREIGN_BITS, st.integers(0, 15), st.integers(0, 15), st.booleans())
 def test_codec_round_trip_preserves_foreign_bits(extra: int, p: int, t: int, s: bool) -> None:
     a = encode(extra, priority=p, tries=t, successful=s)
-    assert (slots.priority_of(a), slots.tries_of(a), slots.successful_of(a)) == (p, t, s)
-    assert a & ~slots.OWNED_MASK == extra
+    assert a == bits(p, t, s, extra)
+    full = bits(p, t, s, extra | ~OWNED & ((1 << 64) - 1))  # every foreign bit set
+    assert (slots.priority_of(full), slots.tries_of(full), slots.successful_of(full)) == (p, t, s)
+    assert encode(a) == a  # no field given: nothing changes
+    assert encode(full, priority=15 - p, tries=15 - t, successful=not s) == bits(
+        15 - p, 15 - t, not s, full & ~OWNED
+    )
 
 
 @pytest.mark.parametrize("field", ["priority", "tries"])
 @pytest.mark.parametrize("value", [-1, 16])
 def test_codec_rejects_out_of_range(field: str, value: int) -> None:
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match=f"^{field} must be between 0 and 15, not {value}$"):
         encode(0, **{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", [0, 15])
+def test_codec_accepts_the_bounds(value: int) -> None:
+    assert encode(0, priority=value, tries=value) == bits(value, value, False)
 
 
 # --- choose_next / next_boot (GRUB gptprio.next) -------------------------------------------
@@ -123,7 +140,7 @@ def test_prioritize_properties(state: list[tuple[int, int]], data: st.DataObject
     new = {p: slots.priority_of(a) for p, a in out.items()}
     assert new[chosen] == max(new.values()) and new[chosen] >= 1
     for a in ss:
-        assert out[a.partition] & ~slots.OWNED_MASK == a.attributes & ~slots.OWNED_MASK
+        assert out[a.partition] & ~OWNED == a.attributes & ~OWNED
         for b in ss:
             if chosen in (a.partition, b.partition):
                 continue
@@ -154,12 +171,31 @@ def test_set_active_matches_flatcar_postinst() -> None:
 
 def test_set_active_refuses_booted_slot_and_zero_tries() -> None:
     ss = fresh()
-    with pytest.raises(SlotError, match="booted"):
+    with pytest.raises(SlotError, match=r"^partition 3 \(USR-A\) is the booted slot; set-active"):
         slots.set_active(ss, 3, booted=3)
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="--tries must be at least 1"):
         slots.set_active(ss, 4, tries=0)
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="tries must be between 0 and 15, not 16"):
         slots.set_active(ss, 4, tries=16)
+    t = slots.set_active(ss, 4, tries=15, booted=3)
+    assert pts(slots.apply(ss, t.changes)) == [(1, 0, True), (2, 15, False)]
+    assert (t.action, t.target) == ("set-active", 4)
+
+
+def test_set_active_force_puts_the_booted_slot_on_trial() -> None:
+    """--force on the booted slot: it is no longer marked good and gets the tries; the other,
+    good slot is the fallback."""
+    ss = [mk(3, 2, 0, True, "USR-A"), mk(4, 1, 0, True, "USR-B")]
+    t = slots.set_active(ss, 3, tries=2, booted=3, force=True)
+    assert pts(slots.apply(ss, t.changes)) == [(2, 2, False), (1, 0, True)]
+
+
+def test_set_active_without_a_fallback_before_is_not_guarded() -> None:
+    """The guard keeps a fallback that exists; a disk that has none (A still on its first
+    trial) may get a new image into B."""
+    ss = [mk(3, 1, 1, False, "USR-A"), mk(4, 0, 0, False, "USR-B")]
+    t = slots.set_active(ss, 4, booted=3)
+    assert pts(slots.apply(ss, t.changes)) == [(1, 1, False), (2, 1, False)]
 
 
 def test_set_active_refuses_to_remove_last_good_slot() -> None:
@@ -174,15 +210,36 @@ def test_mark_good_matches_setgoodroot() -> None:
     ss = [mk(3, 1, 0, True, "USR-A"), mk(4, 2, 0, False, "USR-B")]
     t = slots.mark_good(ss, 4)
     assert pts(slots.apply(ss, t.changes)) == [(1, 0, True), (2, 0, True)]
+    assert (t.action, t.target) == ("mark-good", 4)
+
+
+def test_mark_good_clears_tries_and_prioritizes() -> None:
+    """Booted by hand into B while A is on top and B still has tries (``-S1 -T0``, then
+    prioritize: B on top, A below it)."""
+    ss = [mk(3, 2, 0, True, "USR-A"), mk(4, 1, 3, False, "USR-B", extra=1 << 57)]
+    after = slots.apply(ss, slots.mark_good(ss, 4).changes)
+    assert pts(after) == [(1, 0, True), (2, 0, True)]
+    assert after[1].attributes & ~OWNED == 1 << 57
+
+
+def test_mark_good_of_a_good_top_slot_changes_nothing() -> None:
+    ss = [mk(3, 2, 0, True, "USR-A"), mk(4, 1, 0, True, "USR-B")]
+    assert slots.mark_good(ss, 3).empty
 
 
 def test_mark_bad_guard() -> None:
     ss = [mk(3, 1, 0, True, "USR-A"), mk(4, 2, 0, True, "USR-B")]
     t = slots.mark_bad(ss, 4)
     assert pts(slots.apply(ss, t.changes)) == [(1, 0, True), (0, 0, False)]
+    assert (t.action, t.target) == ("mark-bad", 4)
     only = slots.apply(ss, t.changes)
-    with pytest.raises(SlotError, match="no other slot"):
+    with pytest.raises(SlotError, match="^refusing to mark USR-A bad: no other slot could boot$"):
         slots.mark_bad(only, 3)
+    unnamed = [Slot(3, "", uuid.uuid4(), bits(1, 0, True))]
+    with pytest.raises(SlotError, match="^refusing to mark 3 bad"):
+        slots.mark_bad(unnamed, 3)
+    with pytest.raises(UsageError, match="^partition 5 is not a slot$"):
+        slots.mark_bad(ss, 5)
     assert slots.choose_next(slots.apply(only, slots.mark_bad(only, 3, force=True).changes)) is None
 
 
@@ -202,36 +259,63 @@ def test_rollback_rules() -> None:
 def test_resolve_part_specs() -> None:
     ss = fresh()
     assert slots.resolve(ss, "4").partition == 4
+    assert slots.resolve(ss, "3").partition == 3
     assert slots.resolve(ss, "usr-b").partition == 4
+    assert slots.resolve(ss, " USR-A ").partition == 3
     assert slots.resolve(ss, "b").partition == 4
-    for bad in ["9", "C", "ROOT", ""]:
-        with pytest.raises(UsageError):
+    assert slots.resolve(ss, "A").partition == 3
+    with pytest.raises(UsageError, match=r"^partition 9 is not a slot \(slots: 3=USR-A, 4=USR-B"):
+        slots.resolve(ss, "9")
+    for bad in ["C", "ROOT", ""]:
+        with pytest.raises(UsageError, match=f"^no slot named {bad!r} \\(slots: 3=USR-A, 4=USR-B"):
             slots.resolve(ss, bad)
+    with pytest.raises(UsageError, match=r"\(slots: 3=\?\)"):
+        slots.resolve([Slot(3, "", uuid.uuid4(), 0)], "x")
+    with pytest.raises(UsageError, match=r"\(slots: none\)"):
+        slots.resolve([], "x")
 
 
 # --- the safety property -------------------------------------------------------------------
 
 OPS = st.lists(
     st.tuples(
-        st.sampled_from(["set-active", "next", "mark-good", "rollback", "mark-bad"]),
-        st.sampled_from([3, 4]),
+        st.sampled_from(["set-active", "next", "mark-good", "rollback", "mark-bad",
+                         "make-unbootable", "prioritize"]),
+        st.sampled_from([3, 4, 5]),
         st.integers(1, 3),
     ),
     max_size=30,
-)
+)  # fmt: skip
+SLOT_STATE = st.tuples(st.integers(0, 15), st.integers(0, 15), st.booleans())
+
+
+@st.composite
+def start_states(draw: st.DrawFn) -> list[Slot]:
+    """Two or three slots in any state that has a known-good fallback (a fresh Flatcar disk is
+    one of them)."""
+    states = draw(st.lists(SLOT_STATE, min_size=2, max_size=3))
+    ss = [mk(3 + i, *x) for i, x in enumerate(states)]
+    if not slots.has_fallback(ss):
+        i = draw(st.integers(0, len(ss) - 1))
+        ss[i] = mk(3 + i, draw(st.integers(1, 15)), states[i][1], True)
+    return ss
 
 
 @settings(max_examples=400)
-@given(OPS)
+@given(start_states(), OPS)
 def test_no_sequence_leaves_no_bootable_slot_unless_marked_bad(
-    ops: list[tuple[str, int, int]],
+    start: list[Slot], ops: list[tuple[str, int, int]]
 ) -> None:
     """A machine that follows GRUB's choice on every boot and lets tools apply any mix of
-    transitions (refusals are no-ops) always has a slot to boot, unless mark-bad was used."""
-    ss = fresh()
-    booted = 3
+    transitions (refusals are no-ops), from any state with a known-good fallback: until
+    something is marked bad, a known-good fallback stays and every run of failing boots ends
+    in it; marked bad or not, no refused-unless-forced transition leaves nothing to boot."""
+    ss = start
+    booted = (slots.choose_next(ss) or ss[0]).partition
     marked_bad = False
     for op, part, tries in ops:
+        part = min(part, ss[-1].partition)
+        before = ss
         try:
             if op == "next":
                 chosen, t = slots.next_boot(ss)
@@ -242,19 +326,26 @@ def test_no_sequence_leaves_no_bootable_slot_unless_marked_bad(
                 t = slots.mark_good(ss, booted)
             elif op == "rollback":
                 t = slots.rollback(ss, booted, has_image=True)
+            elif op == "make-unbootable":
+                t = slots.make_unbootable(ss, part, booted=booted)
+            elif op == "prioritize":
+                t = slots.prioritize_transition(ss, part)
             else:
                 t = slots.mark_bad(ss, part)
                 marked_bad = True
         except SlotError:
             continue
         ss = slots.apply(ss, t.changes)
+        if op != "next" and slots.choose_next(before) is not None:
+            assert slots.choose_next(ss) is not None, f"{op} {part} left nothing to boot"
         if not marked_bad:
-            assert slots.choose_next(ss) is not None
+            assert slots.has_fallback(ss), f"{op} {part} took the last fallback"
             # and it stays bootable however many boots fail from here on
             trial = ss
             for _ in range(40):
                 chosen, t = slots.next_boot(trial)
                 trial = slots.apply(trial, t.changes)
+            assert chosen.good
 
 
 # --- the update flow's transition, kexec's try, roles --------------------------------------
@@ -305,6 +396,48 @@ def test_consume_and_give_back_a_kexec_try() -> None:
         slots.consume_try(marked, ss[1])
     good = [mk(3, 1, 0, True, "USR-A")]
     assert slots.consume_try(good, good[0]).empty  # a proven slot with tries 0: no write
+
+
+def test_more_than_two_slots() -> None:
+    """Three slots (GRUB's rule and prioritize take any number; ``other`` needs exactly one)."""
+    ss = [mk(3, 1, 0, True, "USR-A"), mk(4, 0, 0, False, "USR-B"), mk(5, 0, 0, False, "USR-C")]
+    with pytest.raises(SlotError, match="expected exactly one slot besides partition 3, found 2"):
+        slots.other_slot(ss, 3)
+    with pytest.raises(SlotError, match="found 2"):
+        slots.rollback(ss, 3, has_image=True)
+    assert slots.resolve(ss, "c").partition == 5
+    t = slots.set_active(ss, 5, booted=3)
+    after = slots.apply(ss, t.changes)
+    assert pts(after) == [(1, 0, True), (0, 0, False), (2, 1, False)]
+    assert slots.choose_next(after) == after[2]
+    with pytest.raises(SlotError, match="found 0"):
+        slots.other_slot(ss[:1], 3)
+
+
+def test_a_successful_slot_of_priority_zero_is_no_fallback() -> None:
+    """C was successful once but is disabled (priority 0): GRUB never boots it, so it does not
+    count as the fallback that lets A be overwritten while B is on trial."""
+    ss = [mk(3, 1, 0, True, "USR-A"), mk(4, 2, 1, False, "USR-B"), mk(5, 0, 0, True, "USR-C")]
+    assert not ss[2].good and not ss[2].bootable and slots.has_fallback(ss)
+    assert not slots.has_fallback(ss[1:])
+    with pytest.raises(SlotError, match="^refusing to make-unbootable: it would leave no slot"):
+        slots.make_unbootable(ss, 3, booted=4)
+
+
+@pytest.mark.parametrize(
+    ("p", "t", "s", "bootable", "good"),
+    [
+        (0, 1, True, False, False),
+        (1, 0, False, False, False),
+        (1, 1, False, True, False),
+        (1, 0, True, True, True),
+        (15, 15, True, True, True),
+    ],
+)
+def test_bootable_and_good(p: int, t: int, s: bool, bootable: bool, good: bool) -> None:
+    slot = mk(3, p, t, s)
+    assert (slot.bootable, slot.good) == (bootable, good)
+    assert (slot.priority, slot.tries, slot.successful) == (p, t, s)
 
 
 def test_resolve_roles() -> None:
