@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import given, settings
@@ -471,3 +472,209 @@ def test_both_slots_failing_is_bounded_by_the_tries(tries: int) -> None:
         nothing_good = slots.apply(nothing_good, slots.next_boot(nothing_good)[1].changes)
     with pytest.raises(NoBootableSlot):
         slots.next_boot(nothing_good)
+
+
+# --- what each decision is called, and what each refusal says --------------------------------
+
+
+def test_every_transition_names_its_action_and_target() -> None:
+    """The action and target go into the JSON contract (``action``, ``target``) and the log."""
+    ss = [mk(3, 1, 0, True, "USR-A"), mk(4, 2, 2, False, "USR-B")]
+    b = ss[1]
+    consumed = slots.apply(ss, slots.consume_try(ss, b).changes)
+    cases = {
+        ("next", 4): slots.next_boot(ss)[1],
+        ("set-active", 4): slots.set_active(ss, 4, booted=3, force=True),
+        ("mark-good", 4): slots.mark_good(ss, 4),
+        ("mark-bad", 4): slots.mark_bad(ss, 4),
+        ("rollback", 3): slots.rollback(ss, 4, has_image=True),
+        ("prioritize", 3): slots.prioritize_transition(ss, 3),
+        ("make-unbootable", 4): slots.make_unbootable(ss, 4, booted=3),
+        ("kexec", 4): slots.consume_try(ss, b),
+        ("give-back", 4): slots.give_back_try(consumed, consumed[1]),
+    }
+    for (action, target), t in cases.items():
+        assert (t.action, t.target) == (action, target)
+        assert not t.empty, action
+    stale = slots.give_back_try(ss, consumed[1])  # B changed since: nothing given back
+    assert (stale.action, stale.target, dict(stale.changes)) == ("give-back", 4, {})
+    assert slots.give_back_try(consumed, consumed[1]).changes == {4: b.attributes}
+
+
+def _refusal(call: object) -> tuple[str, str, str | None]:
+    assert callable(call)
+    with pytest.raises((SlotError, UsageError, NoBootableSlot)) as info:
+        call()
+    e = info.value
+    assert isinstance(e, UsageError | SlotError | NoBootableSlot)
+    return type(e).__name__, e.message, e.hint
+
+
+ONE_TRIAL = [mk(3, 1, 0, False, "USR-A"), mk(4, 2, 1, False, "USR-B")]
+A_GOOD_B_TRIAL = [mk(3, 1, 0, True, "USR-A"), mk(4, 2, 1, False, "USR-B")]
+UNNAMED = [
+    Slot(3, "", uuid.uuid4(), bits(1, 0, True)),
+    Slot(4, "", uuid.uuid4(), bits(0, 0, False)),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        (
+            lambda: slots.next_boot([mk(3, 0, 1, True)]),
+            ("NoBootableSlot", "no bootable slot: every slot has priority 0, or no tries left "
+             "and never booted well", None),
+        ),
+        (
+            lambda: slots.set_active(ONE_TRIAL, 3, booted=3),
+            ("SlotError", "partition 3 (USR-A) is the booted slot; set-active is for the slot "
+             "that received a new image", "use mark-good to keep the booted slot"),
+        ),
+        (
+            lambda: slots.set_active(ONE_TRIAL, 4, tries=0),
+            ("UsageError", "--tries must be at least 1: a slot with no tries never boots", None),
+        ),
+        (
+            lambda: slots.set_active(A_GOOD_B_TRIAL, 3, booted=4),
+            ("SlotError", "refusing to set-active: it would leave no slot marked good to fall "
+             "back to", "mark the booted slot good first, or pass --force"),
+        ),
+        (
+            lambda: slots.mark_bad(A_GOOD_B_TRIAL[:1], 3),
+            ("SlotError", "refusing to mark USR-A bad: no other slot could boot",
+             "pass --force if the disk is meant to stop booting"),
+        ),
+        (
+            lambda: slots.make_unbootable(A_GOOD_B_TRIAL, 3, booted=None),
+            ("SlotError", "refusing to make USR-A unbootable: the booted slot is unknown",
+             "pass --booted PART for an image file"),
+        ),
+        (
+            lambda: slots.make_unbootable(UNNAMED, 3, booted=None),
+            ("SlotError", "refusing to make 3 unbootable: the booted slot is unknown",
+             "pass --booted PART for an image file"),
+        ),
+        (
+            lambda: slots.make_unbootable(A_GOOD_B_TRIAL, 4, booted=4),
+            ("SlotError", "USR-B is the booted slot; its image is in use and cannot be replaced",
+             None),
+        ),
+        (
+            lambda: slots.make_unbootable(UNNAMED, 4, booted=4),
+            ("SlotError", "4 is the booted slot; its image is in use and cannot be replaced",
+             None),
+        ),
+        (
+            lambda: slots.make_unbootable([mk(3, 1, 0, True, "USR-A"), mk(4, 2, 0, False)], 3,
+                                          booted=4),
+            ("SlotError", "refusing to make USR-A unbootable: no other slot could boot",
+             "pass --force if the disk is meant to stop booting"),
+        ),
+        (
+            lambda: slots.make_unbootable(UNNAMED, 3, booted=4),
+            ("SlotError", "refusing to make 3 unbootable: no other slot could boot",
+             "pass --force if the disk is meant to stop booting"),
+        ),
+        (
+            lambda: slots.make_unbootable(A_GOOD_B_TRIAL, 3, booted=4),
+            ("SlotError", "refusing to make-unbootable: it would leave no slot marked good to "
+             "fall back to", "mark the booted slot good first, or pass --force"),
+        ),
+        (
+            lambda: slots.rollback(ONE_TRIAL, 4, has_image=False),
+            ("SlotError", "USR-A holds no image", "pass --force to try it anyway"),
+        ),
+        (
+            lambda: slots.rollback(UNNAMED, 3, has_image=False),
+            ("SlotError", "4 holds no image", "pass --force to try it anyway"),
+        ),
+        (
+            lambda: slots.rollback(ONE_TRIAL, 4, has_image=True),
+            ("SlotError", "USR-A was never booted successfully", "pass --force to give it one try"),
+        ),
+        (
+            lambda: slots.resolve(ONE_TRIAL, "other"),
+            ("UsageError", "slot 'other' needs the booted slot, which is unknown",
+             "pass --booted PART for an image file"),
+        ),
+        (
+            lambda: slots.resolve(UNNAMED, "xxxx"),
+            ("UsageError", "no slot named 'xxxx' (slots: 3=?, 4=?)", None),
+        ),
+        (
+            lambda: slots.other_slot(ONE_TRIAL[:1], 3),
+            ("SlotError", "expected exactly one slot besides partition 3, found 0", None),
+        ),
+        (
+            lambda: slots.prioritize(ONE_TRIAL, 3, max_priority=0),
+            ("UsageError", "max priority must be at least 1", None),
+        ),
+        (
+            lambda: slots.prioritize(ONE_TRIAL, 3, max_priority=16),
+            ("UsageError", "max priority must be between 0 and 15, not 16", None),
+        ),
+        (
+            lambda: slots.consume_try(ONE_TRIAL, mk(4, 2, 2, False, "USR-B")),
+            ("SlotError", "the A/B state of USR-B changed while preparing the kexec", None),
+        ),
+    ],
+)  # fmt: skip
+def test_refusals_say_what_and_what_to_do(
+    call: object, expected: tuple[str, str, str | None]
+) -> None:
+    assert _refusal(call) == expected
+
+
+def test_prioritize_with_a_maximum_of_one_puts_every_bootable_slot_at_one() -> None:
+    ss = [mk(3, 3, 0, True), mk(4, 2, 0, True), mk(5, 0, 0, False)]
+    out = slots.prioritize(ss, 4, max_priority=1)
+    assert [slots.priority_of(out[s.partition]) for s in ss] == [1, 1, 0]
+
+
+def test_mark_bad_and_make_unbootable_clear_tries_too() -> None:
+    ss = [mk(3, 1, 0, True, "USR-A"), mk(4, 2, 3, True, "USR-B")]
+    assert pts(slots.apply(ss, slots.mark_bad(ss, 4).changes)) == [(1, 0, True), (0, 0, False)]
+    made = slots.make_unbootable(ss, 4, booted=3)
+    assert pts(slots.apply(ss, made.changes)) == [(1, 0, True), (0, 0, False)]
+
+
+def test_forced_make_unbootable_may_leave_nothing_to_boot() -> None:
+    """Booted from A, which used its one try and is not marked good yet: forcing B unbootable
+    leaves no slot GRUB would boot, as asked."""
+    ss = [mk(3, 1, 0, False, "USR-A"), mk(4, 2, 1, False, "USR-B")]
+    t = slots.make_unbootable(ss, 4, booted=3, force=True)
+    assert slots.choose_next(slots.apply(ss, t.changes)) is None
+
+
+def test_rollback_to_a_good_slot_keeps_its_tries() -> None:
+    """A proven slot is prioritized as it is: tries 0 stays 0 (only a forced never-good slot
+    gets one try)."""
+    ss = [mk(3, 1, 0, True, "USR-A"), mk(4, 2, 0, True, "USR-B")]
+    after = slots.apply(ss, slots.rollback(ss, 4, has_image=True).changes)
+    assert pts(after) == [(2, 0, True), (1, 0, True)]
+    trial = [mk(3, 1, 2, False, "USR-A"), mk(4, 2, 0, True, "USR-B")]
+    forced = slots.apply(trial, slots.rollback(trial, 4, has_image=True, force=True).changes)
+    assert pts(forced) == [(2, 2, False), (1, 0, True)]  # tries left are kept, not reset
+
+
+def test_give_back_never_goes_past_fifteen_tries() -> None:
+    ss = [mk(3, 1, 0, True, "USR-A"), mk(4, 2, 15, False, "USR-B")]
+    assert slots.give_back_try(ss, ss[1]).empty
+
+
+def test_slots_of_keeps_each_entry_field() -> None:
+    @dataclass(frozen=True)
+    class Entry:
+        number: int
+        name: str
+        unique_guid: uuid.UUID
+        type_guid: uuid.UUID
+        attributes: int
+
+    usr = uuid.UUID("5dfbf5f4-2848-4bac-aa5e-0d9a20b745a6")
+    g = [uuid.uuid4() for _ in range(3)]
+    entries = [Entry(1, "EFI", g[0], uuid.uuid4(), 5), Entry(3, "USR-A", g[1], usr, 7),
+               Entry(4, "USR-B", g[2], usr, 9)]  # fmt: skip
+    assert slots.slots_of(entries) == (Slot(3, "USR-A", g[1], 7), Slot(4, "USR-B", g[2], 9))
+    assert slots.slots_of(entries, type_guid=entries[0].type_guid) == (Slot(1, "EFI", g[0], 5),)
