@@ -153,13 +153,16 @@ def run_module(
     mutmut = python.parent / "mutmut"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env["PYTHONHASHSEED"] = "0"
+    env["UPDATER_HYPOTHESIS_PROFILE"] = "mutation"  # tests/conftest.py: no deadline, derandomized
     log = workdir / ("rerun.log" if survivors_only else "run.log")
     print(f"{name}: mutating {module_path} (log: {log})", flush=True)
     with log.open("w") as out:
-        subprocess.run(
+        run = subprocess.run(
             [str(mutmut), "run", "--max-children", str(jobs), *names],
             cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, check=False,
         )
+    if run.returncode != 0:
+        raise SystemExit(f"mutation: mutmut failed on {name} (exit {run.returncode}); see {log}")
     result = subprocess.run(
         [str(python), str(Path(__file__).resolve()), "--collect", module_path],
         cwd=workdir, env=env, capture_output=True, text=True, check=False,

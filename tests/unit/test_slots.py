@@ -302,7 +302,7 @@ def start_states(draw: st.DrawFn) -> list[Slot]:
     return ss
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 @given(start_states(), OPS)
 def test_no_sequence_leaves_no_bootable_slot_unless_marked_bad(
     start: list[Slot], ops: list[tuple[str, int, int]]
