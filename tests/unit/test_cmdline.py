@@ -575,3 +575,70 @@ def test_panic_after_root_and_the_slot_last_before_init_args() -> None:
 def test_parse_oem_refuses_control_characters(text: str) -> None:
     with pytest.raises(DataError, match="control character"):
         parse_oem_grub_cfg(text)
+
+
+# -- what each refusal says ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('set oem_id="ec2', "OEM grub.cfg line 1: unterminated \" quote"),
+        ("\n\nset oem_id='ec2", "OEM grub.cfg line 3: unterminated ' quote"),
+        ("set oem_id=x\\", "OEM grub.cfg line 1: backslash at the end"),
+        ('set oem_id="$x"', "OEM grub.cfg line 1: oem_id uses $ or ` ('$x'); only $oem_id, "
+         "$linux_append, $linux_console are expanded, nothing is executed"),
+        ("set linux_console=a\\\nb\nset oem_id='\x01'",
+         "OEM grub.cfg line 3: oem_id holds a control character ('\\x01')"),
+    ],
+)  # fmt: skip
+def test_parse_oem_refusal_texts(text: str, message: str) -> None:
+    with pytest.raises(DataError) as info:
+        parse_oem_grub_cfg(text)
+    assert info.value.message == message
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"letter": "b"}, "slot letter must be one of A-Z, not 'b'"),
+        ({"usrhash": "AB"}, "verity root hash must be 64 lowercase hex digits: 'AB'"),
+        ({"boot_image": "a b"}, "boot image must be an absolute path without blanks: 'a b'"),
+        ({"boot_image": "/a b"}, "boot image must be an absolute path without blanks: '/a b'"),
+        ({"extra": ("a b",)}, "extra argument 'a b' is not exactly one kernel argument"),
+        ({"extra": ("",)}, "extra argument '' is not exactly one kernel argument"),
+    ],
+)
+def test_boot_facts_refusal_texts(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(UsageError) as info:
+        facts(**changes)
+    assert info.value.message == message
+
+
+def test_boot_facts_accept_their_limits() -> None:
+    assert facts(letter="Z", boot_image="/x", usrhash=None, extra=('a="b c"',)).letter == "Z"
+
+
+def test_facts_env_refusal_text() -> None:
+    with pytest.raises(DataError) as info:
+        facts_env(facts(oem=OemConfig(oem_id="a b")))
+    assert info.value.message == (
+        "UPDATER_OEM_ID value 'a b' has characters the initrd cannot read safely"
+    )
+    assert info.value.hint == "allowed: letters, digits and . _ : , / + = -"
+    assert facts_env(facts(oem=OemConfig(oem_id="A-z0.9_:,/+="))).endswith(
+        "UPDATER_OEM_ID=A-z0.9_:,/+=\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("word", "is_protected"),
+    [
+        ("root=x", True), ("ROOT=x", True), ('"root"=x', True), ('r"oo"t=x', True),
+        ("mount-usr=x", False), ("mount.usr", True), ("systemd.verity_anything=1", True),
+        ("systemd.verity", True), ("rootwait", False), ("usr=x", False), ("x=root", False),
+        ("flatcar.first-boot=1", True), ("init=/bin/sh", True), ("rdinit", True),
+    ],
+)  # fmt: skip
+def test_protected_words(word: str, is_protected: bool) -> None:
+    assert cmdline.protected(word) is is_protected
