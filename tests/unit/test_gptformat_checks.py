@@ -440,3 +440,65 @@ def test_unchanged_sectors_of_a_rebuilt_copy_are_not_written() -> None:
     plan = gptformat.plan_repair(gptformat.read_table(d))
     assert [w for w, _ in plan.sectors()] == [lba]
     assert plan.phases[1] == () and not plan.empty  # the primary: nothing to write
+
+
+# --- entries ------------------------------------------------------------------------------------
+
+# The EFI system partition's type GUID as the UEFI specification stores it (mixed endian).
+ESP_TYPE_BYTES = bytes.fromhex("28732AC11FF8D211BA4B00A0C93EC93B")
+
+
+def entry_bytes(
+    name: bytes, first: int = 34, last: int = 97, attrs: int = 0, size: int = 128
+) -> bytes:
+    e = bytearray(size)
+    e[0:16] = ESP_TYPE_BYTES
+    e[16:32] = bytes(range(16))
+    struct.pack_into("<QQQ", e, 32, first, last, attrs)
+    e[56 : 56 + len(name)] = name
+    return bytes(e)
+
+
+def test_entry_fields_at_their_spec_offsets() -> None:
+    raw = entry_bytes("EFI-SYSTEM".encode("utf-16-le"), 2048, 4095, 1 << 63)
+    (e,) = gptformat.parse_entries(raw, 128, 1)
+    assert str(e.type_guid) == "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+    assert e.unique_guid.bytes_le == bytes(range(16))
+    assert (e.index, e.number, e.first_lba, e.last_lba) == (0, 1, 2048, 4095)
+    assert (e.attributes, e.name, e.used) == (1 << 63, "EFI-SYSTEM", True)
+
+
+def test_entry_names() -> None:
+    full = ("N" * 36).encode("utf-16-le")  # 72 bytes, no terminator
+    after_nul = "A".encode("utf-16-le") + b"\0\0" + "B".encode("utf-16-le")
+    lone_surrogate = b"\x00\xd8"
+    raws = [entry_bytes(n) for n in (full, after_nul, lone_surrogate, b"")]
+    names = [e.name for e in gptformat.parse_entries(b"".join(raws), 128, 4)]
+    assert names == ["N" * 36, "A", "\ufffd", ""]
+
+
+def test_entries_of_a_larger_entry_size_and_unused_ones() -> None:
+    raw = entry_bytes(b"X\0", size=256) + bytes(256)
+    first, second = gptformat.parse_entries(raw, 256, 2)
+    assert first.name == "X" and first.used and first.number == 1
+    assert not second.used and second.number == 2 and second.type_guid.int == 0
+    d = disk()
+    t = gptformat.read_table(d)
+    assert [e.number for e in t.used_entries()] == [1, 2, 3, 4] and len(t.entries()) == 128
+    assert gptformat.entries_by_number(t.used_entries())[4].name == "USR-B"
+
+
+def test_a_damaged_copy_says_where_its_entries_would_go() -> None:
+    """An unreadable primary header: its entries are assumed where UEFI puts them (LBA 2 is
+    where a rebuild writes them); an unreadable backup's right below its header."""
+    d = disk()
+    total, _, _, n = geometry(d)
+    d.data[512] ^= 0xFF
+    t = gptformat.read_table(d)
+    assert (t.primary.header, t.primary.entries_lba, t.primary.entries_raw) == (None, 1, b"")
+    d = disk()
+    d.data[(total - 1) * 512] ^= 0xFF
+    t = gptformat.read_table(d)
+    assert t.backup.header is None and t.backup.entries_lba == total - 1 - n
+    assert t.backup.entries_raw == d.read(total - 1 - n, n)
+    assert t.backup.problem == "no GPT signature"
