@@ -65,7 +65,7 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "release": ("updater/release.py", ("test_release",)),
     "frames": ("updater/frames.py", ("test_frames", "test_slotwrite_facts", "test_release")),
     "veritycheck": ("updater/veritycheck.py", ("test_veritycheck",)),
-    "config": ("updater/config.py", ("test_config",)),
+    "config": ("updater/config.py", ("test_config", "test_config_values")),
     "agent.schedule": ("updater/agent/schedule.py", ("test_agent_schedule", "test_agent_machine")),
     "agent.machine": ("updater/agent/machine.py", ("test_agent_machine", "test_agent_runner")),
     "rebootlock.semaphore": ("updater/rebootlock/semaphore.py", ("test_rebootlock",)),
