@@ -1,4 +1,7 @@
-"""An in-memory GPT disk for unit tests: builds valid tables in pure Python and records writes."""
+"""An in-memory GPT disk for unit tests: builds valid tables in pure Python and records writes.
+
+The builder writes every field at the offset the UEFI specification gives, without the layout
+constants of ``updater.gptformat``: a wrong layout in the code fails against it."""
 
 from __future__ import annotations
 
@@ -9,10 +12,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from updater import gptformat
-from updater.layout import USR_A_UUID, USR_B_UUID
-from updater.slots import USR_TYPE
 
+# From the specifications, not from the code under test: the UEFI 2.10 GPT header (table 5-5)
+# and Flatcar's disk layout (build_library/disk_layout.json).
+HEADER_FIELDS = {
+    "revision": (8, "<I"),
+    "header_size": (12, "<I"),
+    "my_lba": (24, "<Q"),
+    "alternate_lba": (32, "<Q"),
+    "first_usable_lba": (40, "<Q"),
+    "last_usable_lba": (48, "<Q"),
+    "entries_lba": (72, "<Q"),
+    "num_entries": (80, "<I"),
+    "entry_size": (84, "<I"),
+    "entries_crc": (88, "<I"),
+}
+ENTRY_ATTRIBUTES_OFFSET = 48
 ESP = uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
+BIOS_BOOT = uuid.UUID("21686148-6449-6e6f-744e-656564454649")
+USR_TYPE = uuid.UUID("5dfbf5f4-2848-4bac-aa5e-0d9a20b745a6")
+USR_A_UUID = uuid.UUID("7130c94a-213a-4e5a-8e26-6cce9662f132")
+USR_B_UUID = uuid.UUID("e03dd35c-7c2d-4a47-b3fe-27f15780a57c")
 
 
 @dataclass
@@ -68,42 +88,27 @@ def build(parts: list[Part], sector_size: int = 512, num_entries: int = 128) -> 
     entries = bytearray(num_entries * esize)
     lba = first_usable
     for i, p in enumerate(parts):
-        name = p.name.encode("utf-16-le").ljust(72, b"\0")
-        struct.pack_into(
-            "<16s16sQQQ72s",
-            entries,
-            i * esize,
-            p.type_guid.bytes_le,
-            p.guid.bytes_le,
-            lba,
-            lba + p.size_sectors - 1,
-            p.attributes,
-            name,
-        )
+        e = i * esize  # UEFI table 5-6: type GUID, unique GUID, first, last, attributes, name
+        entries[e : e + 16] = p.type_guid.bytes_le
+        entries[e + 16 : e + 32] = p.guid.bytes_le
+        struct.pack_into("<QQQ", entries, e + 32, lba, lba + p.size_sectors - 1, p.attributes)
+        entries[e + 56 : e + 128] = p.name.encode("utf-16-le").ljust(72, b"\0")
         lba += p.size_sectors
     ecrc = zlib.crc32(entries)
     disk_guid = uuid.uuid4().bytes_le
 
     def header(my: int, alt: int, ent: int) -> bytes:
         h = bytearray(ss)
-        gptformat.HEADER_FORMAT.pack_into(
-            h,
-            0,
-            gptformat.SIGNATURE,
-            gptformat.REVISION,
-            92,
-            0,
-            0,
-            my,
-            alt,
-            first_usable,
-            last_usable,
-            disk_guid,
-            ent,
-            num_entries,
-            esize,
-            ecrc,
-        )
+        h[0:8] = b"EFI PART"
+        for name, value in (
+            ("revision", 0x00010000), ("header_size", 92), ("my_lba", my), ("alternate_lba", alt),
+            ("first_usable_lba", first_usable), ("last_usable_lba", last_usable),
+            ("entries_lba", ent), ("num_entries", num_entries), ("entry_size", esize),
+            ("entries_crc", ecrc),
+        ):  # fmt: skip
+            offset, fmt = HEADER_FIELDS[name]
+            struct.pack_into(fmt, h, offset, value)
+        h[56:72] = disk_guid
         struct.pack_into("<I", h, 16, zlib.crc32(bytes(h[:92])))
         return bytes(h)
 
@@ -132,7 +137,7 @@ def region_lba(table: gptformat.GptTable, where: str) -> int:
 def flatcar_parts(a_attrs: int, b_attrs: int = 0) -> list[Part]:
     return [
         Part(ESP, "EFI-SYSTEM"),
-        Part(uuid.UUID("21686148-6449-6e6f-744e-656564454649"), "BIOS-BOOT", size_sectors=4),
+        Part(BIOS_BOOT, "BIOS-BOOT", size_sectors=4),
         Part(USR_TYPE, "USR-A", a_attrs),
         Part(USR_TYPE, "USR-B", b_attrs),
     ]
@@ -154,17 +159,17 @@ def kernel_with_hash(root_hash: str, offset: int = 0x40, size: int = 8192) -> by
 
 
 def rewrite_header(disk: MemDisk, lba: int, **fields: int) -> None:
-    """Change fields of the header at ``lba`` and give it a correct CRC32 again (what a buggy
-    or hostile tool could write: every check but the geometry passes)."""
+    """Change fields of the header at ``lba`` (names as in ``HEADER_FIELDS``) and give it a
+    correct CRC32 again, over its own header size (what a buggy or hostile tool could write:
+    every check but the one on the changed field passes)."""
     ss = disk.sector_size
     sector = bytearray(disk.read(lba, 1))
-    values = list(gptformat.HEADER_FORMAT.unpack_from(sector))
-    index = {"alternate_lba": 6, "entries_lba": 10, "num_entries": 11, "entries_crc": 13}
     for name, value in fields.items():
-        values[index[name]] = value
-    values[3] = 0
-    gptformat.HEADER_FORMAT.pack_into(sector, 0, *values)
-    struct.pack_into("<I", sector, 16, zlib.crc32(bytes(sector[:92])))
+        offset, fmt = HEADER_FIELDS[name]
+        struct.pack_into(fmt, sector, offset, value)
+    size = min(struct.unpack_from("<I", sector, 12)[0], ss)
+    struct.pack_into("<I", sector, 16, 0)
+    struct.pack_into("<I", sector, 16, zlib.crc32(bytes(sector[:size])))
     disk.data[lba * ss : (lba + 1) * ss] = sector
 
 

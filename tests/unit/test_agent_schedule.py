@@ -178,3 +178,126 @@ def test_jitter_spreads_within_bounds() -> None:
     assert schedule.jittered(1000, 0.0, 0.7) == 1000
     with pytest.raises(ValueError):
         schedule.jittered(1000, 0.1, 1.0)
+
+
+def test_window_as_toml_round_trips() -> None:
+    w = parse_window({"days": [" MONDAY ", "sun", "Wed"], "start": "02:05", "minutes": 30})
+    assert w == schedule.Window((0, 2, 6), w.start, 30)
+    assert w.as_toml() == {"days": ["Mon", "Wed", "Sun"], "start": "02:05", "minutes": 30}
+    assert parse_window(w.as_toml()) == w
+    assert parse_window({"days": ["Sat"], "start": "23:59", "minutes": 10080}).minutes == 10080
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("Sat", 'each window must be a table {days = [...], start = "HH:MM", minutes = N}'),
+        ({"days": ["Sat"], "start": "02:00", "minutes": 5, "b": 1, "a": 2},
+         "unknown window key(s) a, b"),
+        ({"days": "Sat", "start": "02:00", "minutes": 5},
+         'window days must be a non-empty list such as ["Mon", "Thu"]'),
+        ({"days": ["Sat", 1], "start": "02:00", "minutes": 5},
+         'window days must be a non-empty list such as ["Mon", "Thu"]'),
+        ({"days": ["Caturday"], "start": "02:00", "minutes": 5},
+         "'Caturday' is not a day (Mon, Tue, ... Sun)"),
+        ({"days": ["Sat"], "start": 200, "minutes": 5},
+         'window start must be "HH:MM" (24-hour), not 200'),
+        ({"days": ["Sat"], "start": "02:60", "minutes": 5},
+         "window start must be \"HH:MM\" (24-hour), not '02:60'"),
+        ({"days": ["Sat"], "start": "02:00", "minutes": "5"},
+         "window minutes must be 1 to 10080, not '5'"),
+        ({"days": ["Sat"], "start": "02:00"}, "window minutes must be 1 to 10080, not None"),
+    ],
+)  # fmt: skip
+def test_bad_window_messages(value: object, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_window(value)
+    assert str(info.value) == message
+
+
+def test_next_opening_is_now_without_windows_or_inside_one() -> None:
+    now = utc("2024-06-15 21:45:00")  # inside Saturday's 23:30 CEST window
+    assert schedule.next_opening((), now, BERLIN) == now
+    assert schedule.next_opening((WEEKEND,), now, BERLIN) == now
+    monday = utc("2024-06-17 12:00:00")
+    assert schedule.next_opening((WEEKEND,), monday, BERLIN) == utc("2024-06-22 21:30:00")
+    assert not schedule.window_open((WEEKEND,), monday, BERLIN)
+    assert schedule.window_open((), monday, BERLIN)
+
+
+def test_a_week_long_window_that_opened_eight_days_ago_is_closed_now() -> None:
+    w = parse_window({"days": ["Mon"], "start": "00:00", "minutes": 10080})
+    # opened Mon 2024-06-10 00:00 CEST, closes Mon 2024-06-17 00:00 CEST, opens again at once
+    assert schedule.window_open((w,), utc("2024-06-16 21:59:59"), BERLIN)
+    assert schedule.window_open((w,), utc("2024-06-16 22:00:00"), BERLIN)
+    short = parse_window({"days": ["Mon"], "start": "00:00", "minutes": 10079})
+    assert not schedule.window_open((short,), utc("2024-06-16 21:59:30"), BERLIN)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2030-01-01T00:00:00Z", "2030-01-01 00:00:00"),
+        ("2030-01-01t00:00:00z", "2030-01-01 00:00:00"),
+        ("2030-01-01T02:30:00+02:30", "2030-01-01 00:00:00"),
+        ("2030-01-01 00:00:00Z", None),
+    ],
+)
+def test_rfc3339(text: str, expected: str | None) -> None:
+    if expected is None:
+        with pytest.raises(ValueError, match="RFC 3339 time without a date, time or offset"):
+            schedule.parse_rfc3339(text)
+        return
+    assert schedule.parse_rfc3339(text) == utc(expected)
+
+
+@pytest.mark.parametrize("bad", ["2030-01-01T00:00:00.000000000000000000000Z", 5, None, ""])
+def test_rfc3339_refuses_what_is_not_a_time(bad: object) -> None:
+    with pytest.raises(ValueError) as info:
+        schedule.parse_rfc3339(bad)  # type: ignore[arg-type]
+    assert str(info.value) == f"not an RFC 3339 time: {bad!r}"
+
+
+def test_rfc3339_rendering() -> None:
+    assert schedule.rfc3339(0) == "1970-01-01T00:00:00Z"
+    assert schedule.rfc3339(utc("2030-01-01 23:00:00") + 0.75) == "2030-01-01T23:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("x", "release waves must be a list of at most 64 [bound, time] pairs"),
+        ([5], "release wave 5 is not a [seed_bound, start] pair"),
+        ([[1, 2, 3]], "release wave [1, 2, 3] is not a [seed_bound, start] pair"),
+        ([["1", "2030-01-01T00:00:00Z"]], "release wave bound '1' is not a whole number 1..2048"),
+        ([[1, "x"]], "release wave start: not an RFC 3339 time: 'x'"),
+        ([[9, "2030-01-02T00:00:00Z"], [8, "2030-01-03T00:00:00Z"]],
+         "release waves must have increasing bounds and non-decreasing starts"),
+    ],
+)  # fmt: skip
+def test_bad_wave_messages(raw: object, message: str) -> None:
+    with pytest.raises(DataError) as info:
+        parse_waves(raw)
+    assert info.value.message == message
+
+
+def test_wave_limits_themselves_are_allowed() -> None:
+    same = "2030-01-01T00:00:00Z"
+    waves = parse_waves([[1, same], (2048, same)])
+    assert waves == (Wave(1, utc("2030-01-01 00:00:00")), Wave(2048, utc("2030-01-01 00:00:00")))
+    assert len(parse_waves([[i + 1, same] for i in range(64)])) == 64
+    assert wave_start(waves, 0) == waves[0].start and wave_start(waves, 1) == waves[1].start
+
+
+def test_machine_id_message() -> None:
+    with pytest.raises(DataError) as info:
+        schedule.holder_id("nope")
+    assert info.value.message == "the machine id is not 32 hexadecimal digits (see machine-id(5))"
+
+
+@pytest.mark.parametrize(
+    ("interval", "fraction"), [(1000, -0.1), (1000, 1.0), (float("inf"), 0.5), (float("nan"), 0)]
+)
+def test_jitter_refusals(interval: float, fraction: float) -> None:
+    with pytest.raises(ValueError, match=r"^fraction must be in \[0, 1\) and interval finite$"):
+        schedule.jittered(interval, 0.1, fraction)

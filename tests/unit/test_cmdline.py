@@ -133,9 +133,11 @@ def kernel_with(text: bytes, offset: int, size: int = 4096) -> bytes:
     return bytes(data)
 
 
-def test_usrhash_x86_64_at_0x40() -> None:
-    assert usrhash_from_kernel(kernel_with(HASH_1.encode(), 0x40)) == HASH_1
-    assert usrhash_from_kernel(kernel_with(HASH_1.encode(), 512)) is None
+@pytest.mark.parametrize("arch", ["x86_64", "amd64"])
+def test_usrhash_x86_64_at_0x40(arch: str) -> None:
+    assert usrhash_from_kernel(kernel_with(HASH_1.encode(), 0x40), arch) == HASH_1
+    assert usrhash_from_kernel(kernel_with(HASH_1.encode(), 512), arch) is None
+    assert usrhash_from_kernel(kernel_with(HASH_1.encode(), 0x40)) == HASH_1  # the default
 
 
 @pytest.mark.parametrize("arch", ["arm64", "aarch64"])
@@ -155,7 +157,7 @@ def test_usrhash_rejects_anything_but_64_lowercase_hex(stored: bytes) -> None:
 def test_usrhash_short_kernel_and_unknown_arch() -> None:
     assert usrhash_from_kernel(kernel_with(HASH_1.encode(), 0x40)[: 0x40 + 63]) is None
     assert usrhash_from_kernel(b"") is None
-    with pytest.raises(UsageError, match="riscv64"):
+    with pytest.raises(UsageError, match=r"unknown architecture 'riscv64' \(known: x86_64, amd64"):
         usrhash_from_kernel(b"", "riscv64")
 
 
@@ -240,6 +242,52 @@ menuentry "x" {
 set linux_append=after
 """
     assert parse_oem_grub_cfg(text) == OemConfig(oem_id="top", linux_append="after")
+
+
+def test_parse_oem_ignores_loops_and_nested_blocks() -> None:
+    """Only what runs unconditionally at the top level counts: nothing in a loop body, nothing
+    in a nested block, and the top level is found again after each block closes."""
+    text = """\
+for x in a b; do set oem_id=for; done
+while false; do
+  if true; then set linux_append=nested; fi
+  set linux_console=while
+done
+until true; do set oem_id=until; done
+if a; then
+  if b; then set oem_id=inner; fi
+  set oem_id=outer
+fi
+set linux_append=top
+"""
+    assert parse_oem_grub_cfg(text) == OemConfig(linux_append="top")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # A stray closer (a file GRUB itself would refuse) does not hide what follows.
+        ("fi\nset oem_id=a", OemConfig(oem_id="a")),
+        ("done\ndone\nset oem_id=a", OemConfig(oem_id="a")),
+        ("}\nset oem_id=a", OemConfig(oem_id="a")),
+        # A block opened and closed on one line leaves the top level as it was.
+        ("menuentry x { set oem_id=m; }\nset linux_append=b", OemConfig(linux_append="b")),
+        ("set oem_id=a {", OemConfig()),
+        ("unset oem_id {\nset linux_append=b\n}", OemConfig()),
+    ],
+)
+def test_parse_oem_block_depth(text: str, expected: OemConfig) -> None:
+    assert parse_oem_grub_cfg(text) == expected
+
+
+@pytest.mark.parametrize("value", ["a\x00b", "a\x1bb", "\x7f"])
+def test_parse_oem_refusal_names_line_and_key(value: str) -> None:
+    with pytest.raises(DataError, match=r"OEM grub.cfg line 2: linux_append holds a control"):
+        parse_oem_grub_cfg(f"set oem_id=x\nset linux_append='{value}'")
+
+
+def test_parse_oem_keeps_tabs_and_newlines_in_quotes() -> None:
+    assert parse_oem_grub_cfg("set linux_append='a\tb'") == OemConfig(linux_append="a\tb")
 
 
 @pytest.mark.parametrize(
@@ -331,7 +379,8 @@ def test_strip_slot_args_flatcar() -> None:
 def test_strip_slot_args_quotes_bare_keys_drop_and_init_args() -> None:
     line = (
         'initrd=\\flatcar\\initrd-a root=/dev/sda9 rhgb quiet "dyndbg=file x.c +p" '
-        'acpi_osi="Windows 2015" usrhash root usr=keep flatcar.first-boot=1 -- quiet root=x\n'
+        'acpi_osi="Windows 2015" usrhash root usr=keep flatcar.first-boot=1 "root=/dev/sda3" '
+        '"mount.usr=PARTUUID=x" BOOT_IMAGE="/flatcar/vmlinuz-a" -- quiet root=x\n'
     )
     assert strip_slot_args(line) == (
         '"dyndbg=file x.c +p"',
@@ -359,9 +408,14 @@ def test_split_cmdline_like_the_kernel() -> None:
 # -- properties ------------------------------------------------------------------------------------
 
 
+# The slot-specific arguments as the README's `reuse_cmdline` names them, and the default drops.
+_SLOT_SPECIFIC = ("mount.usr", "verity.usr", "verity.usrhash", "usrhash", "root", "BOOT_IMAGE",
+                  "flatcar.first_boot", "initrd", "rhgb", "quiet")  # fmt: skip
+
+
 def _slot_word(word: str) -> bool:
     return word.partition("=")[0].replace("-", "_") in {
-        k.replace("-", "_") for k in (*cmdline.SLOT_KEYS, "rhgb", "quiet")
+        k.replace("-", "_") for k in _SLOT_SPECIFIC
     }
 
 
@@ -521,3 +575,70 @@ def test_panic_after_root_and_the_slot_last_before_init_args() -> None:
 def test_parse_oem_refuses_control_characters(text: str) -> None:
     with pytest.raises(DataError, match="control character"):
         parse_oem_grub_cfg(text)
+
+
+# -- what each refusal says ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('set oem_id="ec2', "OEM grub.cfg line 1: unterminated \" quote"),
+        ("\n\nset oem_id='ec2", "OEM grub.cfg line 3: unterminated ' quote"),
+        ("set oem_id=x\\", "OEM grub.cfg line 1: backslash at the end"),
+        ('set oem_id="$x"', "OEM grub.cfg line 1: oem_id uses $ or ` ('$x'); only $oem_id, "
+         "$linux_append, $linux_console are expanded, nothing is executed"),
+        ("set linux_console=a\\\nb\nset oem_id='\x01'",
+         "OEM grub.cfg line 3: oem_id holds a control character ('\\x01')"),
+    ],
+)  # fmt: skip
+def test_parse_oem_refusal_texts(text: str, message: str) -> None:
+    with pytest.raises(DataError) as info:
+        parse_oem_grub_cfg(text)
+    assert info.value.message == message
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"letter": "b"}, "slot letter must be one of A-Z, not 'b'"),
+        ({"usrhash": "AB"}, "verity root hash must be 64 lowercase hex digits: 'AB'"),
+        ({"boot_image": "a b"}, "boot image must be an absolute path without blanks: 'a b'"),
+        ({"boot_image": "/a b"}, "boot image must be an absolute path without blanks: '/a b'"),
+        ({"extra": ("a b",)}, "extra argument 'a b' is not exactly one kernel argument"),
+        ({"extra": ("",)}, "extra argument '' is not exactly one kernel argument"),
+    ],
+)
+def test_boot_facts_refusal_texts(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(UsageError) as info:
+        facts(**changes)
+    assert info.value.message == message
+
+
+def test_boot_facts_accept_their_limits() -> None:
+    assert facts(letter="Z", boot_image="/x", usrhash=None, extra=('a="b c"',)).letter == "Z"
+
+
+def test_facts_env_refusal_text() -> None:
+    with pytest.raises(DataError) as info:
+        facts_env(facts(oem=OemConfig(oem_id="a b")))
+    assert info.value.message == (
+        "UPDATER_OEM_ID value 'a b' has characters the initrd cannot read safely"
+    )
+    assert info.value.hint == "allowed: letters, digits and . _ : , / + = -"
+    assert facts_env(facts(oem=OemConfig(oem_id="A-z0.9_:,/+="))).endswith(
+        "UPDATER_OEM_ID=A-z0.9_:,/+=\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("word", "is_protected"),
+    [
+        ("root=x", True), ("ROOT=x", True), ('"root"=x', True), ('r"oo"t=x', True),
+        ("mount-usr=x", False), ("mount.usr", True), ("systemd.verity_anything=1", True),
+        ("systemd.verity", True), ("rootwait", False), ("usr=x", False), ("x=root", False),
+        ("flatcar.first-boot=1", True), ("init=/bin/sh", True), ("rdinit", True),
+    ],
+)  # fmt: skip
+def test_protected_words(word: str, is_protected: bool) -> None:
+    assert cmdline.protected(word) is is_protected

@@ -48,3 +48,84 @@ def test_table_check_counts_frames() -> None:
     for size, count in ((MiB + 1, 1), (MiB, 2), (0, 0)):
         with pytest.raises(UsageError, match="frames for"):
             frames.FrameTable(MiB, size, (one,) * count).check()
+
+
+def zstd_compressbound(size: int) -> int:
+    """ZSTD_COMPRESSBOUND from zstd.h, written out from the header, not from the module."""
+    return size + (size >> 8) + (((128 << 10) - size) >> 11 if size < (128 << 10) else 0)
+
+
+@pytest.mark.parametrize("size", [0, 1, 2047, 2048, 128 * 1024 - 1, 128 * 1024, MiB, 32 * MiB])
+def test_compressed_bound_is_zstds_plus_header_room(size: int) -> None:
+    assert frames.compressed_bound(size) == zstd_compressbound(size) + 32
+
+
+@pytest.mark.parametrize("size", [1, 4096, 128 * 1024 + 1, MiB])
+@pytest.mark.parametrize("level", [1, 10, 19])
+def test_real_zstd_frames_of_random_data_fit_the_bound(size: int, level: int) -> None:
+    """The worst case (incompressible data) as zstd itself writes it, with the content size
+    and a checksum in the header."""
+    data = os.urandom(size)
+    frame = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(data)
+    assert len(frame) <= frames.compressed_bound(size)
+
+
+def test_table_problem_names_the_frame_and_its_limits() -> None:
+    sha = "0" * 64
+    bound = frames.compressed_bound(MiB)
+    last_bound = frames.compressed_bound(5)
+    ok = frames.FrameTable(MiB, MiB + 5, (frames.Frame(bound, sha), frames.Frame(last_bound, sha)))
+    assert ok.problem() is None
+    cases = {
+        (bound + 1, 1): f"frame 0 has {bound + 1} compressed bytes, outside 1..{bound} for "
+        f"{MiB} bytes of content",
+        (0, 1): f"frame 0 has 0 compressed bytes, outside 1..{bound} for {MiB} bytes of content",
+        (1, last_bound + 1): f"frame 1 has {last_bound + 1} compressed bytes, outside "
+        f"1..{last_bound} for 5 bytes of content",
+    }
+    for (first, second), message in cases.items():
+        pair = (frames.Frame(first, sha), frames.Frame(second, sha))
+        table = frames.FrameTable(MiB, MiB + 5, pair)
+        assert table.problem() == message
+        with pytest.raises(UsageError, match=f"^{message}$"):
+            table.check()
+    assert frames.FrameTable(MiB, 1, ()).problem() == f"0 frames for 1 bytes in frames of {MiB}"
+    assert frames.FrameTable(MiB, -1, ()).problem() == f"0 frames for -1 bytes in frames of {MiB}"
+    no_size = frames.FrameTable(0, 1, ()).problem()
+    assert no_size == "frame size 0 is not a positive multiple of 1 MiB"
+
+
+def test_table_offsets_and_sizes() -> None:
+    sha = "0" * 64
+    table = frames.FrameTable(MiB, 2 * MiB + 7, tuple(frames.Frame(n, sha) for n in (10, 20, 5)))
+    assert [table.uncompressed_offset(i) for i in range(4)] == [0, MiB, 2 * MiB, 2 * MiB + 7]
+    assert [table.uncompressed_size(i) for i in range(3)] == [MiB, MiB, 7]
+    assert [table.compressed_offset(i) for i in range(4)] == [0, 10, 30, 35]
+    assert table.compressed_size == 35
+    assert frames.frame_count(2 * MiB + 7, MiB) == 3 and frames.frame_count(2 * MiB, MiB) == 2
+
+
+def test_table_builder_records_each_frame() -> None:
+    builder = frames.TableBuilder(MiB)
+    assert builder.add(b"abc", MiB) == b"abc"
+    builder.add(b"de", 3)
+    table = builder.table()
+    assert table == frames.FrameTable(
+        MiB,
+        MiB + 3,
+        (
+            frames.Frame(3, hashlib.sha256(b"abc").hexdigest()),
+            frames.Frame(2, hashlib.sha256(b"de").hexdigest()),
+        ),
+    )
+    with pytest.raises(UsageError, match="frames for"):
+        frames.TableBuilder(MiB).table()
+
+
+def test_compress_frames_keeps_chunks_across_frame_boundaries() -> None:
+    data = os.urandom(MiB) + b"tail"
+    out = list(frames.compress_frames([data[:10], data[10 : MiB + 2], data[MiB + 2 :]], MiB))
+    assert [length for _, length in out] == [MiB, 4]
+    d = zstandard.ZstdDecompressor()
+    assert b"".join(d.decompress(f) for f, _ in out) == data
+    assert list(frames.compress_frames([], MiB)) == []

@@ -8,7 +8,10 @@ import pytest
 
 from updater import grubenv, slots
 from updater.errors import DataError, UsageError
-from updater.layout import USR_A_UUID, USR_B_UUID
+
+# Flatcar's USR-A and USR-B partition GUIDs (build_library/disk_layout.json).
+USR_A_UUID = uuid.UUID("7130c94a-213a-4e5a-8e26-6cce9662f132")
+USR_B_UUID = uuid.UUID("e03dd35c-7c2d-4a47-b3fe-27f15780a57c")
 
 HASH_A = "a" * 64
 HASH_B = "0123456789abcdef" * 4
@@ -51,8 +54,14 @@ def test_parse_undoes_grub_escapes() -> None:
 
 
 def test_parse_requires_header() -> None:
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="not a GRUB environment block"):
         grubenv.parse(b"k=v\n" + b"#" * 1020)
+
+
+def test_parse_skips_comment_and_blank_lines() -> None:
+    """GRUB's reader (grub_envblk_iterate) skips lines starting with '#', as padding is."""
+    block = b"# GRUB Environment Block\n#usr_a_tries=5\n\nnovalue\n#\nk=v#x\n" + b"#" * 100
+    assert grubenv.parse(block) == {"k": "v#x"}
 
 
 def test_size_limit() -> None:
@@ -138,9 +147,20 @@ def test_reconcile_only_lowers_tries() -> None:
         usr_b_priority="9",
     )
     assert grubenv.reconcile(env, table) == {}
-    for junk in ("", "-1", "x", "0x0", "١"):
-        env["usr_b_tries"] = junk
-        assert grubenv.reconcile(env, table) == {}
+
+
+@pytest.mark.parametrize(
+    "junk", ["", "-1", "x", "0x0", "١", "٠", "٠٠", " 1", "1 ", "+1", "1_0", "1.0", "10a", "g"]
+)
+def test_reconcile_ignores_what_is_not_a_tries_value(junk: str) -> None:
+    """B has 15 tries, so any of these that were read as a number (Unicode digits included,
+    which Python's int() accepts) would show up as a decrement."""
+    table = [usr(3, "USR-A", 1, 0, True), usr(4, "USR-B", 2, 15, False)]
+    env = grubenv.slot_vars(table, {})
+    env["usr_b_tries"] = junk
+    assert grubenv.reconcile(env, table) == {}
+    env["usr_b_tries"] = "e"  # and a real decrement is still seen
+    assert grubenv.reconcile(env, table) == {4: table[1].attributes - (1 << 52)}
 
 
 def test_reconcile_preserves_foreign_bits() -> None:
@@ -247,3 +267,102 @@ def test_power_cut_while_rewriting_the_copies_leaves_old_or_new(
         assert copies[in_use].payload() in (old, new), f"cut after {cut} of {len(writes)}"
     final = [grubenv.EnvCopy.of(bytes(block)) for _, block in sorted(plan)]
     assert all(c.payload() == new for c in final)
+
+
+# --- edges of the block format and of the copies ----------------------------------------------
+
+
+def test_parse_edges() -> None:
+    head = b"# GRUB Environment Block\n"
+    assert grubenv.parse(head + b"k=v") == {"k": "v"}  # last line without a newline
+    assert grubenv.parse(head + b"k=v\\") == {"k": "v"}  # a backslash at the very end
+    assert grubenv.parse(head + b"k=\xff\n") == {"k": "\ufffd"}  # not UTF-8: replaced
+    with pytest.raises(DataError) as info:
+        grubenv.parse(b"")
+    assert info.value.message == "not a GRUB environment block (header missing)"
+
+
+def test_render_refusal_texts_and_what_is_allowed() -> None:
+    assert grubenv.parse(grubenv.render({"X": "X#=;$ "})) == {"X": "X#=;$ "}
+    with pytest.raises(UsageError) as info:
+        grubenv.render({"a=b": "1"})
+    assert info.value.message == "invalid GRUB environment variable name 'a=b'"
+    with pytest.raises(UsageError) as info:
+        grubenv.render({"a": "x\\y"})
+    assert info.value.message == "invalid value for GRUB environment variable a: 'x\\\\y'"
+    with pytest.raises(UsageError) as info:
+        grubenv.render({"k": "v" * 1024})
+    assert info.value.message == (
+        f"GRUB environment needs {1024 + 25 + 69 + 3} bytes, more than the 1024 available"
+    )
+
+
+def test_slot_vars_skip_partitions_without_a_letter_and_name_a_bad_hash() -> None:
+    table = [slots.Slot(2, "ROOT", uuid.uuid4(), 0), usr(3, "USR-A", 1, 0, True)]
+    values = grubenv.slot_vars(table, {})
+    assert values["usr_a_partition"] == "3"
+    with pytest.raises(UsageError) as info:
+        grubenv.slot_vars(table, {"A": "x"})
+    assert info.value.message == "root hash of USR-A is not 64 lowercase hex digits"
+
+
+def test_reconcile_goes_on_past_slots_it_cannot_read() -> None:
+    """A partition without a slot letter, and a slot whose tries are junk or missing, do not
+    stop the decrement of the slots after them from being carried back."""
+    table = [slots.Slot(2, "USR-1", uuid.uuid4(), 0), usr(3, "USR-A", 1, 2, False),
+             usr(4, "USR-B", 2, 2, False)]  # fmt: skip
+    env = grubenv.slot_vars(table, {})
+    env["usr_a_tries"] = "junk"
+    env["usr_b_tries"] = "1"
+    assert grubenv.reconcile(env, table) == {4: table[2].attributes - (1 << 52)}
+    del env["usr_a_tries"]
+    assert grubenv.reconcile(env, table) == {4: table[2].attributes - (1 << 52)}
+
+
+def test_copies_of_no_file_and_of_junk() -> None:
+    assert grubenv.EnvCopy.of(None) == grubenv.EnvCopy(None, {}, None)
+    assert grubenv.EnvCopy.of(None).payload() == {}
+    assert grubenv.EnvCopy.of(b"junk") == grubenv.EnvCopy(b"junk", {}, None)
+
+
+def test_copies_framed_by_halves_and_legacy_blocks_of_another_size() -> None:
+    only_seq = grubenv.render({"usr_seq": "5", "a": "1"})
+    assert grubenv.EnvCopy.of(only_seq).seq is None
+    only_end = grubenv.render({"a": "1", "usr_end": "5"})
+    assert grubenv.EnvCopy.of(only_end).seq is None
+    legacy = grubenv.render({"a": "1"})
+    assert grubenv.EnvCopy.of(legacy) == grubenv.EnvCopy(legacy, {"a": "1"}, 0)
+    assert grubenv.EnvCopy.of(legacy[:1000]).seq is None  # cut short: not the oldest state
+    framed = grubenv.render_copy({"a": "1"}, 9)
+    assert grubenv.EnvCopy.of(framed).raw == framed
+
+
+def test_a_framed_copy_wins_over_a_legacy_block() -> None:
+    legacy = grubenv.EnvCopy.of(grubenv.render({"a": "1"}))
+    first = grubenv.EnvCopy.of(grubenv.render_copy({"a": "2"}, 1))
+    assert grubenv.choose([legacy, first]) == 1
+    assert grubenv.choose([first, legacy]) == 0
+    assert grubenv.choose([legacy, grubenv.EnvCopy.of(None)]) == 0
+
+
+def _seqs(plan: list[tuple[int, bytes]]) -> list[int | None]:
+    return [grubenv.EnvCopy.of(block).seq for _, block in plan]
+
+
+def test_sequence_numbers_of_a_rewrite() -> None:
+    values = {"a": "1"}
+    none = [grubenv.EnvCopy.of(None)] * 2
+    assert _seqs(grubenv.plan_rewrite(none, values)) == [1, 1]
+    at5 = [grubenv.EnvCopy.of(grubenv.render_copy({"a": "0"}, 5)), grubenv.EnvCopy.of(None)]
+    plan = grubenv.plan_rewrite(at5, values)
+    assert [i for i, _ in plan] == [1, 0] and _seqs(plan) == [6, 6]
+    top = grubenv.MAX_SEQ
+    assert top == 999_999_999
+    at_top = [grubenv.EnvCopy.of(grubenv.render_copy({"a": "0"}, top))] * 2
+    assert _seqs(grubenv.plan_rewrite(at_top, values)) == [1, 1]  # wraps around
+    below = [grubenv.EnvCopy.of(grubenv.render_copy({"a": "0"}, top - 1))] * 2
+    assert _seqs(grubenv.plan_rewrite(below, values)) == [top, top]
+    for bad in (0, top + 1):
+        with pytest.raises(UsageError) as info:
+            grubenv.render_copy(values, bad)
+        assert info.value.message == f"sequence number {bad} out of range"

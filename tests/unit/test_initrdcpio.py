@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -121,25 +122,45 @@ def test_any_files_read_back(files: dict[str, bytes]) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad",
+    ("bad", "reason"),
     [
-        lambda: CpioEntry.file("/etc/x", b""),
-        lambda: CpioEntry.file("", b""),
-        lambda: CpioEntry.file("etc/../x", b""),
-        lambda: CpioEntry.file("etc//x", b""),
-        lambda: CpioEntry.file("etc/x/", b""),
-        lambda: CpioEntry.file("a\0b", b""),
-        lambda: CpioEntry.file("TRAILER!!!", b""),
-        lambda: CpioEntry("dev/null", stat.S_IFCHR | 0o666),
-        lambda: CpioEntry("x", stat.S_IFREG | 0o10000),
-        lambda: CpioEntry("d", stat.S_IFDIR | 0o755, b"data"),
-        lambda: newc_archive([CpioEntry.directory("d"), CpioEntry.directory("d")]),
+        (lambda: CpioEntry.file("/etc/x", b""), "must be a relative path"),
+        (lambda: CpioEntry.file("", b""), "must be a relative path"),
+        (lambda: CpioEntry.file("a\0b", b""), "must be a relative path"),
+        (lambda: CpioEntry.file("etc/../x", b""), "plain relative path"),
+        (lambda: CpioEntry.file("..", b""), "plain relative path"),
+        (lambda: CpioEntry.file("./x", b""), "plain relative path"),
+        (lambda: CpioEntry.file("etc/./x", b""), "plain relative path"),
+        (lambda: CpioEntry.file(".", b""), "plain relative path"),
+        (lambda: CpioEntry.file("etc//x", b""), "plain relative path"),
+        (lambda: CpioEntry.file("etc/x/", b""), "plain relative path"),
+        (lambda: CpioEntry.file("TRAILER!!!", b""), "plain relative path"),
+        (lambda: CpioEntry("dev/null", stat.S_IFCHR | 0o666), "only directories and regular"),
+        (lambda: CpioEntry("fifo", stat.S_IFIFO | 0o644), "only directories and regular"),
+        # A regular file whose mode has a bit above the file type bits (bit 16).
+        (lambda: CpioEntry("x", stat.S_IFREG | 0o644 | 0o200000), "mode 300644 has unknown bits"),
+        (lambda: CpioEntry("d", stat.S_IFDIR | 0o755, b"data"), "a directory has no data"),
+        (
+            lambda: newc_archive([CpioEntry.directory("d"), CpioEntry.directory("d")]),
+            "names must be unique",
+        ),
     ],
 )
-def test_refuses_what_the_kernel_would_not_unpack_as_meant(bad: object) -> None:
-    assert callable(bad)
-    with pytest.raises(UsageError):
+def test_refuses_what_the_kernel_would_not_unpack_as_meant(
+    bad: Callable[[], object], reason: str
+) -> None:
+    """Each case is refused by the check meant for it (the message says which)."""
+    with pytest.raises(UsageError, match=reason):
         bad()
+
+
+@pytest.mark.parametrize(
+    "mode", [stat.S_IFREG | 0o7777, stat.S_IFREG, stat.S_IFDIR | 0o1777, stat.S_IFDIR]
+)
+def test_every_permission_bit_is_allowed(mode: int) -> None:
+    entry = CpioEntry("x", mode)
+    members, _ = read_newc(newc_archive([entry]))
+    assert members[0].fields["mode"] == mode
 
 
 @pytest.mark.parametrize(("size", "pad"), [(0, 0), (1, 3), (2, 2), (3, 1), (4, 0), (118, 2)])

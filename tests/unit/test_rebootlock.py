@@ -143,3 +143,176 @@ def test_fleetlock_bodies() -> None:
     ]:
         with pytest.raises(DataError, match=message):
             fleetlock.parse_body(bad)
+
+
+# --- every bound and every refusal ------------------------------------------------------------
+
+
+def test_base64_fields() -> None:
+    assert semaphore.unb64(b(b"\x00\xffab")) == b"\x00\xffab"
+    assert semaphore.unb64("") == b""
+    for bad in (None, 5, b"YQ==", "A" * ((1 << 16) + 1)):
+        with pytest.raises(DataError, match="^etcd: a key or value is not base64 text$"):
+            semaphore.unb64(bad)
+    assert semaphore.unb64("A" * (1 << 16)) == base64.b64decode("A" * (1 << 16))
+    for bad in ("***", "YQ", "YQ==\n"):
+        with pytest.raises(DataError, match="^etcd: a key or value is not base64$"):
+            semaphore.unb64(bad)
+
+
+@pytest.mark.parametrize("holder", ["a", "A.b_c:d@e-f9", "x" * 128])
+def test_holder_ids_that_are_allowed(holder: str) -> None:
+    assert semaphore.check_id(holder) == holder
+
+
+@pytest.mark.parametrize("holder", ["", "x" * 129, "a b", "a/b", "é", "a\n"])
+def test_holder_ids_that_are_refused(holder: str) -> None:
+    with pytest.raises(DataError) as info:
+        semaphore.check_id(holder)
+    assert info.value.message == (
+        f"lock holder id {holder!r} is not 1-128 of A-Z a-z 0-9 . _ : @ -"
+    )
+
+
+@pytest.mark.parametrize(("group", "ok"), [("a", True), ("A.b-9", True), ("g" * 64, True),
+                                           ("g" * 65, False), ("", False), ("a_b", False),
+                                           ("a:b", False)])  # fmt: skip
+def test_groups(group: str, ok: bool) -> None:
+    if ok:
+        assert semaphore.check_group(group) == group
+        return
+    with pytest.raises(DataError) as info:
+        semaphore.check_group(group)
+    assert info.value.message == f"lock group {group!r} is not 1-64 of a-z A-Z 0-9 . -"
+
+
+def test_keys_strip_the_prefix_slashes() -> None:
+    keys = Keys("/a/b/", "g")
+    assert (keys.base, keys.max, keys.holders) == (b"a/b/g/", b"a/b/g/max", b"a/b/g/holders/")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(0, 0), (7, 7), ("0", 0), ("9" * 19, int("9" * 19)), (None, 0)],
+)
+def test_gateway_integers(value: object, expected: int) -> None:
+    assert semaphore.parse_int(value, "x") == expected
+
+
+@pytest.mark.parametrize("value", [-1, True, False, "9" * 20, "-1", "1.0", "", 1.0, " 1"])
+def test_gateway_integers_refused(value: object) -> None:
+    with pytest.raises(DataError, match="^etcd: a lease id is not a whole number$"):
+        semaphore.parse_int(value, "a lease id")
+
+
+def test_read_transaction() -> None:
+    assert semaphore.read_txn(KEYS) == {
+        "success": [
+            {"request_range": {"key": b(b"updater/reboot-lock/workers/max")}},
+            {"request_range": {"key": b(b"updater/reboot-lock/workers/holders/"),
+                               "range_end": b(b"updater/reboot-lock/workers/holders0")}},
+        ]
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "value"), [(b"0", 0), (b" 3\n", 3), (b"1000", 1000)])
+def test_maximum_values(text: bytes, value: int) -> None:
+    assert semaphore.parse_max(text) == value
+
+
+@pytest.mark.parametrize(("text", "shown"), [(b"1001", "'1001'"), (b"-1", "'-1'"),
+                                             (b"x" * 30, repr("x" * 20)), (b"", "''")])  # fmt: skip
+def test_maximum_values_refused(text: bytes, shown: str) -> None:
+    with pytest.raises(DataError) as info:
+        semaphore.parse_max(text)
+    assert info.value.message == f"etcd: the semaphore maximum {shown} is not 0..1000"
+
+
+def test_full_and_decisions() -> None:
+    snap = semaphore.Snapshot("g", 0, 0, (), 1)
+    assert snap.full and semaphore.decide(snap, "m1") is Decision.FULL
+    one = semaphore.Holder("m1", "", 1, 1)
+    two = semaphore.Snapshot("g", 2, 0, (one,), 1)
+    assert not two.full and semaphore.decide(two, "m2") is Decision.FREE
+    assert two.holds("m1") is one and two.holds("m2") is None
+
+
+def test_holder_records_that_are_not_ours() -> None:
+    """The since field is kept only when it is a short string; anything else counts as a
+    holder with an unknown since."""
+    for value, since in [
+        (json.dumps({"since": "x" * 40}).encode(), "x" * 40),
+        (json.dumps({"since": "x" * 41}).encode(), ""),
+        (json.dumps({"since": 5}).encode(), ""),
+        (json.dumps(["since"]).encode(), ""),
+        (b"\xff", ""),
+    ]:
+        kv = {**_holder_kv("m1", 1, 2), "value": b(value)}
+        assert semaphore.parse_holder(kv, KEYS).since == since
+    bare = {"key": b(KEYS.holder("m1"))}  # gateway left out lease, revision and value
+    assert semaphore.parse_holder(bare, KEYS) == semaphore.Holder("m1", "", 0, 0)
+
+
+def test_holders_in_order_of_taking_then_id() -> None:
+    snap = semaphore.parse_snapshot(
+        KEYS, _answer([], [_holder_kv("m3", 1, 5), _holder_kv("m2", 1, 9), _holder_kv("m1", 1, 5)])
+    )
+    assert [h.id for h in snap.holders] == ["m1", "m3", "m2"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        ({"responses": "x"}, "etcd: the read transaction did not return two ranges"),
+        ({"responses": [{}, {}, {}]}, "etcd: the read transaction did not return two ranges"),
+        ({"responses": [5, {}]}, "etcd: a range response is not an object"),
+        ({"responses": [{"response_range": []}, {}]}, "etcd: a range response is not an object"),
+        ({"responses": [{"response_range": {"kvs": {}}}, {}]},
+         "etcd: a range response has no usable kvs list"),
+        ({"responses": [{"response_range": {"kvs": [{}] * 2001}}, {}]},
+         "etcd: a range response has no usable kvs list"),
+        ({"responses": [{"response_range": {"kvs": [5]}}, {}]},
+         "etcd: a range response holds a non-object kv"),
+        ("x", "etcd: the transaction response is not an object"),
+    ],
+)  # fmt: skip
+def test_malformed_transaction_answers(answer: object, message: str) -> None:
+    with pytest.raises(DataError) as info:
+        semaphore.parse_snapshot(KEYS, answer)
+    assert info.value.message == message
+
+
+def test_snapshot_without_a_header_and_with_a_maximum() -> None:
+    """No header (proto3 JSON may leave it out): revision 0; the maximum's mod revision is the
+    one the acquire compares."""
+    max_kv: dict[str, object] = {"key": b(KEYS.max), "value": b(b"3"), "mod_revision": "11"}
+    answer = _answer([max_kv], [_holder_kv("m1", 1, 2)] * 1)
+    del answer["header"]
+    snap = semaphore.parse_snapshot(KEYS, answer)
+    assert (snap.group, snap.max, snap.max_revision, snap.revision) == ("workers", 3, 11, 0)
+    compare = semaphore.acquire_txn(KEYS, snap, "m2", 1, "t")["compare"]
+    assert compare[0]["mod_revision"] == "1" and compare[1]["mod_revision"] == "11"
+
+
+def test_set_max_transaction() -> None:
+    snap = semaphore.Snapshot("workers", 1, 13, (), 20)
+    assert semaphore.set_max_txn(KEYS, snap, 0) == {
+        "compare": [{"key": b(KEYS.max), "target": "MOD", "result": "EQUAL",
+                     "mod_revision": "13"}],
+        "success": [{"request_put": {"key": b(KEYS.max), "value": b(b"0")}}],
+    }  # fmt: skip
+    assert semaphore.set_max_txn(KEYS, snap, 1000)["success"][0]["request_put"]["value"] == b(
+        b"1000"
+    )
+    for bad in (-1, 1001):
+        with pytest.raises(DataError) as info:
+            semaphore.set_max_txn(KEYS, snap, bad)
+        assert info.value.message == f"the maximum must be 0..1000, not {bad}"
+
+
+def test_groups_in_ignores_keys_outside_the_prefix() -> None:
+    keys = [b"other/a/max", b"updater/reboot-lock-x/b/max", b"updater/reboot-lock/c/max",
+            b"updater/reboot-lock/c/holders/y"]  # fmt: skip
+    answer = {"kvs": [{"key": b(k)} for k in keys]}
+    assert semaphore.groups_in("/updater/reboot-lock/", answer) == ["c"]
+    assert semaphore.groups_in("updater/reboot-lock", {}) == []

@@ -28,8 +28,10 @@ from updater.verity import (
     VerityTreeBuilder,
     blocks_for_size,
     check_hash_area,
+    digest_blocks,
     hash_area_size,
     parse_salt,
+    salted_hash,
 )
 
 SALTS = [b"", b"\x01", bytes(range(32)), bytes(range(256))]
@@ -337,3 +339,62 @@ def test_a_failing_worker_is_an_error_and_leaves_no_child(
         verityfile.compute_tree(str(data), VerityParams(128, b""), workers=2)
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)  # every child was reaped
+
+
+# --- what each refusal says -----------------------------------------------------------------------
+
+
+def _message(call: object) -> tuple[str, str | None]:
+    assert callable(call)
+    with pytest.raises((UsageError, VerificationError)) as info:
+        call()
+    e = info.value
+    assert isinstance(e, UsageError | VerificationError)
+    return e.message, e.hint
+
+
+def _sb(offset: int, value: bytes) -> bytes:
+    raw = bytearray(Superblock(VerityParams(8, b"x"), uuid.UUID(int=1)).encode())
+    raw[offset : offset + len(value)] = value
+    return bytes(raw)
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        (lambda: parse_salt("zz"), ("salt 'zz' is not hexadecimal", "use - for no salt")),
+        (lambda: parse_salt("ab" * 257), ("salt is 257 bytes, at most 256 fit the superblock",
+                                          None)),
+        (lambda: blocks_for_size(4095), ("data size 4095 is not a positive multiple of 4096 bytes",
+                                         None)),
+        (lambda: VerityParams(0, b""), ("dm-verity needs at least one data block", None)),
+        (lambda: VerityParams(1, bytes(257)), ("salt is 257 bytes, at most 256 allowed", None)),
+        (lambda: Superblock.decode(bytes(511)), ("verity superblock is truncated to 511 bytes",
+                                                 None)),
+        (lambda: Superblock.decode(_sb(0, b"x")), ("no verity superblock (the signature is "
+                                                   "missing)", None)),
+        (lambda: Superblock.decode(_sb(8, struct.pack("<I", 2))),
+         ("superblock version is 2, expected 1", None)),
+        (lambda: Superblock.decode(_sb(32, b"sha1\0\0")),
+         ("superblock algorithm is 'sha1', expected 'sha256'", None)),
+        (lambda: Superblock.decode(_sb(72, struct.pack("<Q", 0))),
+         ("superblock has an invalid salt size or data block count", None)),
+        (lambda: Superblock.decode(_sb(80, struct.pack("<H", 257))),
+         ("superblock has an invalid salt size or data block count", None)),
+        (lambda: VerityTree.from_leaf_digests(VerityParams(2, b""), bytes(32)),
+         ("got 1 data digests for 2 blocks", None)),
+        (lambda: digest_blocks(salted_hash(b""), bytes(100)),
+         ("100 bytes is not a whole number of 4096-byte blocks", None)),
+    ],
+)  # fmt: skip
+def test_refusal_texts(call: object, expected: tuple[str, str | None]) -> None:
+    assert _message(call) == expected
+
+
+def test_superblock_limits_themselves_decode() -> None:
+    raw = _sb(80, struct.pack("<H", 256))
+    raw = raw[:88] + bytes(range(256)) + raw[344:]
+    sb = Superblock.decode(raw)
+    assert sb.params.salt == bytes(range(256)) and sb.uuid == uuid.UUID(int=1)
+    assert Superblock.decode(_sb(72, struct.pack("<Q", 1))).params.data_blocks == 1
+    assert Superblock.decode(memoryview(_sb(0, b"verity"))).params.data_blocks == 8
