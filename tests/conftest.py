@@ -9,14 +9,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
+
+try:
+    from hypothesis import settings as hypothesis_settings
+except ImportError:  # the TUF conformance suite runs under this conftest without hypothesis
+    hypothesis_settings = None  # type: ignore[assignment,misc]
 
 # Hypothesis' per-example deadline is a timing assertion: on a shared two-core machine it fails
 # under load, not for a defect. `benchmarks/mutation.py` also derandomizes the examples, so that
 # its verdicts do not depend on the run.
-settings.register_profile("updater", deadline=None)
-settings.register_profile("mutation", deadline=None, derandomize=True, database=None)
-settings.load_profile(os.environ.get("UPDATER_HYPOTHESIS_PROFILE", "updater"))
+if hypothesis_settings is not None:
+    settings = hypothesis_settings
+    settings.register_profile("updater", deadline=None)
+    settings.register_profile("mutation", deadline=None, derandomize=True, database=None)
+    settings.load_profile(os.environ.get("UPDATER_HYPOTHESIS_PROFILE", "updater"))
 
 
 @pytest.fixture
