@@ -74,6 +74,26 @@ def write_data(path: Path, size: int, seed: int) -> None:
         f.write(os.urandom(size % (4 * MiB)))
 
 
+def updater_cli(*args: str) -> str:
+    argv = [sys.executable, "-m", "updater", *args]
+    return subprocess.run(argv, check=True, capture_output=True, text=True, cwd=REPO).stdout
+
+
+def make_usr(image: Path, size_mib: int, *, squashfs: bool) -> tuple[int, str]:
+    """``size_mib`` MiB at ``image``: the data (behind a squashfs superblock whose bytes_used is
+    the data size, if asked) and its verity tree from ``updater verity format``. Returns the
+    data size (the hash offset) and the root hash."""
+    data_size = size_mib * MiB - (2 * size_mib + 8) * 4096  # room for the tree in size_mib
+    write_data(image, data_size, seed=size_mib)
+    if squashfs:
+        with image.open("r+b") as f:
+            f.write(b"hsqs" + bytes(36) + data_size.to_bytes(8, "little"))
+    out = updater_cli(
+        "verity", "format", str(image), "--json", "--hash-offset", str(data_size), "--salt", "-"
+    )
+    return data_size, str(json.loads(out)["root_hash"])
+
+
 def make_image(directory: Path, size_mib: int, level: int) -> dict[str, Any]:
     """usr.img (data + verity), usr.img.zst (frames) and the signed facts, cached by size."""
     from updater import frames
@@ -83,14 +103,7 @@ def make_image(directory: Path, size_mib: int, level: int) -> dict[str, Any]:
         facts: dict[str, Any] = json.loads(facts_path.read_text())
         return facts
     image = directory / f"usr-{size_mib}.img"
-    data_size = size_mib * MiB - (2 * size_mib + 8) * 4096  # room for the tree in size_mib
-    write_data(image, data_size, seed=size_mib)
-    out = subprocess.run(
-        [sys.executable, "-m", "updater", "verity", "format", str(image), "--json",
-         "--hash-offset", str(data_size), "--salt", "-"],
-        check=True, capture_output=True, cwd=REPO,
-    )  # fmt: skip
-    verity = json.loads(out.stdout)
+    data_size, root_hash = make_usr(image, size_mib, squashfs=False)
 
     def chunks() -> Iterator[bytes]:
         with image.open("rb") as f:
@@ -109,7 +122,7 @@ def make_image(directory: Path, size_mib: int, level: int) -> dict[str, Any]:
         "sha256": whole.hexdigest(),
         "frame_size": frames.DEFAULT_FRAME_SIZE,
         "frames": table,
-        "root_hash": verity["root_hash"],
+        "root_hash": root_hash,
         "hash_offset": data_size,
     }
     image.unlink()  # only the compressed file is served
@@ -118,11 +131,6 @@ def make_image(directory: Path, size_mib: int, level: int) -> dict[str, Any]:
 
 
 # -- a release as operators publish it, and a machine that takes it -------------------------
-
-
-def updater_cli(*args: str) -> str:
-    argv = [sys.executable, "-m", "updater", *args]
-    return subprocess.run(argv, check=True, capture_output=True, text=True, cwd=REPO).stdout
 
 
 def make_repository(directory: Path, sizes: list[int]) -> tuple[Path, dict[int, str]]:
@@ -135,17 +143,10 @@ def make_repository(directory: Path, sizes: list[int]) -> tuple[Path, dict[int, 
     updater_cli("repo", "init", str(repo))
     versions = {}
     for number, size_mib in enumerate(sizes, start=2):
-        data_size = size_mib * MiB - (2 * size_mib + 8) * 4096
-        write_data(image, data_size, seed=size_mib)
-        with image.open("r+b") as f:
-            f.write(b"hsqs" + bytes(36) + data_size.to_bytes(8, "little"))
-        out = updater_cli(
-            "verity", "format", str(image), "--json", "--hash-offset", str(data_size),
-            "--salt", "-",
-        )  # fmt: skip
+        _, root_hash = make_usr(image, size_mib, squashfs=True)
         head = bytearray(b"MZ" + bytes(8190))
         at = USRHASH_OFFSETS["x86_64"]
-        head[at : at + 64] = json.loads(out)["root_hash"].encode()
+        head[at : at + 64] = root_hash.encode()
         kernel.write_bytes(head)
         versions[size_mib] = str(number)
         updater_cli(

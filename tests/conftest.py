@@ -10,16 +10,14 @@ from pathlib import Path
 
 import pytest
 
-try:
-    from hypothesis import settings as hypothesis_settings
-except ImportError:  # the TUF conformance suite runs under this conftest without hypothesis
-    hypothesis_settings = None  # type: ignore[assignment,misc]
-
 # Hypothesis' per-example deadline is a timing assertion: on a shared two-core machine it fails
 # under load, not for a defect. `benchmarks/mutation.py` also derandomizes the examples, so that
 # its verdicts do not depend on the run.
-if hypothesis_settings is not None:
-    settings = hypothesis_settings
+try:
+    from hypothesis import settings
+except ImportError:  # the TUF conformance suite runs under this conftest without hypothesis
+    pass
+else:
     settings.register_profile("updater", deadline=None)
     settings.register_profile("mutation", deadline=None, derandomize=True, database=None)
     settings.load_profile(os.environ.get("UPDATER_HYPOTHESIS_PROFILE", "updater"))

@@ -48,7 +48,7 @@ from updater.slotwrite.facts import ImageFacts
 from updater.slotwrite.source import ByteSource
 
 BUFFER_SIZE = 4 << 20
-BUFFERS = 3  # decompressed bytes in flight: 12 MiB, a quarter of the memory budget
+BUFFERS = 3  # decompressed bytes in flight: 12 MiB of the command's 64 MiB budget
 PIECES = 4  # source chunks in flight between fetch and decompress (256 KiB over HTTP)
 READ_SIZE = 1 << 20  # what the decoder asks its input for at a time
 POLL = 0.1  # seconds between checks for another thread's failure while waiting
