@@ -9,8 +9,8 @@ guest reaches it through QEMU's guestfwd (restricted user networking, nothing el
 ``updater update --reboot kexec`` streams, verifies and activates version 2 in USR-B and kexecs
 into it; it is marked good, and the machine reboots once through the firmware for comparison.
 Then the fleet agent takes over: with an etcd reboot lock on the host and a health check, it
-picks up version 3 unattended, reboots under the lock and commits it. Every step prints the
-A/B state, the agent's state and the lock.
+picks up version 3 unattended and commits it, and rolls back version 4, whose health check
+fails, by itself. Every step prints the A/B state, the agent's state and the lock.
 
 Not a test: tests/vm/test_update.py and tests/vm/test_kexec.py check these paths and their
 failure cases.
@@ -143,6 +143,17 @@ def run_demo(workdir: Path, show: Callable[[str], None] = step) -> dict[str, Any
             say(f"lock holders in etcd: {RawEtcd(etcd.url).holders('default')}")
             guest(m, "updater status")
 
+            show("8. Version 4 fails its health check: the agent rolls it back by itself")
+            publish_release(repo, payload(Path(built.directory), 4), Path(built.initrd))
+            say("published stable/x86_64/4 (its health check fails)")
+            since, start = m.console.position(), time.monotonic()
+            m.wait_for(r"UPDATER-READY version=4", TIMEOUT, since)
+            say("... booted version 4 (on trial)")
+            until_ready(m, m.console.position(), start)
+            agent_until(m, ("rolled-back",))
+            say(f"lock holders in etcd: {RawEtcd(etcd.url).holders('default')}, most at once: "
+                f"{RawEtcd(etcd.url).most_holders('default')}")  # fmt: skip
+            guest(m, "updater status")
             m.poweroff()
 
     result = {
