@@ -14,17 +14,15 @@ anything else, and it keeps every tree block aligned. This module does not print
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
-import signal
 import stat
-import threading
+import sys
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterable, Iterator
 
 from updater.errors import DeviceError, UsageError, VerificationError
+from updater.frozen import Frozen
 from updater.verity import (
     BLOCK_SIZE,
     DIGEST_SIZE,
@@ -59,12 +57,23 @@ def random_salt() -> bytes:
     return secrets.token_bytes(DEFAULT_SALT_SIZE)
 
 
-@dataclass(frozen=True)
-class FormatResult:
+class FormatResult(Frozen):
+    __slots__ = ("params", "root_hash", "hash_offset", "superblock")
     params: VerityParams
     root_hash: bytes
     hash_offset: int
     superblock: Superblock | None
+
+    def __init__(
+        self,
+        params: VerityParams,
+        root_hash: bytes,
+        hash_offset: int,
+        superblock: Superblock | None,
+    ) -> None:
+        self._set(
+            params=params, root_hash=root_hash, hash_offset=hash_offset, superblock=superblock
+        )
 
     def to_json(self) -> dict[str, object]:
         """The stable ``updater verity format --json`` contract."""
@@ -102,20 +111,25 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
         offset += written
 
 
-def _range_digests(path: str, salt: bytes, start: int, size: int) -> bytes:
-    """Digests of the data blocks in ``[start, start + size)``; runs in a worker process."""
+def _ranges_digests(
+    path: str, salt: bytes, ranges: list[tuple[int, int]]
+) -> Generator[bytes, None, None]:
+    """The digests of the data blocks of each ``(start, size)`` range, one range at a time. One
+    descriptor and one read buffer serve all of them (a fresh 4 MiB buffer per range costs its
+    page faults and zeroing again)."""
     salted = salted_hash(salt)
-    buffer = memoryview(bytearray(min(READ_SIZE, size)))
-    digests = []
+    buffer = memoryview(bytearray(min(READ_SIZE, max((size for _, size in ranges), default=0))))
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        for offset in range(start, start + size, READ_SIZE):
-            view = buffer[: min(READ_SIZE, start + size - offset)]
-            _read_exactly(fd, view, offset, path)
-            digests.append(digest_blocks(salted, view))
+        for start, size in ranges:
+            digests = []
+            for offset in range(start, start + size, READ_SIZE):
+                view = buffer[: min(READ_SIZE, start + size - offset)]
+                _read_exactly(fd, view, offset, path)
+                digests.append(digest_blocks(salted, view))
+            yield b"".join(digests)
     finally:
         os.close(fd)
-    return b"".join(digests)
 
 
 def _forked_digests(
@@ -127,28 +141,33 @@ def _forked_digests(
     so a child runs ahead while this process hashes its own share. A bare ``os.fork`` rather than
     a multiprocessing pool: importing and starting a pool costs more than hashing a few hundred
     MiB, and the children share nothing but a pipe. A failing child exits non-zero; this process
-    then stops with a DeviceError, and kills and reaps every child it started on any way out."""
+    then stops with a DeviceError. Every child is reaped on any way out, and killed first unless
+    all its digests arrived (it is then exiting by itself)."""
     children: list[tuple[int, int]] = []
+    finished = False
+    mine = _ranges_digests(path, salt, ranges[0::workers])
     try:
         for w in range(1, workers):
             read_end, write_end = os.pipe()
-            with contextlib.suppress(OSError):  # more room than one range needs, if allowed
+            try:  # more room than one range needs, if allowed
                 fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:
+                pass
             pid = os.fork()
             if pid == 0:  # the child: hash, write, and leave without running any cleanup
                 status = 1
                 try:
                     os.close(read_end)
-                    for start, size in ranges[w::workers]:
-                        _write_all_fd(write_end, _range_digests(path, salt, start, size))
+                    for digests in _ranges_digests(path, salt, ranges[w::workers]):
+                        _write_all_fd(write_end, digests)
                     status = 0
                 finally:
                     os._exit(status)
             os.close(write_end)
             children.append((pid, read_end))
-        for i, (start, size) in enumerate(ranges):
+        for i, (_, size) in enumerate(ranges):
             if i % workers == 0:
-                yield _range_digests(path, salt, start, size)
+                yield next(mine)
                 continue
             _, read_end = children[i % workers - 1]
             want = size // BLOCK_SIZE * DIGEST_SIZE
@@ -156,12 +175,23 @@ def _forked_digests(
             if len(data) != want:
                 raise DeviceError(f"hashing {path} failed in a worker process")
             yield data
+        finished = True
     finally:
+        mine.close()
         for pid, read_end in children:
             os.close(read_end)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            if not finished:
+                _kill(pid)
             os.waitpid(pid, 0)
+
+
+def _kill(pid: int) -> None:
+    import signal  # here: only a failed or interrupted run kills a worker (start-up time)
+
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _write_all_fd(fd: int, data: bytes) -> None:
@@ -179,6 +209,15 @@ def _read_all_fd(fd: int, size: int) -> bytes:
         parts.append(chunk)
         size -= len(chunk)
     return b"".join(parts)
+
+
+def _single_threaded() -> bool:
+    """fork copies only the calling thread: with other threads alive a child could inherit a
+    lock one of them held, so hashing then stays in this process. This project starts threads
+    only through ``threading``; when nothing has imported it, there is one thread (and importing
+    it just to ask would cost start-up time)."""
+    threading = sys.modules.get("threading")
+    return threading is None or bool(threading.active_count() == 1)
 
 
 def compute_tree(
@@ -209,12 +248,10 @@ def compute_tree(
                 progress(done, total)
 
     workers = min(workers, len(ranges))
-    # fork copies only the calling thread: with other threads alive a child could inherit a
-    # lock one of them held, so hashing then stays in this process.
-    if workers > 1 and threading.active_count() == 1:
+    if workers > 1 and _single_threaded():
         collect(_forked_digests(path, params.salt, ranges, workers))
     else:
-        collect(_range_digests(path, params.salt, *r) for r in ranges)
+        collect(_ranges_digests(path, params.salt, ranges))
     return builder.finish()
 
 

@@ -13,6 +13,7 @@ import os
 import random
 import struct
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -327,14 +328,15 @@ def test_a_failing_worker_is_an_error_and_leaves_no_child(
     monkeypatch.setattr(verityfile, "RANGE_SIZE", 64 * 1024)
     data = tmp_path / "data"
     data.write_bytes(bytes(8 * 64 * 1024))
-    real = verityfile._range_digests
+    real = verityfile._ranges_digests
 
-    def flaky(path: str, salt: bytes, start: int, size: int) -> bytes:
-        if start == 5 * 64 * 1024:
-            raise OSError(5, "Input/output error")
-        return real(path, salt, start, size)
+    def flaky(path: str, salt: bytes, ranges: list[tuple[int, int]]) -> Iterator[bytes]:
+        for (start, _), digests in zip(ranges, real(path, salt, ranges), strict=True):
+            if start == 5 * 64 * 1024:
+                raise OSError(5, "Input/output error")
+            yield digests
 
-    monkeypatch.setattr(verityfile, "_range_digests", flaky)
+    monkeypatch.setattr(verityfile, "_ranges_digests", flaky)
     with pytest.raises(DeviceError, match="failed in a worker process"):
         verityfile.compute_tree(str(data), VerityParams(128, b""), workers=2)
     with pytest.raises(ChildProcessError):
