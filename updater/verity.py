@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Iterable
 
 from updater.errors import UsageError, VerificationError
 from updater.frozen import Frozen
@@ -181,18 +182,30 @@ def salted_hash(salt: bytes) -> HashObject:
     return hashlib.sha256(salt)
 
 
-def digest_blocks(salted: HashObject, data: bytes | bytearray | memoryview) -> bytes:
-    """Concatenated SHA256(salt || block) of each whole 4096-byte block of ``data``."""
+def block_views(data: bytes | bytearray | memoryview) -> list[memoryview]:
+    """A view of each whole 4096-byte block of ``data``; a reader that refills one buffer makes
+    these once and hashes them after every read (``digest_each``)."""
     view = memoryview(data)
     if len(view) % BLOCK_SIZE:
         raise UsageError(f"{len(view)} bytes is not a whole number of {BLOCK_SIZE}-byte blocks")
+    return [view[offset : offset + BLOCK_SIZE] for offset in range(0, len(view), BLOCK_SIZE)]
+
+
+def digest_each(salted: HashObject, blocks: Iterable[bytes | bytearray | memoryview]) -> bytes:
+    """Concatenated SHA256(salt || block) of each block; the innermost loop of every tree."""
     copy = salted.copy
-    digests = []
-    for offset in range(0, len(view), BLOCK_SIZE):
+    digests: list[bytes] = []
+    append = digests.append
+    for block in blocks:
         h = copy()
-        h.update(view[offset : offset + BLOCK_SIZE])
-        digests.append(h.digest())
+        h.update(block)
+        append(h.digest())
     return b"".join(digests)
+
+
+def digest_blocks(salted: HashObject, data: bytes | bytearray | memoryview) -> bytes:
+    """Concatenated SHA256(salt || block) of each whole 4096-byte block of ``data``."""
+    return digest_each(salted, block_views(data))
 
 
 def _pad_to_block(data: bytes) -> bytes:

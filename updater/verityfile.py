@@ -30,9 +30,10 @@ from updater.verity import (
     VerityParams,
     VerityTree,
     VerityTreeBuilder,
+    block_views,
     blocks_for_size,
     check_hash_area,
-    digest_blocks,
+    digest_each,
     hash_area_size,
     salted_hash,
     tree_offset,
@@ -119,14 +120,15 @@ def _ranges_digests(
     page faults and zeroing again)."""
     salted = salted_hash(salt)
     buffer = memoryview(bytearray(min(READ_SIZE, max((size for _, size in ranges), default=0))))
+    blocks = block_views(buffer)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         for start, size in ranges:
             digests = []
             for offset in range(start, start + size, READ_SIZE):
-                view = buffer[: min(READ_SIZE, start + size - offset)]
-                _read_exactly(fd, view, offset, path)
-                digests.append(digest_blocks(salted, view))
+                count = min(READ_SIZE, start + size - offset)
+                _read_exactly(fd, buffer[:count], offset, path)
+                digests.append(digest_each(salted, blocks[: count // BLOCK_SIZE]))
             yield b"".join(digests)
     finally:
         os.close(fd)
