@@ -21,8 +21,8 @@ from collections.abc import Iterable
 from updater.errors import UsageError, VerificationError
 from updater.frozen import Frozen
 
-# Neither ``typing`` nor ``uuid`` (nor ``dataclasses``, see ``updater.frozen``) is imported at run
-# time: together they cost about a third of ``updater verity format``'s start-up.
+# Neither ``typing`` nor ``uuid`` (nor ``dataclasses``, see ``updater.frozen``) is imported on the
+# way of ``updater verity format``: together they cost about a third of its start-up.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Protocol
@@ -125,13 +125,42 @@ def hash_area_size(params: VerityParams, superblock: bool) -> int:
     return tree_offset(superblock) + params.tree_blocks * BLOCK_SIZE
 
 
-class Superblock(Frozen):
-    __slots__ = ("params", "uuid")
-    params: VerityParams
-    uuid: UUID
+def parse_uuid(text: str) -> bytes:
+    """The 16 bytes of a UUID written as ``uuid.UUID`` reads it (hyphens anywhere, optional
+    braces and ``urn:uuid:`` prefix), without importing ``uuid`` (start-up time)."""
+    digits = text.replace("urn:", "").replace("uuid:", "").strip("{}").replace("-", "")
+    if len(digits) != 32 or not all(c in "0123456789abcdefABCDEF" for c in digits):
+        raise UsageError(f"{text!r} is not a UUID")
+    return bytes.fromhex(digits)
 
-    def __init__(self, params: VerityParams, volume: UUID) -> None:
-        self._set(params=params, uuid=volume)
+
+def uuid4_bytes(random16: bytes) -> bytes:
+    """A random (version 4, RFC 4122 variant) UUID from 16 random bytes, as ``uuid.uuid4``."""
+    raw = bytearray(random16)
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    return bytes(raw)
+
+
+class Superblock(Frozen):
+    """``volume`` is the UUID's 16 bytes (a ``uuid.UUID`` is taken too): formatting then needs
+    no ``uuid`` module, which costs start-up time; ``.uuid`` gives it as a ``uuid.UUID``."""
+
+    __slots__ = ("params", "volume")
+    params: VerityParams
+    volume: bytes
+
+    def __init__(self, params: VerityParams, volume: UUID | bytes) -> None:
+        raw = volume if isinstance(volume, bytes) else volume.bytes
+        if len(raw) != 16:
+            raise UsageError(f"a UUID has 16 bytes, not {len(raw)}")
+        self._set(params=params, volume=raw)
+
+    @property
+    def uuid(self) -> UUID:
+        import uuid  # here: only text output and tests look at it
+
+        return uuid.UUID(bytes=self.volume)
 
     def encode(self) -> bytes:
         """The 512-byte superblock followed by zeros up to one hash block."""
@@ -140,7 +169,7 @@ class Superblock(Frozen):
             SUPERBLOCK_MAGIC,
             SUPERBLOCK_VERSION,
             HASH_TYPE,
-            self.uuid.bytes,
+            self.volume,
             ALGORITHM.encode(),
             BLOCK_SIZE,
             BLOCK_SIZE,
@@ -172,9 +201,7 @@ class Superblock(Frozen):
                 raise VerificationError(f"superblock {name} is {found!r}, expected {wanted!r}")
         if salt_size > MAX_SALT_SIZE or data_blocks < 1:
             raise VerificationError("superblock has an invalid salt size or data block count")
-        import uuid  # here: formatting needs no UUID object (start-up time)
-
-        return cls(VerityParams(data_blocks, salt[:salt_size]), uuid.UUID(bytes=uuid_bytes))
+        return cls(VerityParams(data_blocks, salt[:salt_size]), uuid_bytes)
 
 
 def salted_hash(salt: bytes) -> HashObject:

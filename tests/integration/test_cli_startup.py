@@ -57,7 +57,7 @@ print(json.dumps([status, sorted(sys.modules)]), file=sys.stderr)
 # What `updater verity format` must not import: each costs start-up time that the comparison
 # with veritysetup pays at every size (benchmarks/bench_verity.py). dataclasses brings inspect,
 # ast, dis and tokenize; shutil brings bz2 and lzma; and no command module but its own.
-FORMAT_ABSENT = {"dataclasses", "inspect", "typing", "shutil", "threading", "subprocess",
+FORMAT_ABSENT = {"dataclasses", "inspect", "typing", "shutil", "threading", "subprocess", "uuid",
                  "updater.commands.slots", "updater.commands.boot", "updater.run"}  # fmt: skip
 
 
