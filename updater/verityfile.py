@@ -1,7 +1,7 @@
 """dm-verity on files and block devices: read data, write the hash area, verify a partition.
 
 The tree itself is computed by ``updater.verity``; this module only moves bytes. Reads are big
-(4 MiB) ``preadv`` calls into a reused buffer. The data digests are computed by one process per
+(1 MiB) ``preadv`` calls into a reused buffer. The data digests are computed by one process per
 core (this one and forked children), each on its own 8 MiB ranges. Not threads: hashlib does
 release the GIL for each 4 KiB block, but handing the GIL back and forth 262144 times per GiB
 made two threads slower than one (0.91 s against 0.73 s for 1 GiB on a 2-core VM), while two
@@ -47,7 +47,9 @@ Progress = Callable[[int, int], None]
 """Called as ``progress(bytes_done, bytes_total)`` after each chunk of data is read."""
 
 DEFAULT_SALT_SIZE = 32  # what veritysetup picks when no salt is given
-READ_SIZE = 4 << 20  # big enough that per-call overhead vanishes, small enough for the CPU cache
+# Big enough that per-call overhead vanishes, small enough that the block just read is hashed from
+# the core's L2 cache (2 MiB per core on the development VM; 4 MiB reads cost 2-3% more CPU).
+READ_SIZE = 1 << 20
 RANGE_SIZE = 8 << 20  # one task per range; its 64 KiB of digests fit a default pipe
 PIPE_SIZE = 1 << 20  # Linux's default limit for F_SETPIPE_SZ without privileges
 
@@ -120,7 +122,7 @@ def _ranges_digests(
     path: str, salt: bytes, ranges: list[tuple[int, int]]
 ) -> Generator[bytes, None, None]:
     """The digests of the data blocks of each ``(start, size)`` range, one range at a time. One
-    descriptor and one read buffer serve all of them (a fresh 4 MiB buffer per range costs its
+    descriptor and one read buffer serve all of them (a fresh buffer per range costs its
     page faults and zeroing again)."""
     salted = salted_hash(salt)
     buffer = memoryview(bytearray(min(READ_SIZE, max((size for _, size in ranges), default=0))))
