@@ -7,15 +7,20 @@ stderr; tracebacks only with ``--debug``. This module does no disk I/O of its ow
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from functools import partial
 from importlib import import_module
-from typing import NoReturn
 
 from updater import __version__
 from updater.commands import INDEX
 from updater.debug import set_debug
 from updater.errors import Interrupted, UpdaterError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 DESCRIPTION = """\
 A/B image-based OS updater. A disk holds two /usr slots (USR-A, USR-B, Flatcar's usr partition
@@ -34,8 +39,31 @@ else mount.usr= / verity.usr=PARTUUID= on the kernel command line). Examples:
 """
 
 
+def help_width() -> int:
+    """The width argparse wraps help to: what ``shutil.get_terminal_size`` gives ($COLUMNS, else
+    the terminal's width, else 80) less 2, as argparse computes it, but without importing
+    ``shutil`` (and with it bz2, lzma and zlib) in every command, help or not."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0 and sys.__stdout__ is not None:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return (columns if columns > 0 else 80) - 2
+
+
 class Parser(argparse.ArgumentParser):
-    """Usage errors in one line (exit 2), pointing at --help instead of repeating the usage."""
+    """Usage errors in one line (exit 2), pointing at --help instead of repeating the usage.
+    Every parser's help formatter (the given one, or argparse's default) gets its width from
+    ``help_width``; subcommand parsers are Parsers too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        formatter = kwargs.get("formatter_class", argparse.HelpFormatter)
+        kwargs["formatter_class"] = partial(formatter, width=help_width())
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -70,30 +98,38 @@ def _global_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-class _Silent(argparse.ArgumentParser):
+class _Silent(Parser):
     """Finds the command word only; the full parser reports any error."""
 
     def error(self, message: str) -> NoReturn:
         raise ValueError(message)
 
 
-def command_of(argv: Sequence[str]) -> str | None:
-    """The command word of ``argv`` (after the global options), when it names a command."""
+def peek(argv: Sequence[str]) -> tuple[str | None, bool]:
+    """The command word of ``argv`` (after the global options) when it names a command, and
+    whether ``-h``/``--help`` (or an abbreviation) appears anywhere."""
     pre = _Silent(add_help=False)
     _global_options(pre)
+    pre.add_argument("-h", "--help", action="store_true")
     pre.add_argument("command", nargs="?")
     try:
         known, _ = pre.parse_known_args(argv)
     except ValueError:  # e.g. a global option without its value
-        return None
+        return None, False
     command: str | None = known.command
-    return command if command in INDEX else None
+    return (command if command in INDEX else None), bool(known.help)
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command word of ``argv`` (after the global options), when it names a command."""
+    return peek(argv)[0]
+
+
+def build_parser(command: str | None = None, *, others: bool = True) -> argparse.ArgumentParser:
     """The parser. With ``command``, only its module is imported and registered in full; the
     other commands are listed with their help line, which is all that ``--help``, a missing or
-    an unknown command need."""
+    an unknown command need. ``others=False`` leaves them out (a parser that parses ``command``
+    and prints its help, but whose own ``--help`` would list only that module's commands)."""
     parser = Parser(
         prog="updater",
         description=DESCRIPTION,
@@ -112,7 +148,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if entry.module in wanted:
             import_module(f"updater.commands.{entry.module}").register(sub)
             registered.add(entry.module)
-        else:
+        elif others:
             sub.add_parser(name, help=entry.help)
     return parser
 
@@ -125,7 +161,9 @@ def one_line(text: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(command_of(args_list))
+    # A known command without --help needs no parsers for the other twenty (start-up time).
+    command, wants_help = peek(args_list)
+    parser = build_parser(command, others=command is None or wants_help)
     args = parser.parse_args(args_list)
     set_debug(args.debug)
     try:

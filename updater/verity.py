@@ -16,11 +16,25 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import uuid
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Iterable
 
 from updater.errors import UsageError, VerificationError
+from updater.frozen import Frozen
+
+# Neither ``typing`` nor ``uuid`` (nor ``dataclasses``, see ``updater.frozen``) is imported on the
+# way of ``updater verity format``: together they cost about a third of its start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+    from uuid import UUID
+
+    class HashObject(Protocol):
+        """What hashlib's sha256 objects offer; a Protocol so that tests may pass any hash."""
+
+        def copy(self) -> HashObject: ...
+        def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
+        def digest(self) -> bytes: ...
+
 
 BLOCK_SIZE = 4096
 DIGEST_SIZE = 32
@@ -36,14 +50,6 @@ SUPERBLOCK_VERSION = 1
 # 6 pad bytes, salt[256], 168 pad bytes: cryptsetup's little-endian ``struct verity_sb``.
 _SB_FORMAT = "<8sII16s32sIIQH6x256s168x"
 assert struct.calcsize(_SB_FORMAT) == SUPERBLOCK_SIZE
-
-
-class HashObject(Protocol):
-    """What hashlib's sha256 objects offer; a Protocol so that tests may pass any hash."""
-
-    def copy(self) -> HashObject: ...
-    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
-    def digest(self) -> bytes: ...
 
 
 def parse_salt(text: str) -> bytes:
@@ -66,18 +72,19 @@ def blocks_for_size(size: int) -> int:
     return size // BLOCK_SIZE
 
 
-@dataclass(frozen=True)
-class VerityParams:
+class VerityParams(Frozen):
     """Everything that determines the tree; the UUID does not, so it lives in Superblock."""
 
+    __slots__ = ("data_blocks", "salt")
     data_blocks: int
     salt: bytes
 
-    def __post_init__(self) -> None:
-        if self.data_blocks < 1:
+    def __init__(self, data_blocks: int, salt: bytes) -> None:
+        if data_blocks < 1:
             raise UsageError("dm-verity needs at least one data block")
-        if len(self.salt) > MAX_SALT_SIZE:
-            raise UsageError(f"salt is {len(self.salt)} bytes, at most {MAX_SALT_SIZE} allowed")
+        if len(salt) > MAX_SALT_SIZE:
+            raise UsageError(f"salt is {len(salt)} bytes, at most {MAX_SALT_SIZE} allowed")
+        self._set(data_blocks=data_blocks, salt=salt)
 
     @property
     def data_size(self) -> int:
@@ -118,10 +125,42 @@ def hash_area_size(params: VerityParams, superblock: bool) -> int:
     return tree_offset(superblock) + params.tree_blocks * BLOCK_SIZE
 
 
-@dataclass(frozen=True)
-class Superblock:
+def parse_uuid(text: str) -> bytes:
+    """The 16 bytes of a UUID written as ``uuid.UUID`` reads it (hyphens anywhere, optional
+    braces and ``urn:uuid:`` prefix), without importing ``uuid`` (start-up time)."""
+    digits = text.replace("urn:", "").replace("uuid:", "").strip("{}").replace("-", "")
+    if len(digits) != 32 or not all(c in "0123456789abcdefABCDEF" for c in digits):
+        raise UsageError(f"{text!r} is not a UUID")
+    return bytes.fromhex(digits)
+
+
+def uuid4_bytes(random16: bytes) -> bytes:
+    """A random (version 4, RFC 4122 variant) UUID from 16 random bytes, as ``uuid.uuid4``."""
+    raw = bytearray(random16)
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    return bytes(raw)
+
+
+class Superblock(Frozen):
+    """``volume`` is the UUID's 16 bytes (a ``uuid.UUID`` is taken too): formatting then needs
+    no ``uuid`` module, which costs start-up time; ``.uuid`` gives it as a ``uuid.UUID``."""
+
+    __slots__ = ("params", "volume")
     params: VerityParams
-    uuid: uuid.UUID
+    volume: bytes
+
+    def __init__(self, params: VerityParams, volume: UUID | bytes) -> None:
+        raw = volume if isinstance(volume, bytes) else volume.bytes
+        if len(raw) != 16:
+            raise UsageError(f"a UUID has 16 bytes, not {len(raw)}")
+        self._set(params=params, volume=raw)
+
+    @property
+    def uuid(self) -> UUID:
+        import uuid  # here: only text output and tests look at it
+
+        return uuid.UUID(bytes=self.volume)
 
     def encode(self) -> bytes:
         """The 512-byte superblock followed by zeros up to one hash block."""
@@ -130,7 +169,7 @@ class Superblock:
             SUPERBLOCK_MAGIC,
             SUPERBLOCK_VERSION,
             HASH_TYPE,
-            self.uuid.bytes,
+            self.volume,
             ALGORITHM.encode(),
             BLOCK_SIZE,
             BLOCK_SIZE,
@@ -162,7 +201,7 @@ class Superblock:
                 raise VerificationError(f"superblock {name} is {found!r}, expected {wanted!r}")
         if salt_size > MAX_SALT_SIZE or data_blocks < 1:
             raise VerificationError("superblock has an invalid salt size or data block count")
-        return cls(VerityParams(data_blocks, salt[:salt_size]), uuid.UUID(bytes=uuid_bytes))
+        return cls(VerityParams(data_blocks, salt[:salt_size]), uuid_bytes)
 
 
 def salted_hash(salt: bytes) -> HashObject:
@@ -170,29 +209,44 @@ def salted_hash(salt: bytes) -> HashObject:
     return hashlib.sha256(salt)
 
 
-def digest_blocks(salted: HashObject, data: bytes | bytearray | memoryview) -> bytes:
-    """Concatenated SHA256(salt || block) of each whole 4096-byte block of ``data``."""
+def block_views(data: bytes | bytearray | memoryview) -> list[memoryview]:
+    """A view of each whole 4096-byte block of ``data``; a reader that refills one buffer makes
+    these once and hashes them after every read (``digest_each``)."""
     view = memoryview(data)
     if len(view) % BLOCK_SIZE:
         raise UsageError(f"{len(view)} bytes is not a whole number of {BLOCK_SIZE}-byte blocks")
+    return [view[offset : offset + BLOCK_SIZE] for offset in range(0, len(view), BLOCK_SIZE)]
+
+
+def digest_each(salted: HashObject, blocks: Iterable[bytes | bytearray | memoryview]) -> bytes:
+    """Concatenated SHA256(salt || block) of each block; the innermost loop of every tree."""
     copy = salted.copy
-    digests = []
-    for offset in range(0, len(view), BLOCK_SIZE):
+    digests: list[bytes] = []
+    append = digests.append
+    for block in blocks:
         h = copy()
-        h.update(view[offset : offset + BLOCK_SIZE])
-        digests.append(h.digest())
+        h.update(block)
+        append(h.digest())
     return b"".join(digests)
+
+
+def digest_blocks(salted: HashObject, data: bytes | bytearray | memoryview) -> bytes:
+    """Concatenated SHA256(salt || block) of each whole 4096-byte block of ``data``."""
+    return digest_each(salted, block_views(data))
 
 
 def _pad_to_block(data: bytes) -> bytes:
     return data + b"\0" * (-len(data) % BLOCK_SIZE)
 
 
-@dataclass(frozen=True)
-class VerityTree:
+class VerityTree(Frozen):
+    __slots__ = ("params", "levels", "root_hash")
     params: VerityParams
     levels: tuple[bytes, ...]  # level 0 (data digests) first, each padded to whole blocks
     root_hash: bytes
+
+    def __init__(self, params: VerityParams, levels: tuple[bytes, ...], root_hash: bytes) -> None:
+        self._set(params=params, levels=levels, root_hash=root_hash)
 
     @classmethod
     def from_leaf_digests(cls, params: VerityParams, digests: bytes) -> VerityTree:

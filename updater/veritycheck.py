@@ -15,18 +15,21 @@ number of 4096-byte blocks at a block boundary, as O_DIRECT needs): this module 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from updater.errors import VerificationError
 from updater.verity import (
     BLOCK_SIZE,
     DIGEST_SIZE,
     HASHES_PER_BLOCK,
-    HashObject,
     VerityParams,
     digest_blocks,
     first_digest_difference,
     tree_offset,
 )
+
+if TYPE_CHECKING:
+    from updater.verity import HashObject  # a Protocol, defined for type checking only
 
 Read = Callable[[int, int], bytes]
 """``read(offset, size)``: ``size`` bytes of the hash area, ``offset`` from the hash offset."""

@@ -13,6 +13,7 @@ import os
 import random
 import struct
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,9 @@ from updater.verity import (
     digest_blocks,
     hash_area_size,
     parse_salt,
+    parse_uuid,
     salted_hash,
+    uuid4_bytes,
 )
 
 SALTS = [b"", b"\x01", bytes(range(32)), bytes(range(256))]
@@ -169,6 +172,30 @@ def test_parse_salt() -> None:
     for bad in ["zz", "abc", "0x01", "ab" * 257]:
         with pytest.raises(UsageError):
             parse_salt(bad)
+
+
+def test_uuids_parse_and_generate_as_the_uuid_module_does() -> None:
+    rng = random.Random(8)
+    for _ in range(50):
+        raw = rng.randbytes(16)
+        u = uuid.UUID(bytes=raw)
+        for text in (str(u), u.hex, u.hex.upper(), "{" + str(u) + "}", u.urn):
+            assert parse_uuid(text) == uuid.UUID(text).bytes == raw
+        made = uuid.UUID(bytes=uuid4_bytes(raw))
+        assert made == uuid.UUID(bytes=raw, version=4)
+        assert (made.version, made.variant) == (4, uuid.RFC_4122)
+    for bad in ["", "nope", "0" * 31, "0" * 33, "g" * 32, "0" * 16 + " " + "0" * 16]:
+        with pytest.raises(UsageError):
+            parse_uuid(bad)
+
+
+def test_a_superblock_takes_a_uuid_or_its_16_bytes() -> None:
+    params = VerityParams(8, b"x")
+    volume = uuid.UUID(int=0x0BADC0DE)
+    assert Superblock(params, volume) == Superblock(params, volume.bytes)
+    assert Superblock(params, volume.bytes).uuid == volume
+    with pytest.raises(UsageError):
+        Superblock(params, b"short")
 
 
 def test_superblock_round_trip_and_field_offsets() -> None:
@@ -327,14 +354,15 @@ def test_a_failing_worker_is_an_error_and_leaves_no_child(
     monkeypatch.setattr(verityfile, "RANGE_SIZE", 64 * 1024)
     data = tmp_path / "data"
     data.write_bytes(bytes(8 * 64 * 1024))
-    real = verityfile._range_digests
+    real = verityfile._ranges_digests
 
-    def flaky(path: str, salt: bytes, start: int, size: int) -> bytes:
-        if start == 5 * 64 * 1024:
-            raise OSError(5, "Input/output error")
-        return real(path, salt, start, size)
+    def flaky(path: str, salt: bytes, ranges: list[tuple[int, int]]) -> Iterator[bytes]:
+        for (start, _), digests in zip(ranges, real(path, salt, ranges), strict=True):
+            if start == 5 * 64 * 1024:
+                raise OSError(5, "Input/output error")
+            yield digests
 
-    monkeypatch.setattr(verityfile, "_range_digests", flaky)
+    monkeypatch.setattr(verityfile, "_ranges_digests", flaky)
     with pytest.raises(DeviceError, match="failed in a worker process"):
         verityfile.compute_tree(str(data), VerityParams(128, b""), workers=2)
     with pytest.raises(ChildProcessError):

@@ -7,12 +7,16 @@ for the boot path's imports, nor ``updater --help`` for any (start-up time on sm
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from updater.frozen import Frozen
 
 
-class Entry(NamedTuple):
+class Entry(Frozen):
+    __slots__ = ("module", "help")
     module: str  # updater.commands.<module>
     help: str
+
+    def __init__(self, module: str, help: str) -> None:
+        self._set(module=module, help=help)
 
 
 INDEX: dict[str, Entry] = {

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import uuid
 
 from updater.commands import INDEX
 from updater.errors import UsageError
 from updater.jsonout import dumps
-from updater.verity import BLOCK_SIZE, DIGEST_SIZE, VerityParams, parse_salt
+from updater.verity import BLOCK_SIZE, DIGEST_SIZE, VerityParams, parse_salt, parse_uuid
 from updater.verityfile import FormatResult, format_file, verify_file
 
 FORMAT_DESCRIPTION = """\
@@ -74,11 +73,11 @@ def _root_hash(text: str) -> bytes:
     return value
 
 
-def _uuid(text: str) -> uuid.UUID:
+def _uuid(text: str) -> bytes:
     try:
-        return uuid.UUID(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a UUID") from None
+        return parse_uuid(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
