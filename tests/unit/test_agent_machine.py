@@ -4,6 +4,7 @@ machine run by the real slot rules (``tests.unit.agentfakes.FakeMachine``)."""
 from __future__ import annotations
 
 from dataclasses import replace
+from zoneinfo import ZoneInfo
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -276,3 +277,99 @@ def test_going_back_that_keeps_failing_gives_the_lock_back_first() -> None:
     assert step.action.do is Do.RELEASE, "the fleet is not held up by one stuck machine"
     rec = machine.absorb(step.record, step.action, machine.Done(), facts(m, now), P)
     assert machine.decide(rec, facts(m, now), P).action.do is Do.MARK_BAD, "and it keeps trying"
+
+
+# --- each transition's whole record (README, "What each state means") ---------------------------
+
+
+def test_mark_good_commits_the_target_and_clears_the_trial() -> None:
+    m = staged()
+    m.power_on()
+    rec = replace(IN_FLIGHT, state=State.VERIFYING, healthy=True, verify_deadline=NOW + 300,
+                  last_error="old")  # fmt: skip
+    out = machine.absorb(rec, machine.Action(Do.MARK_GOOD, slot="B"), machine.Done(), facts(m), P)
+    assert out == replace(
+        rec, state=State.COMMITTED, changed=NOW, committed_slot="B", committed_version="2",
+        last_success=NOW, last_error=None, next_check=NOW + 3600, healthy=False,
+        verify_deadline=None,
+    )  # fmt: skip
+
+
+def test_a_failed_mark_good_goes_back_holding_the_lock() -> None:
+    m = staged()
+    m.power_on()
+    ticket = LockTicket("etcd", "m1", "default", 7)
+    rec = replace(IN_FLIGHT, state=State.VERIFYING, healthy=True, lock=ticket, signalled=True,
+                  reboot_attempts=2, reboot_requested=NOW - 5)  # fmt: skip
+    out = machine.absorb(rec, machine.Action(Do.MARK_GOOD, slot="B"), machine.Failed("io"),
+                         facts(m), P)  # fmt: skip
+    assert out == replace(
+        rec.block("2", Reason.HEALTH, NOW), state=State.ROLLED_BACK, changed=NOW,
+        next_check=NOW + 3600, rollbacks=1, last_error="mark-good failed: io", returning=True,
+        healthy=False, signalled=False, reboot_attempts=0, reboot_requested=None,
+    )  # fmt: skip
+
+
+def test_a_failed_check_is_a_failed_cycle() -> None:
+    m = FakeMachine()
+    rec = Record(state=State.CHECKING, healthy=True, returning=True)
+    out = machine.absorb(rec, machine.Action(Do.CHECK), machine.Failed("no network"), facts(m), P)
+    assert out == replace(rec, state=State.FAILED, changed=NOW, last_error="no network",
+                          next_check=NOW + 3600, healthy=False, returning=False,
+                          last_check=NOW)  # fmt: skip
+
+
+def test_a_failed_mark_bad_counts_as_an_attempt_only_when_going_back() -> None:
+    m = staged()
+    for returning, attempts in ((True, 2), (False, 1)):
+        rec = replace(IN_FLIGHT, state=State.ROLLED_BACK, returning=returning, reboot_attempts=1)
+        out = machine.absorb(rec, machine.Action(Do.MARK_BAD, slot="B"), machine.Failed("x"),
+                             facts(m), P)  # fmt: skip
+        assert out == replace(rec, last_error="mark-bad failed: x", next_try=NOW + 60,
+                              reboot_attempts=attempts)  # fmt: skip
+
+
+def test_going_back_marks_bad_while_the_slot_would_boot_then_reboots_without_a_cap() -> None:
+    m = staged()
+    m.power_on()  # on B, the slot that failed
+    rec = replace(IN_FLIGHT, state=State.ROLLED_BACK, returning=True, reboot_attempts=9)
+    step = machine.decide(rec, facts(m), P)
+    assert step.action == machine.Action(Do.MARK_BAD, slot="B")
+    m.mark_bad("B")
+    step = machine.decide(rec, facts(m), P)
+    assert step.action == machine.Action(Do.REBOOT, via="kexec")
+    assert step.record.reboot_attempts == 10 and step.record.reboot_requested is None
+    off = machine.decide(replace(rec, signalled=True), facts(m),
+                         policy(strategy=RebootStrategy.OFF))  # fmt: skip
+    assert off.action == machine.Action(
+        Do.SLEEP, until=NOW + 3600,
+        why="going back to the previous slot: waiting for a reboot (strategy off)",
+    )
+
+
+def test_a_requested_reboot_sleeps_with_its_reason() -> None:
+    m = staged()
+    rec = replace(IN_FLIGHT, state=State.REBOOTING, reboot_attempts=1, reboot_requested=NOW - 100)
+    step = machine.decide(rec, facts(m), P)
+    assert step.action.until == NOW + 200
+    assert step.action.why is not None and step.action.why.endswith(": reboot requested")
+
+
+def test_giving_up_on_reboots_names_the_last_error() -> None:
+    m = staged()
+    rec = replace(IN_FLIGHT, state=State.REBOOTING, reboot_attempts=3, last_error="inhibited")
+    step = machine.decide(rec, facts(m), P)
+    assert step.record.last_error == "no reboot happened after 3 attempts (inhibited)"
+    rec = replace(rec, last_error=None)
+    step = machine.decide(rec, facts(m), P)
+    assert step.record.last_error == (
+        "no reboot happened after 3 attempts (the system did not go down)"
+    )
+
+
+def test_the_window_wait_names_the_opening_in_the_configured_zone() -> None:
+    m = staged()
+    window = parse_window({"days": ["Wed"], "start": "01:00", "minutes": 30})
+    p = policy(windows=(window,), zone=ZoneInfo("Europe/Berlin"))
+    step = machine.decide(replace(IN_FLIGHT, state=State.STAGED), facts(m), p)
+    assert step.action.why == "maintenance window opens Wed 2023-11-15 01:00 CET"
