@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -373,3 +374,113 @@ def test_the_window_wait_names_the_opening_in_the_configured_zone() -> None:
     p = policy(windows=(window,), zone=ZoneInfo("Europe/Berlin"))
     step = machine.decide(replace(IN_FLIGHT, state=State.STAGED), facts(m), p)
     assert step.action.why == "maintenance window opens Wed 2023-11-15 01:00 CET"
+
+
+def test_writing_stops_when_the_booted_slot_changed_and_stages_with_the_waves() -> None:
+    m = staged()
+    waves = parse_waves([[2048, "2023-11-14T00:00:00Z"]])
+    rec = replace(IN_FLIGHT, state=State.DOWNLOADING, waves=waves)
+    step = machine.decide(rec, facts(m), P)
+    assert step.action == machine.Action(Do.STAGE, offer=Offer("2", waves))
+    m.booted_letter = "B"
+    step = machine.decide(rec, facts(m), P)
+    assert step.record.last_error == "the booted slot changed while the release was written"
+
+
+def test_an_offer_taken_fills_the_record_and_one_refused_clears_it() -> None:
+    m = FakeMachine()
+    waves = parse_waves([[2048, "2023-11-14T00:00:00Z"]])
+    rec = Record(state=State.CHECKING, last_error="old", available="7", wave_start=5.0)
+    out = machine.absorb(rec, machine.Action(Do.CHECK), machine.Offered(Offer("2", waves)),
+                         facts(m), P)  # fmt: skip
+    assert out == replace(
+        rec, state=State.DOWNLOADING, changed=NOW, last_check=NOW, last_error=None, version="2",
+        waves=waves, from_slot="A", from_version="1", target_slot="B", available="2",
+        wave_start=waves[0].start,
+    )  # fmt: skip
+    none = machine.absorb(rec, machine.Action(Do.CHECK), machine.Offered(None), facts(m), P)
+    assert none == replace(rec, state=State.IDLE, changed=NOW, last_check=NOW, last_error=None,
+                           available=None, wave_start=None, next_check=NOW + 3600)  # fmt: skip
+
+
+def test_a_new_slot_that_did_not_boot_leaves_the_whole_record_rolled_back() -> None:
+    m = staged()
+    m.power_on()
+    m.booted_letter = "A"
+    rec = replace(IN_FLIGHT, state=State.REBOOTING, reboot_attempts=2, healthy=True,
+                  signalled=True)  # fmt: skip
+    step = machine.decide(rec, facts(m), policy(locking=False))
+    assert step.record == replace(
+        rec.block("2", Reason.BOOT, NOW), state=State.ROLLED_BACK, changed=NOW,
+        next_check=NOW + 3600, rollbacks=1,
+        last_error="release 2 did not boot; the previous slot was booted again",
+        returning=False, healthy=False, signalled=False, reboot_attempts=0, booted_version="1",
+    )  # fmt: skip
+
+
+def test_a_reboot_target_changed_outside_the_agent_fails_the_cycle() -> None:
+    m = staged()
+    m.versions["B"] = "3"  # B still boots next, but holds another release now
+    step = machine.decide(replace(IN_FLIGHT, state=State.REBOOTING), facts(m), P)
+    assert step.record.state is State.FAILED
+    assert step.record.last_error == (
+        "release 2 is no longer set to boot next: the A/B state was changed outside the agent"
+    )
+
+
+def test_reboots_still_going_down_are_capped_too() -> None:
+    m = staged()
+    rec = replace(IN_FLIGHT, state=State.REBOOTING, reboot_attempts=3, reboot_requested=NOW - 400,
+                  reboot_boot="boot-1")  # fmt: skip
+    step = machine.decide(rec, facts(m), P)
+    assert step.record.state is State.FAILED
+
+
+@pytest.mark.parametrize("going_down", [False, True])
+def test_strategy_off_names_what_waits_for_a_reboot(going_down: bool) -> None:
+    m = staged()
+    rec = replace(IN_FLIGHT, state=State.REBOOTING, signalled=True)
+    if going_down:
+        rec = replace(rec, reboot_requested=NOW - 400, reboot_boot="boot-1")
+    p = policy(strategy=RebootStrategy.OFF)
+    why = "rebooting into release 2: waiting for a reboot (strategy off)"
+    assert machine.decide(rec, facts(m), p).action == machine.Action(
+        Do.SLEEP, until=NOW + 3600, why=why
+    )
+    staged_rec = replace(IN_FLIGHT, state=State.STAGED, signalled=True)
+    assert machine.decide(staged_rec, facts(m), p).action.why == (
+        "release 2 staged: waiting for a reboot (strategy off)"
+    )
+
+
+def test_without_a_lock_backend_the_reboot_starts_afresh() -> None:
+    m = staged()
+    rec = replace(IN_FLIGHT, reboot_attempts=2, reboot_requested=NOW - 1000)
+    step = machine.decide(rec, facts(m), policy(locking=False))
+    assert step.action.do is Do.REBOOT
+    assert step.record.reboot_attempts == 1 and step.record.reboot_requested is None
+
+
+def test_a_reboot_after_the_grace_forgets_the_request() -> None:
+    m = staged()
+    rec = replace(IN_FLIGHT, state=State.REBOOTING, reboot_attempts=1, reboot_requested=NOW - 300)
+    step = machine.decide(rec, facts(m), P)
+    assert step.action.do is Do.REBOOT and step.record.reboot_requested is None
+
+
+def test_windows_are_read_in_the_configured_zone() -> None:
+    """Tuesday 23:13 in Berlin (22:13 UTC): a Berlin window Tue 23:00-00:00 is open."""
+    m = staged()
+    window = parse_window({"days": ["Tue"], "start": "23:00", "minutes": 60})
+    p = policy(windows=(window,), zone=ZoneInfo("Europe/Berlin"))
+    step = machine.decide(replace(IN_FLIGHT, state=State.STAGED), facts(m), p)
+    assert step.action.do is Do.ACQUIRE and step.record.state is State.WAITING_FOR_LOCK
+
+
+def test_a_release_changed_outside_the_agent_while_waiting_for_the_window() -> None:
+    m = staged()
+    m._apply(slots.mark_bad(m.table, 4))
+    window = parse_window({"days": ["Wed"], "start": "01:00", "minutes": 30})
+    rec = replace(IN_FLIGHT, state=State.WAITING_FOR_WINDOW)
+    step = machine.decide(rec, facts(m), policy(windows=(window,)))
+    assert step.record.state is State.FAILED
