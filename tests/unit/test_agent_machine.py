@@ -390,13 +390,16 @@ def test_writing_stops_when_the_booted_slot_changed_and_stages_with_the_waves() 
 def test_an_offer_taken_fills_the_record_and_one_refused_clears_it() -> None:
     m = FakeMachine()
     waves = parse_waves([[2048, "2023-11-14T00:00:00Z"]])
-    rec = Record(state=State.CHECKING, last_error="old", available="7", wave_start=5.0)
+    rec = Record(state=State.CHECKING, last_error="old", available="7", wave_start=5.0,
+                 reboot_attempts=2, reboot_requested=5.0, healthy=True, returning=True,
+                 signalled=True, lock_holders=("m9",), verify_deadline=9.0)  # fmt: skip
     out = machine.absorb(rec, machine.Action(Do.CHECK), machine.Offered(Offer("2", waves)),
                          facts(m), P)  # fmt: skip
     assert out == replace(
         rec, state=State.DOWNLOADING, changed=NOW, last_check=NOW, last_error=None, version="2",
         waves=waves, from_slot="A", from_version="1", target_slot="B", available="2",
-        wave_start=waves[0].start,
+        wave_start=waves[0].start, reboot_attempts=0, reboot_requested=None, healthy=False,
+        returning=False, signalled=False, lock_holders=(), verify_deadline=None,
     )  # fmt: skip
     none = machine.absorb(rec, machine.Action(Do.CHECK), machine.Offered(None), facts(m), P)
     assert none == replace(rec, state=State.IDLE, changed=NOW, last_check=NOW, last_error=None,
@@ -484,3 +487,31 @@ def test_a_release_changed_outside_the_agent_while_waiting_for_the_window() -> N
     rec = replace(IN_FLIGHT, state=State.WAITING_FOR_WINDOW)
     step = machine.decide(rec, facts(m), policy(windows=(window,)))
     assert step.record.state is State.FAILED
+
+
+def test_results_that_move_on_clear_what_they_answer() -> None:
+    m = staged()
+    stale = replace(IN_FLIGHT, last_error="old", reboot_attempts=2, reboot_requested=5.0,
+                    lock_holders=("m9",))  # fmt: skip
+    ticket = LockTicket("etcd", "m1", "default", 7)
+    f = facts(m)
+    staged_rec = machine.absorb(replace(stale, state=State.DOWNLOADING),
+                                machine.Action(Do.STAGE), machine.Done(), f, P)  # fmt: skip
+    assert staged_rec == replace(stale, state=State.STAGED, changed=NOW, last_error=None)
+    taken = machine.absorb(stale, machine.Action(Do.ACQUIRE), machine.Taken(ticket), f, P)
+    assert taken == replace(stale, state=State.REBOOTING, changed=NOW, lock=ticket,
+                            lock_holders=(), last_error=None, reboot_attempts=0,
+                            reboot_requested=None)  # fmt: skip
+    busy = machine.absorb(stale, machine.Action(Do.ACQUIRE), machine.Busy(("m7",)), f, P)
+    assert busy == replace(stale, lock_holders=("m7",), next_try=NOW + 60, last_error=None)
+    healthy = machine.absorb(replace(stale, state=State.VERIFYING), machine.Action(Do.VERIFY),
+                             machine.Done(), f, P)  # fmt: skip
+    assert healthy == replace(stale, state=State.VERIFYING, healthy=True, last_error=None)
+
+
+def test_strategy_switched_off_while_waiting_goes_back_to_staged() -> None:
+    m = staged()
+    rec = replace(IN_FLIGHT, state=State.WAITING_FOR_LOCK, signalled=False)
+    step = machine.decide(rec, facts(m), policy(strategy=RebootStrategy.OFF))
+    assert step.record.state is State.STAGED and step.record.changed == NOW
+    assert step.action.do is Do.SIGNAL
