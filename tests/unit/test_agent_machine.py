@@ -515,3 +515,60 @@ def test_strategy_switched_off_while_waiting_goes_back_to_staged() -> None:
     step = machine.decide(rec, facts(m), policy(strategy=RebootStrategy.OFF))
     assert step.record.state is State.STAGED and step.record.changed == NOW
     assert step.action.do is Do.SIGNAL
+
+
+def test_back_on_the_previous_slot_the_going_back_is_over() -> None:
+    m = staged()  # booted A, B next
+    ticket = LockTicket("etcd", "m1", "default", 7)
+    rec = replace(IN_FLIGHT, state=State.ROLLED_BACK, returning=True, signalled=True,
+                  reboot_attempts=2, reboot_requested=5.0, lock=ticket)  # fmt: skip
+    rec = rec.block("2", Reason.HEALTH, NOW)
+    m._apply(slots.mark_bad(m.table, 4))
+    step = machine.decide(rec, facts(m), P)
+    assert step.action.do is Do.RELEASE
+    assert step.record == replace(rec, returning=False, signalled=False, reboot_attempts=0,
+                                  reboot_requested=None, booted_version="1")  # fmt: skip
+
+
+def test_a_rolled_back_release_that_would_still_boot_is_marked_bad() -> None:
+    """Only a blocked release, only after a rollback that is not going back any more."""
+    m = staged()  # B, holding release 2, is bootable and next
+    rolled = replace(IN_FLIGHT, state=State.ROLLED_BACK).block("2", Reason.BOOT, NOW)
+    assert machine.decide(rolled, facts(m), P).action == machine.Action(Do.MARK_BAD, slot="B")
+    unblocked = replace(IN_FLIGHT, state=State.ROLLED_BACK)
+    assert machine.decide(unblocked, facts(m), P).action.do is not Do.MARK_BAD
+    failed = replace(rolled, state=State.FAILED)
+    assert machine.decide(failed, facts(m), P).action.do is not Do.MARK_BAD
+
+
+def test_the_new_slot_booted_starts_the_health_check_afresh() -> None:
+    m = staged()
+    m.power_on()
+    rec = replace(IN_FLIGHT, state=State.REBOOTING, healthy=True, reboot_requested=5.0)
+    step = machine.decide(rec, facts(m), P)
+    assert step.action == machine.Action(Do.VERIFY, deadline=NOW + 300)
+    assert step.record.state is State.VERIFYING and step.record.verify_deadline == NOW + 300
+    assert step.record.healthy is False and step.record.reboot_requested is None
+
+
+def test_a_trial_that_ended_before_it_was_verified() -> None:
+    m = staged()  # booted A: the trial of B is over
+    rec = replace(IN_FLIGHT, state=State.VERIFYING, verify_deadline=NOW + 300)
+    step = machine.decide(rec, facts(m), P)
+    assert step.record.state is State.ROLLED_BACK and step.record.returning is False
+    assert step.record.last_error == (
+        "the trial boot of release 2 ended before it was verified; the previous slot was "
+        "booted again"
+    )
+
+
+def test_a_released_lock_forgets_its_holders() -> None:
+    ticket = LockTicket("etcd", "m1", "default", 7)
+    rec = replace(IN_FLIGHT, lock=ticket, lock_holders=("m7",))
+    out = machine.absorb(rec, machine.Action(Do.RELEASE), machine.Done(), facts(staged()), P)
+    assert out == replace(rec, lock=None, lock_holders=())
+
+
+def test_a_result_that_does_not_answer_the_action_is_a_bug() -> None:
+    with pytest.raises(AssertionError, match="^unexpected result Done.. of check$"):
+        machine.absorb(Record(), machine.Action(Do.CHECK), machine.Done(), facts(staged()), P)
