@@ -14,7 +14,7 @@ from tests.unit.agentfakes import FakeMachine, policy
 from updater import slots
 from updater.agent import machine
 from updater.agent.machine import Do, Facts
-from updater.agent.record import LockTicket, Reason, Record, State
+from updater.agent.record import Blocked, LockTicket, Reason, Record, State
 from updater.agent.schedule import parse_waves, parse_window
 from updater.agent.seam import Booted, Offer, SlotView
 from updater.config import RebootStrategy
@@ -572,3 +572,25 @@ def test_a_released_lock_forgets_its_holders() -> None:
 def test_a_result_that_does_not_answer_the_action_is_a_bug() -> None:
     with pytest.raises(AssertionError, match="^unexpected result Done.. of check$"):
         machine.absorb(Record(), machine.Action(Do.CHECK), machine.Done(), facts(staged()), P)
+
+
+def test_a_manual_rollback_blocks_the_release_moved_away_from_at_that_time() -> None:
+    m = FakeMachine()  # A good and booted
+    rec = Record(committed_slot="B", committed_version="2")
+    step = machine.decide(rec, facts(m), P)
+    assert step.record.blocked == (Blocked("2", Reason.MANUAL, NOW),)
+    assert step.record.committed_slot == "A" and step.record.committed_version == "1"
+
+
+def _trial(priority: int) -> Booted:
+    """Booted B on trial (not successful) with the given priority, A proven good."""
+    return Booted(SlotView("B", "2", priority, 0, False), SlotView("A", "1", 1, 0, True), "A",
+                  "boot-1")  # fmt: skip
+
+
+def test_a_trial_boot_is_adopted_while_its_slot_keeps_a_priority() -> None:
+    rec = Record(committed_slot="A", committed_version="1")
+    adopted = machine.decide(rec, Facts(NOW, _trial(1)), P)
+    assert adopted.record.state is State.VERIFYING and adopted.record.version == "2"
+    spent = machine.decide(rec, Facts(NOW, _trial(0)), P)
+    assert spent.action.do is Do.SLEEP and spent.record.state is State.IDLE
