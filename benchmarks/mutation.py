@@ -69,6 +69,7 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "agent.schedule": ("updater/agent/schedule.py", ("test_agent_schedule", "test_agent_machine")),
     "agent.machine": ("updater/agent/machine.py", ("test_agent_machine", "test_agent_runner")),
     "rebootlock.semaphore": ("updater/rebootlock/semaphore.py", ("test_rebootlock",)),
+    "fileslots": ("updater/fileslots.py", ("test_fileslots",)),
 }
 
 # mutmut's exit-code verdicts: a test failure, a timeout or a crash is a detected mutant.

@@ -290,7 +290,9 @@ def _geometry_differs(a: GptHeader, b: GptHeader) -> str | None:
 def read_table(reader: SectorReader) -> GptTable:
     """Read both copies; return the table in use. GptError only when both copies are invalid."""
     total = reader.total_sectors
-    if total < 3:
+    # The smallest GPT disk: the MBR, a header and a one-sector array at each end, and one
+    # usable sector between them. A smaller disk is refused before anything else is read.
+    if total < 6:
         raise GptError("disk is too small to hold a GPT")
     mbr = reader.read(0, 1)
     if mbr[510:512] != b"\x55\xaa" or not any(mbr[446 + 16 * i + 4] == 0xEE for i in range(4)):

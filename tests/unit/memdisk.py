@@ -56,6 +56,10 @@ class MemDisk:
         return len(self.data) // self.sector_size
 
     def read(self, lba: int, count: int) -> bytes:
+        """Sectors ``lba`` to ``lba + count - 1``; a read outside the disk fails, as the
+        device's short read does (``updater.gpt``)."""
+        if lba < 0 or count < 1 or lba + count > self.total_sectors:
+            raise OSError(f"read of {count} sectors at LBA {lba} is outside the disk")
         ss = self.sector_size
         return bytes(self.data[lba * ss : (lba + count) * ss])
 

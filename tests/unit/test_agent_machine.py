@@ -4,7 +4,9 @@ machine run by the real slot rules (``tests.unit.agentfakes.FakeMachine``)."""
 from __future__ import annotations
 
 from dataclasses import replace
+from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -12,7 +14,7 @@ from tests.unit.agentfakes import FakeMachine, policy
 from updater import slots
 from updater.agent import machine
 from updater.agent.machine import Do, Facts
-from updater.agent.record import LockTicket, Reason, Record, State
+from updater.agent.record import Blocked, LockTicket, Reason, Record, State
 from updater.agent.schedule import parse_waves, parse_window
 from updater.agent.seam import Booted, Offer, SlotView
 from updater.config import RebootStrategy
@@ -276,3 +278,319 @@ def test_going_back_that_keeps_failing_gives_the_lock_back_first() -> None:
     assert step.action.do is Do.RELEASE, "the fleet is not held up by one stuck machine"
     rec = machine.absorb(step.record, step.action, machine.Done(), facts(m, now), P)
     assert machine.decide(rec, facts(m, now), P).action.do is Do.MARK_BAD, "and it keeps trying"
+
+
+# --- each transition's whole record (README, "What each state means") ---------------------------
+
+
+def test_mark_good_commits_the_target_and_clears_the_trial() -> None:
+    m = staged()
+    m.power_on()
+    rec = replace(IN_FLIGHT, state=State.VERIFYING, healthy=True, verify_deadline=NOW + 300,
+                  last_error="old")  # fmt: skip
+    out = machine.absorb(rec, machine.Action(Do.MARK_GOOD, slot="B"), machine.Done(), facts(m), P)
+    assert out == replace(
+        rec, state=State.COMMITTED, changed=NOW, committed_slot="B", committed_version="2",
+        last_success=NOW, last_error=None, next_check=NOW + 3600, healthy=False,
+        verify_deadline=None,
+    )  # fmt: skip
+
+
+def test_a_failed_mark_good_goes_back_holding_the_lock() -> None:
+    m = staged()
+    m.power_on()
+    ticket = LockTicket("etcd", "m1", "default", 7)
+    rec = replace(IN_FLIGHT, state=State.VERIFYING, healthy=True, lock=ticket, signalled=True,
+                  reboot_attempts=2, reboot_requested=NOW - 5)  # fmt: skip
+    out = machine.absorb(rec, machine.Action(Do.MARK_GOOD, slot="B"), machine.Failed("io"),
+                         facts(m), P)  # fmt: skip
+    assert out == replace(
+        rec.block("2", Reason.HEALTH, NOW), state=State.ROLLED_BACK, changed=NOW,
+        next_check=NOW + 3600, rollbacks=1, last_error="mark-good failed: io", returning=True,
+        healthy=False, signalled=False, reboot_attempts=0, reboot_requested=None,
+    )  # fmt: skip
+
+
+def test_a_failed_check_is_a_failed_cycle() -> None:
+    m = FakeMachine()
+    rec = Record(state=State.CHECKING, healthy=True, returning=True)
+    out = machine.absorb(rec, machine.Action(Do.CHECK), machine.Failed("no network"), facts(m), P)
+    assert out == replace(rec, state=State.FAILED, changed=NOW, last_error="no network",
+                          next_check=NOW + 3600, healthy=False, returning=False,
+                          last_check=NOW)  # fmt: skip
+
+
+def test_a_failed_mark_bad_counts_as_an_attempt_only_when_going_back() -> None:
+    m = staged()
+    for returning, attempts in ((True, 2), (False, 1)):
+        rec = replace(IN_FLIGHT, state=State.ROLLED_BACK, returning=returning, reboot_attempts=1)
+        out = machine.absorb(rec, machine.Action(Do.MARK_BAD, slot="B"), machine.Failed("x"),
+                             facts(m), P)  # fmt: skip
+        assert out == replace(rec, last_error="mark-bad failed: x", next_try=NOW + 60,
+                              reboot_attempts=attempts)  # fmt: skip
+
+
+def test_going_back_marks_bad_while_the_slot_would_boot_then_reboots_without_a_cap() -> None:
+    m = staged()
+    m.power_on()  # on B, the slot that failed
+    rec = replace(IN_FLIGHT, state=State.ROLLED_BACK, returning=True, reboot_attempts=9)
+    step = machine.decide(rec, facts(m), P)
+    assert step.action == machine.Action(Do.MARK_BAD, slot="B")
+    m.mark_bad("B")
+    step = machine.decide(rec, facts(m), P)
+    assert step.action == machine.Action(Do.REBOOT, via="kexec")
+    assert step.record.reboot_attempts == 10 and step.record.reboot_requested is None
+    off = machine.decide(replace(rec, signalled=True), facts(m),
+                         policy(strategy=RebootStrategy.OFF))  # fmt: skip
+    assert off.action == machine.Action(
+        Do.SLEEP, until=NOW + 3600,
+        why="going back to the previous slot: waiting for a reboot (strategy off)",
+    )
+
+
+def test_a_requested_reboot_sleeps_with_its_reason() -> None:
+    m = staged()
+    rec = replace(IN_FLIGHT, state=State.REBOOTING, reboot_attempts=1, reboot_requested=NOW - 100)
+    step = machine.decide(rec, facts(m), P)
+    assert step.action.until == NOW + 200
+    assert step.action.why is not None and step.action.why.endswith(": reboot requested")
+
+
+def test_giving_up_on_reboots_names_the_last_error() -> None:
+    m = staged()
+    rec = replace(IN_FLIGHT, state=State.REBOOTING, reboot_attempts=3, last_error="inhibited")
+    step = machine.decide(rec, facts(m), P)
+    assert step.record.last_error == "no reboot happened after 3 attempts (inhibited)"
+    rec = replace(rec, last_error=None)
+    step = machine.decide(rec, facts(m), P)
+    assert step.record.last_error == (
+        "no reboot happened after 3 attempts (the system did not go down)"
+    )
+
+
+def test_the_window_wait_names_the_opening_in_the_configured_zone() -> None:
+    m = staged()
+    window = parse_window({"days": ["Wed"], "start": "01:00", "minutes": 30})
+    p = policy(windows=(window,), zone=ZoneInfo("Europe/Berlin"))
+    step = machine.decide(replace(IN_FLIGHT, state=State.STAGED), facts(m), p)
+    assert step.action.why == "maintenance window opens Wed 2023-11-15 01:00 CET"
+
+
+def test_writing_stops_when_the_booted_slot_changed_and_stages_with_the_waves() -> None:
+    m = staged()
+    waves = parse_waves([[2048, "2023-11-14T00:00:00Z"]])
+    rec = replace(IN_FLIGHT, state=State.DOWNLOADING, waves=waves)
+    step = machine.decide(rec, facts(m), P)
+    assert step.action == machine.Action(Do.STAGE, offer=Offer("2", waves))
+    m.booted_letter = "B"
+    step = machine.decide(rec, facts(m), P)
+    assert step.record.last_error == "the booted slot changed while the release was written"
+
+
+def test_an_offer_taken_fills_the_record_and_one_refused_clears_it() -> None:
+    m = FakeMachine()
+    waves = parse_waves([[2048, "2023-11-14T00:00:00Z"]])
+    rec = Record(state=State.CHECKING, last_error="old", available="7", wave_start=5.0,
+                 reboot_attempts=2, reboot_requested=5.0, healthy=True, returning=True,
+                 signalled=True, lock_holders=("m9",), verify_deadline=9.0)  # fmt: skip
+    out = machine.absorb(rec, machine.Action(Do.CHECK), machine.Offered(Offer("2", waves)),
+                         facts(m), P)  # fmt: skip
+    assert out == replace(
+        rec, state=State.DOWNLOADING, changed=NOW, last_check=NOW, last_error=None, version="2",
+        waves=waves, from_slot="A", from_version="1", target_slot="B", available="2",
+        wave_start=waves[0].start, reboot_attempts=0, reboot_requested=None, healthy=False,
+        returning=False, signalled=False, lock_holders=(), verify_deadline=None,
+    )  # fmt: skip
+    none = machine.absorb(rec, machine.Action(Do.CHECK), machine.Offered(None), facts(m), P)
+    assert none == replace(rec, state=State.IDLE, changed=NOW, last_check=NOW, last_error=None,
+                           available=None, wave_start=None, next_check=NOW + 3600)  # fmt: skip
+
+
+def test_a_new_slot_that_did_not_boot_leaves_the_whole_record_rolled_back() -> None:
+    m = staged()
+    m.power_on()
+    m.booted_letter = "A"
+    rec = replace(IN_FLIGHT, state=State.REBOOTING, reboot_attempts=2, healthy=True,
+                  signalled=True)  # fmt: skip
+    step = machine.decide(rec, facts(m), policy(locking=False))
+    assert step.record == replace(
+        rec.block("2", Reason.BOOT, NOW), state=State.ROLLED_BACK, changed=NOW,
+        next_check=NOW + 3600, rollbacks=1,
+        last_error="release 2 did not boot; the previous slot was booted again",
+        returning=False, healthy=False, signalled=False, reboot_attempts=0, booted_version="1",
+    )  # fmt: skip
+
+
+def test_a_reboot_target_changed_outside_the_agent_fails_the_cycle() -> None:
+    m = staged()
+    m.versions["B"] = "3"  # B still boots next, but holds another release now
+    step = machine.decide(replace(IN_FLIGHT, state=State.REBOOTING), facts(m), P)
+    assert step.record.state is State.FAILED
+    assert step.record.last_error == (
+        "release 2 is no longer set to boot next: the A/B state was changed outside the agent"
+    )
+
+
+def test_reboots_still_going_down_are_capped_too() -> None:
+    m = staged()
+    rec = replace(IN_FLIGHT, state=State.REBOOTING, reboot_attempts=3, reboot_requested=NOW - 400,
+                  reboot_boot="boot-1")  # fmt: skip
+    step = machine.decide(rec, facts(m), P)
+    assert step.record.state is State.FAILED
+
+
+@pytest.mark.parametrize("going_down", [False, True])
+def test_strategy_off_names_what_waits_for_a_reboot(going_down: bool) -> None:
+    m = staged()
+    rec = replace(IN_FLIGHT, state=State.REBOOTING, signalled=True)
+    if going_down:
+        rec = replace(rec, reboot_requested=NOW - 400, reboot_boot="boot-1")
+    p = policy(strategy=RebootStrategy.OFF)
+    why = "rebooting into release 2: waiting for a reboot (strategy off)"
+    assert machine.decide(rec, facts(m), p).action == machine.Action(
+        Do.SLEEP, until=NOW + 3600, why=why
+    )
+    staged_rec = replace(IN_FLIGHT, state=State.STAGED, signalled=True)
+    assert machine.decide(staged_rec, facts(m), p).action.why == (
+        "release 2 staged: waiting for a reboot (strategy off)"
+    )
+
+
+def test_without_a_lock_backend_the_reboot_starts_afresh() -> None:
+    m = staged()
+    rec = replace(IN_FLIGHT, reboot_attempts=2, reboot_requested=NOW - 1000)
+    step = machine.decide(rec, facts(m), policy(locking=False))
+    assert step.action.do is Do.REBOOT
+    assert step.record.reboot_attempts == 1 and step.record.reboot_requested is None
+
+
+def test_a_reboot_after_the_grace_forgets_the_request() -> None:
+    m = staged()
+    rec = replace(IN_FLIGHT, state=State.REBOOTING, reboot_attempts=1, reboot_requested=NOW - 300)
+    step = machine.decide(rec, facts(m), P)
+    assert step.action.do is Do.REBOOT and step.record.reboot_requested is None
+
+
+def test_windows_are_read_in_the_configured_zone() -> None:
+    """Tuesday 23:13 in Berlin (22:13 UTC): a Berlin window Tue 23:00-00:00 is open."""
+    m = staged()
+    window = parse_window({"days": ["Tue"], "start": "23:00", "minutes": 60})
+    p = policy(windows=(window,), zone=ZoneInfo("Europe/Berlin"))
+    step = machine.decide(replace(IN_FLIGHT, state=State.STAGED), facts(m), p)
+    assert step.action.do is Do.ACQUIRE and step.record.state is State.WAITING_FOR_LOCK
+
+
+def test_a_release_changed_outside_the_agent_while_waiting_for_the_window() -> None:
+    m = staged()
+    m._apply(slots.mark_bad(m.table, 4))
+    window = parse_window({"days": ["Wed"], "start": "01:00", "minutes": 30})
+    rec = replace(IN_FLIGHT, state=State.WAITING_FOR_WINDOW)
+    step = machine.decide(rec, facts(m), policy(windows=(window,)))
+    assert step.record.state is State.FAILED
+
+
+def test_results_that_move_on_clear_what_they_answer() -> None:
+    m = staged()
+    stale = replace(IN_FLIGHT, last_error="old", reboot_attempts=2, reboot_requested=5.0,
+                    lock_holders=("m9",))  # fmt: skip
+    ticket = LockTicket("etcd", "m1", "default", 7)
+    f = facts(m)
+    staged_rec = machine.absorb(replace(stale, state=State.DOWNLOADING),
+                                machine.Action(Do.STAGE), machine.Done(), f, P)  # fmt: skip
+    assert staged_rec == replace(stale, state=State.STAGED, changed=NOW, last_error=None)
+    taken = machine.absorb(stale, machine.Action(Do.ACQUIRE), machine.Taken(ticket), f, P)
+    assert taken == replace(stale, state=State.REBOOTING, changed=NOW, lock=ticket,
+                            lock_holders=(), last_error=None, reboot_attempts=0,
+                            reboot_requested=None)  # fmt: skip
+    busy = machine.absorb(stale, machine.Action(Do.ACQUIRE), machine.Busy(("m7",)), f, P)
+    assert busy == replace(stale, lock_holders=("m7",), next_try=NOW + 60, last_error=None)
+    healthy = machine.absorb(replace(stale, state=State.VERIFYING), machine.Action(Do.VERIFY),
+                             machine.Done(), f, P)  # fmt: skip
+    assert healthy == replace(stale, state=State.VERIFYING, healthy=True, last_error=None)
+
+
+def test_strategy_switched_off_while_waiting_goes_back_to_staged() -> None:
+    m = staged()
+    rec = replace(IN_FLIGHT, state=State.WAITING_FOR_LOCK, signalled=False)
+    step = machine.decide(rec, facts(m), policy(strategy=RebootStrategy.OFF))
+    assert step.record.state is State.STAGED and step.record.changed == NOW
+    assert step.action.do is Do.SIGNAL
+
+
+def test_back_on_the_previous_slot_the_going_back_is_over() -> None:
+    m = staged()  # booted A, B next
+    ticket = LockTicket("etcd", "m1", "default", 7)
+    rec = replace(IN_FLIGHT, state=State.ROLLED_BACK, returning=True, signalled=True,
+                  reboot_attempts=2, reboot_requested=5.0, lock=ticket)  # fmt: skip
+    rec = rec.block("2", Reason.HEALTH, NOW)
+    m._apply(slots.mark_bad(m.table, 4))
+    step = machine.decide(rec, facts(m), P)
+    assert step.action.do is Do.RELEASE
+    assert step.record == replace(rec, returning=False, signalled=False, reboot_attempts=0,
+                                  reboot_requested=None, booted_version="1")  # fmt: skip
+
+
+def test_a_rolled_back_release_that_would_still_boot_is_marked_bad() -> None:
+    """Only a blocked release, only after a rollback that is not going back any more."""
+    m = staged()  # B, holding release 2, is bootable and next
+    rolled = replace(IN_FLIGHT, state=State.ROLLED_BACK).block("2", Reason.BOOT, NOW)
+    assert machine.decide(rolled, facts(m), P).action == machine.Action(Do.MARK_BAD, slot="B")
+    unblocked = replace(IN_FLIGHT, state=State.ROLLED_BACK)
+    assert machine.decide(unblocked, facts(m), P).action.do is not Do.MARK_BAD
+    failed = replace(rolled, state=State.FAILED)
+    assert machine.decide(failed, facts(m), P).action.do is not Do.MARK_BAD
+
+
+def test_the_new_slot_booted_starts_the_health_check_afresh() -> None:
+    m = staged()
+    m.power_on()
+    rec = replace(IN_FLIGHT, state=State.REBOOTING, healthy=True, reboot_requested=5.0)
+    step = machine.decide(rec, facts(m), P)
+    assert step.action == machine.Action(Do.VERIFY, deadline=NOW + 300)
+    assert step.record.state is State.VERIFYING and step.record.verify_deadline == NOW + 300
+    assert step.record.healthy is False and step.record.reboot_requested is None
+
+
+def test_a_trial_that_ended_before_it_was_verified() -> None:
+    m = staged()  # booted A: the trial of B is over
+    rec = replace(IN_FLIGHT, state=State.VERIFYING, verify_deadline=NOW + 300)
+    step = machine.decide(rec, facts(m), P)
+    assert step.record.state is State.ROLLED_BACK and step.record.returning is False
+    assert step.record.last_error == (
+        "the trial boot of release 2 ended before it was verified; the previous slot was "
+        "booted again"
+    )
+
+
+def test_a_released_lock_forgets_its_holders() -> None:
+    ticket = LockTicket("etcd", "m1", "default", 7)
+    rec = replace(IN_FLIGHT, lock=ticket, lock_holders=("m7",))
+    out = machine.absorb(rec, machine.Action(Do.RELEASE), machine.Done(), facts(staged()), P)
+    assert out == replace(rec, lock=None, lock_holders=())
+
+
+def test_a_result_that_does_not_answer_the_action_is_a_bug() -> None:
+    with pytest.raises(AssertionError, match="^unexpected result Done.. of check$"):
+        machine.absorb(Record(), machine.Action(Do.CHECK), machine.Done(), facts(staged()), P)
+
+
+def test_a_manual_rollback_blocks_the_release_moved_away_from_at_that_time() -> None:
+    m = FakeMachine()  # A good and booted
+    rec = Record(committed_slot="B", committed_version="2")
+    step = machine.decide(rec, facts(m), P)
+    assert step.record.blocked == (Blocked("2", Reason.MANUAL, NOW),)
+    assert step.record.committed_slot == "A" and step.record.committed_version == "1"
+
+
+def _trial(priority: int) -> Booted:
+    """Booted B on trial (not successful) with the given priority, A proven good."""
+    return Booted(SlotView("B", "2", priority, 0, False), SlotView("A", "1", 1, 0, True), "A",
+                  "boot-1")  # fmt: skip
+
+
+def test_a_trial_boot_is_adopted_while_its_slot_keeps_a_priority() -> None:
+    rec = Record(committed_slot="A", committed_version="1")
+    adopted = machine.decide(rec, Facts(NOW, _trial(1)), P)
+    assert adopted.record.state is State.VERIFYING and adopted.record.version == "2"
+    spent = machine.decide(rec, Facts(NOW, _trial(0)), P)
+    assert spent.action.do is Do.SLEEP and spent.record.state is State.IDLE

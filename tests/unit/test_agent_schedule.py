@@ -301,3 +301,23 @@ def test_machine_id_message() -> None:
 def test_jitter_refusals(interval: float, fraction: float) -> None:
     with pytest.raises(ValueError, match=r"^fraction must be in \[0, 1\) and interval finite$"):
         schedule.jittered(interval, 0.1, fraction)
+
+
+def test_a_one_minute_window() -> None:
+    window = parse_window({"days": ["Mon"], "start": "03:00", "minutes": 1})
+    assert window.minutes == 1
+
+
+def test_rfc3339_length_limit_is_40_characters() -> None:
+    """Python reads any number of fraction digits; 40 characters are read, 41 refused."""
+    forty = "2030-01-01T02:00:00.12345678901234+01:00"
+    assert len(forty) == 40
+    assert schedule.parse_rfc3339(forty) == datetime(2030, 1, 1, 1, 0, 0, 123456, UTC).timestamp()
+    with pytest.raises(ValueError, match="not an RFC 3339 time"):
+        schedule.parse_rfc3339(forty.replace(".1", ".01"))
+
+
+def test_a_seed_past_three_bounds_waits_for_the_last_wave() -> None:
+    waves = (Wave(10, 100.0), Wave(20, 200.0), Wave(30, 300.0))
+    assert wave_start(waves, 2047) == 300.0
+    assert [wave_start(waves, s) for s in (0, 10, 20)] == [100.0, 200.0, 300.0]

@@ -642,3 +642,83 @@ def test_facts_env_refusal_text() -> None:
 )  # fmt: skip
 def test_protected_words(word: str, is_protected: bool) -> None:
     assert cmdline.protected(word) is is_protected
+
+
+# --- GRUB's reading of an OEM grub.cfg: words after then/else/do, comments, line numbers -------
+
+
+@pytest.mark.parametrize("keyword", ["then", "else", "do"])
+def test_parse_oem_assignment_after_a_keyword_on_a_block_line(keyword: str) -> None:
+    """`if x; then set a=b; fi` is a conditional assignment (ignored), but the keyword alone in
+    front of a top-level command is dropped as GRUB's parser does, with or without `set`."""
+    for text in (f"{keyword} set linux_append=a\n", f"{keyword} linux_append=a\n"):
+        assert parse_oem_grub_cfg(text) == OemConfig(linux_append="a")
+
+
+def test_parse_oem_commands_that_are_not_assignments() -> None:
+    """`set` alone lists variables, `echo a=b` prints: neither assigns (GRUB)."""
+    text = "set linux_append=a\nset\necho linux_append=b\n"
+    assert parse_oem_grub_cfg(text) == OemConfig(linux_append="a")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "# don't edit: written by the provider\nset linux_append=a\n",
+        "  set linux_append=a  # it's a comment\n",
+        "\tlinux_append=a\n",
+    ],
+)
+def test_parse_oem_comments_and_leading_blanks(text: str) -> None:
+    """`#` starts a comment only at a word's start (a quote inside it means nothing); blanks
+    before the first word are no word."""
+    assert parse_oem_grub_cfg(text) == OemConfig(linux_append="a")
+
+
+def test_parse_oem_hash_inside_a_word_is_literal() -> None:
+    assert parse_oem_grub_cfg("set linux_append=a#b\n") == OemConfig(linux_append="a#b")
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("\n\nlinux_append=$x\n", 3),
+        ("set oem_id=a\n\nset \\\n linux_append=$x\n", 3),
+    ],
+)
+def test_parse_oem_refusal_names_the_commands_first_line(text: str, line: int) -> None:
+    with pytest.raises(DataError, match=f"^OEM grub.cfg line {line}: linux_append uses"):
+        parse_oem_grub_cfg(text)
+
+
+def test_usrhash_bytes_that_are_not_ascii_are_no_hash() -> None:
+    kernel = bytearray(kernel_with(b"a" * 64, 0x40))
+    kernel[0x40 + 10] = 0xFF
+    assert cmdline.usrhash_from_kernel(bytes(kernel)) is None
+
+
+def test_strip_slot_args_drops_a_quoted_bare_key() -> None:
+    """The kernel skips the quotes around a bare word: `"flatcar.first_boot"` is the flag."""
+    assert cmdline.strip_slot_args('"flatcar.first_boot" console=tty0') == ("console=tty0",)
+
+
+# --- the words of several sources ---------------------------------------------------------------
+
+
+def test_oem_words_are_kept_as_grub_expands_them() -> None:
+    """GRUB repeats a word the OEM file repeats; only ``extra`` is deduplicated."""
+    oem = OemConfig(linux_append="console=ttyS1 console=ttyS1")
+    assert "console=ttyS1 console=ttyS1" in build_cmdline(facts(oem=oem))
+
+
+def test_init_arguments_of_two_oem_sources_are_both_kept() -> None:
+    oem = OemConfig(linux_console="console=ttyS1 -- x", linux_append="-- x")
+    assert build_cmdline(facts(oem=oem)).endswith(" -- x x")
+
+
+def test_extra_init_arguments_that_differ_from_the_oem_ones_are_appended() -> None:
+    oem = OemConfig(linux_append="-- x")
+    line = build_cmdline(facts(oem=oem, extra=("--", "y")))
+    assert line.endswith(" -- x y")
+    kept = build_cmdline(facts(oem=oem, extra=("--", "x", "y")))
+    assert kept.endswith(" -- x y")  # a running line that already had x

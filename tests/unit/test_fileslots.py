@@ -21,6 +21,8 @@ CASES = [
     # promotion: root -> old, new -> root; counter decremented on the boot
     (st(ROOT, NEW, tries=3), st(ROOT, OLD, tries=2)),
     (st(ROOT, OLD, NEW, tries=3), st(ROOT, OLD, tries=2)),
+    # the last try is taken like any other: the counter reaches 0, the new image still boots
+    (st(ROOT, OLD, tries=1), st(ROOT, OLD, tries=0)),
     # counter runs out: fall back to the old image by itself
     (st(ROOT, OLD, tries=0), st(ROOT, BROKEN)),
     (st(ROOT, tries=0), st(ROOT)),
@@ -28,6 +30,9 @@ CASES = [
     (st(ROOT, OLD, revert=True), st(ROOT, BROKEN)),
     (st(ROOT, OLD, NEW, revert=True, tries=2), st(ROOT, BROKEN)),
     (st(ROOT, revert=True), st(ROOT)),
+    # a cut mid-revert left no root.img: the old image becomes root.img, nothing else is left
+    (st(OLD), st(ROOT)),
+    (st(OLD, BROKEN), st(ROOT, BROKEN)),
     # marked good: no counter, nothing to do
     (st(ROOT, OLD, BROKEN), st(ROOT, OLD, BROKEN)),
 ]
@@ -73,3 +78,10 @@ def test_steps_are_single_renames_or_unlinks() -> None:
             assert step.kind in ("rename", "remove", "set-tries", "mark-revert")
             if step.kind == "rename":
                 assert step.src != step.dst
+
+
+def test_a_plan_that_never_ends_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rule that never shrinks the state (a bug) ends in an error, not in an endless boot."""
+    monkeypatch.setattr(fs, "_next", lambda state, decremented: fs.Step("set-tries", value=1))
+    with pytest.raises(AssertionError, match="^file-slot plan does not converge$"):
+        fs.plan(st(ROOT, tries=1))

@@ -55,7 +55,10 @@ def zstd_compressbound(size: int) -> int:
     return size + (size >> 8) + (((128 << 10) - size) >> 11 if size < (128 << 10) else 0)
 
 
-@pytest.mark.parametrize("size", [0, 1, 2047, 2048, 128 * 1024 - 1, 128 * 1024, MiB, 32 * MiB])
+@pytest.mark.parametrize(
+    "size",
+    [0, 1, 2047, 2048, 128 * 1024 - 1, 128 * 1024, 128 * 1024 + 1, 200 * 1024, MiB, 32 * MiB],
+)
 def test_compressed_bound_is_zstds_plus_header_room(size: int) -> None:
     assert frames.compressed_bound(size) == zstd_compressbound(size) + 32
 
@@ -129,3 +132,15 @@ def test_compress_frames_keeps_chunks_across_frame_boundaries() -> None:
     d = zstandard.ZstdDecompressor()
     assert b"".join(d.decompress(f) for f, _ in out) == data
     assert list(frames.compress_frames([], MiB)) == []
+
+
+def test_compress_frames_uses_the_level_asked_for() -> None:
+    """Text compresses better at zstd's level 19 than at level 1 (zstd's levels, not ours), and
+    each frame's header carries its content size (RFC 8878 Frame_Content_Size)."""
+    text = b"".join(b"line %d of a log that repeats itself with small changes\n" % (i % 977)
+                    for i in range(40000))  # fmt: skip
+    fast = list(frames.compress_frames([text], MiB, level=1))
+    small = list(frames.compress_frames([text], MiB, level=19))
+    assert sum(len(f) for f, _ in small) < sum(len(f) for f, _ in fast)
+    for frame, length in small:
+        assert zstandard.get_frame_parameters(frame).content_size == length

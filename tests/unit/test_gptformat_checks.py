@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import replace
 
 import pytest
 
@@ -238,7 +239,7 @@ def test_mbr_boot_signature(boot_signature: bytes) -> None:
         gptformat.read_table(d)
 
 
-@pytest.mark.parametrize("sectors", [0, 1, 2])
+@pytest.mark.parametrize("sectors", [0, 1, 2, 3, 4, 5])
 def test_disk_too_small(sectors: int) -> None:
     with pytest.raises(GptError, match="^disk is too small to hold a GPT$"):
         gptformat.read_table(MemDisk(bytearray(512 * sectors), 512))
@@ -502,3 +503,189 @@ def test_a_damaged_copy_says_where_its_entries_would_go() -> None:
     assert t.backup.header is None and t.backup.entries_lba == total - 1 - n
     assert t.backup.entries_raw == d.read(total - 1 - n, n)
     assert t.backup.problem == "no GPT signature"
+
+
+# --- the smallest disk, damaged copies as found, plans that keep or move arrays ---------------
+
+
+def smallest_disk() -> MemDisk:
+    """Six sectors, the least a GPT fits in (UEFI 5.3): MBR, primary header, a one-sector
+    array of four entries, one usable sector, the backup array and the backup header."""
+    big = disk(num_entries=4)
+    d = MemDisk(bytearray(6 * 512), 512)
+    d.data[0:1536] = big.data[0:1536]  # MBR, primary header, its array at LBA 2
+    d.data[4 * 512 : 5 * 512] = big.data[2 * 512 : 3 * 512]  # the backup array at LBA 4
+    d.data[5 * 512 : 6 * 512] = big.data[512:1024]
+    rewrite_header(d, 1, alternate_lba=5, first_usable_lba=3, last_usable_lba=3)
+    rewrite_header(d, 5, my_lba=5, alternate_lba=1, entries_lba=4, first_usable_lba=3,
+                   last_usable_lba=3)  # fmt: skip
+    return d
+
+
+def test_the_smallest_gpt_disk_is_read() -> None:
+    t = gptformat.read_table(smallest_disk())
+    assert t.primary.valid and t.backup.valid and not t.needs_repair
+    assert (t.header.first_usable_lba, t.header.last_usable_lba) == (3, 3)
+
+
+def test_a_header_sector_of_exactly_92_bytes_parses() -> None:
+    header = gptformat.parse_header(disk().read(1, 1)[:92], 1)
+    assert header.header_size == 92 and header.my_lba == 1
+
+
+def test_attributes_may_be_cleared_to_zero() -> None:
+    """All 64 bits clear (priority 0, tries 0, not successful) is a value like any other."""
+    d = disk()
+    t = gptformat.read_table(d)
+    d.apply(gptformat.plan_write(t, gptformat.with_attributes(t, {2: 0})))
+    raw = gptformat.read_table(d).entries_raw
+    assert struct.unpack_from("<Q", raw, 2 * 128 + 48)[0] == 0
+
+
+def test_entry_array_crc_mismatch_is_named() -> None:
+    d = disk()
+    d.data[2 * 512 + 56] ^= 1  # the first entry's name, in the primary's array
+    assert primary_problem(d) == "entry array CRC32 mismatch"
+
+
+def test_a_damaged_copy_is_kept_as_found() -> None:
+    """A copy refused for its geometry keeps its header sector, its parsed header and the array
+    location that header names; one whose header does not parse keeps its sector."""
+    d = disk()
+    rewrite_header(d, 1, entries_lba=1)
+    t = gptformat.read_table(d)
+    assert t.primary.problem == "entry array is outside the disk"
+    assert t.primary.header_sector == d.read(1, 1)
+    assert t.primary.header is not None and t.primary.header.entries_lba == 1
+    assert (t.primary.entries_lba, t.primary.entries_raw) == (1, b"")
+    d.data[512] ^= 0xFF  # the signature
+    t = gptformat.read_table(d)
+    assert t.primary.problem == "no GPT signature" and t.primary.header is None
+    assert t.primary.header_sector == d.read(1, 1)
+
+
+def test_a_backup_header_with_a_bad_geometry_is_rebuilt_over_its_intact_array() -> None:
+    """The backup's array right below its header still holds the right bytes: a repair
+    rewrites the header only."""
+    d = disk()
+    total = d.total_sectors
+    rewrite_header(d, total - 1, entries_lba=1)
+    t = gptformat.read_table(d)
+    assert t.backup.problem == "entry array is outside the disk"
+    plan = gptformat.plan_repair(t)
+    assert [lba for lba, _ in plan.sectors()] == [total - 1]
+    d.apply(plan)
+    assert not gptformat.read_table(d).needs_repair
+
+
+def test_a_backup_alone_may_start_its_usable_area_at_lba_2_but_is_not_repairable() -> None:
+    """LBA 2 is inside the disk, so the backup is read; a primary array has no room before it,
+    so the primary cannot be rebuilt."""
+    d = disk()
+    d.data[512:1024] = bytes(512)
+    last = d.total_sectors - 1
+    rewrite_header(d, last, first_usable_lba=2)
+    t = gptformat.read_table(d)
+    assert t.source == "backup" and t.header.first_usable_lba == 2
+    with pytest.raises(GptError, match="^entry arrays would overlap the usable area"):
+        gptformat.plan_repair(t)
+    rewrite_header(d, last, first_usable_lba=1)
+    with pytest.raises(GptError, match=r"backup: usable area is outside the disk\)$"):
+        gptformat.read_table(d)
+
+
+def test_a_usable_area_over_the_backup_array_is_not_written() -> None:
+    """The primary's usable area reaching the sector where the backup's array goes: a write
+    would put the array over data, so it is refused; one sector less is fine."""
+    d = disk()
+    total, _, _, n = geometry(d)
+    rewrite_header(d, 1, last_usable_lba=total - 1 - n)
+    t = gptformat.read_table(d)
+    assert t.primary.valid
+    with pytest.raises(GptError, match="^entry arrays would overlap the usable area"):
+        gptformat.plan_repair(t)
+    rewrite_header(d, 1, last_usable_lba=total - 2 - n)
+    assert not gptformat.read_table(d).needs_repair
+
+
+def relocated(d: MemDisk, entries: int = 64, primary_at: int = 4, gap: int = 2) -> int:
+    """Both arrays moved, as sgdisk --move-main-table can (UEFI allows any place between
+    header and usable area): the primary's to ``primary_at``, the backup's ``gap`` sectors below
+    its header's neighbour. Returns the backup array's LBA."""
+    t = gptformat.read_table(d)
+    small = t.entries_raw[: entries * 128]
+    n = -(-len(small) // d.sector_size)
+    crc = zlib.crc32(small)
+    backup = d.total_sectors - 1
+    backup_entries = backup - n - gap
+    d.write(primary_at, small)
+    d.write(backup_entries, small)
+    rewrite_header(d, 1, entries_lba=primary_at, num_entries=entries, entries_crc=crc)
+    rewrite_header(d, backup, entries_lba=backup_entries, num_entries=entries, entries_crc=crc)
+    return backup_entries
+
+
+def test_a_write_keeps_each_valid_copy_where_it_is() -> None:
+    d = disk()
+    backup_entries = relocated(d)
+    t = gptformat.read_table(d)
+    assert not t.needs_repair
+    plan = gptformat.plan_write(t, gptformat.with_attributes(t, {2: 0x0003_0000_0000_0000}))
+    total = d.total_sectors
+    assert [lba for lba, _ in plan.sectors()] == [backup_entries, total - 1, 4, 1]
+    d.apply(plan)
+    after = gptformat.read_table(d)
+    assert not after.needs_repair
+    assert after.primary.entries_lba == 4 and after.backup.entries_lba == backup_entries
+    assert after.used_entries()[2].attributes == 0x0003_0000_0000_0000
+
+
+def test_a_primary_rebuilt_at_lba_2_is_written_whole() -> None:
+    """The primary's array was elsewhere and is damaged: LBA 2 onwards holds unknown bytes, so
+    every sector of the rebuilt array is written there, whatever the old place held."""
+    d = disk()
+    relocated(d)
+    d.data[2 * 512 : 18 * 512] = b"\xaa" * (16 * 512)
+    d.data[4 * 512 + 56] ^= 1  # the primary's array, first entry's name
+    t = gptformat.read_table(d)
+    assert t.primary.problem == "entry array CRC32 mismatch" and t.backup.valid
+    d.apply(gptformat.plan_repair(t))
+    fixed = gptformat.read_table(d)
+    assert not fixed.needs_repair and fixed.primary.entries_lba == 2
+
+
+def test_a_table_whose_copies_leave_their_place_is_not_written() -> None:
+    """plan_write takes any table value: a backup header past the disk's end, or a backup array
+    running into its header, is refused however the table was made."""
+    t = gptformat.read_table(disk())
+    assert t.backup.header is not None
+    n = t.header.entries_sectors(512)
+    past = replace(t, backup=replace(t.backup, header_lba=t.total_sectors))
+    over = replace(
+        t,
+        backup=replace(
+            t.backup,
+            header=replace(t.backup.header, entries_lba=t.backup.header_lba - n + 1),
+        ),
+    )
+    for bad in (past, over):
+        with pytest.raises(GptError, match="^entry arrays would overlap the usable area"):
+            gptformat.plan_write(bad, t.entries_raw)
+
+
+def test_a_backup_one_sector_before_the_last_is_found() -> None:
+    """A disk grown by one sector: the backup is where the alternate LBA says, total - 2."""
+    g = grown(disk(), 1)
+    t = gptformat.read_table(g)
+    assert t.backup.valid and t.backup.header_lba == g.total_sectors - 2
+    assert not t.needs_repair
+
+
+def test_an_alternate_lba_one_past_the_end_is_not_read() -> None:
+    """LBA total is past the disk (a device refuses the read): the backup at the last sector
+    is used and the primary's alternate LBA is marked for repair."""
+    d = disk()
+    total = d.total_sectors
+    rewrite_header(d, 1, alternate_lba=total)
+    t = gptformat.read_table(d)
+    assert t.backup.valid and t.backup.header_lba == total - 1 and t.alternate_wrong

@@ -15,6 +15,7 @@ from updater.cmdline import BootFacts, OemConfig, facts_env
 from updater.errors import UsageError
 from updater.initrdcpio import (
     CpioEntry,
+    _header,
     append_archive,
     facts_initrd,
     newc_archive,
@@ -86,6 +87,7 @@ def test_facts_initrd_members() -> None:
     for m in members:
         assert m.fields["mtime"] == m.fields["uid"] == m.fields["gid"] == 0
         assert m.fields["check"] == m.fields["devmajor"] == m.fields["rdevmajor"] == 0
+        assert m.fields["devminor"] == m.fields["rdevminor"] == 0
         assert m.fields["namesize"] == len(m.name) + 1
     assert [m.fields["ino"] for m in members] == [1, 2, 3, 0]
     assert trailer.fields["nlink"] == 1 and trailer.fields["mode"] == 0
@@ -171,3 +173,16 @@ def test_append_archive_aligns_to_four_bytes(size: int, pad: int) -> None:
     assert padding_after(size) == b"\0" * pad
     assert combined == first + b"\0" * pad + archive
     assert (len(combined) - len(archive)) % 4 == 0
+
+
+def test_a_field_holds_exactly_32_bits() -> None:
+    """newc fields are eight hex digits: 0xFFFFFFFF is the largest value, one more is refused."""
+    head = _header(1, stat.S_IFREG | 0o644, 1, 0xFFFFFFFF, b"big")
+    assert head[6 + 6 * 8 : 6 + 7 * 8] == b"FFFFFFFF"
+    with pytest.raises(UsageError, match="^cpio field value 4294967296 does not fit in 32 bits$"):
+        _header(1, stat.S_IFREG | 0o644, 1, 1 << 32, b"big")
+
+
+def test_member_names_must_be_unique() -> None:
+    with pytest.raises(UsageError, match="^cpio member names must be unique$"):
+        newc_archive([CpioEntry.directory("etc"), CpioEntry.directory("etc")])

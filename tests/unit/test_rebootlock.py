@@ -316,3 +316,71 @@ def test_groups_in_ignores_keys_outside_the_prefix() -> None:
     answer = {"kvs": [{"key": b(k)} for k in keys]}
     assert semaphore.groups_in("/updater/reboot-lock/", answer) == ["c"]
     assert semaphore.groups_in("updater/reboot-lock", {}) == []
+
+
+# --- gateway answers at their limits, bytes that are not ASCII, each field's refusal ------------
+
+
+def test_a_range_of_exactly_twice_the_holder_limit_is_read() -> None:
+    keys = [b"updater/reboot-lock/g%d/max" % (i % 7) for i in range(2000)]
+    answer = {"kvs": [{"key": b(k)} for k in keys]}
+    assert semaphore.groups_in("updater/reboot-lock", answer) == [f"g{i}" for i in range(7)]
+
+
+def test_groups_in_skips_a_group_name_that_is_not_ascii() -> None:
+    keys = [b"updater/reboot-lock/caf\xc3\xa9/max", b"updater/reboot-lock/\xff/max",
+            b"updater/reboot-lock/a/max"]  # fmt: skip
+    answer = {"kvs": [{"key": b(k)} for k in keys]}
+    assert semaphore.groups_in("updater/reboot-lock", answer) == ["a"]
+
+
+def _snapshot_error(answer: object) -> str:
+    with pytest.raises(DataError) as info:
+        semaphore.parse_snapshot(KEYS, answer)
+    return info.value.message
+
+
+def test_a_holder_id_that_is_not_ascii_is_refused_by_name() -> None:
+    kv = _holder_kv("m1", 1, 2)
+    kv["key"] = b(KEYS.holders + b"caf\xc3\xa9")
+    assert _snapshot_error(_answer([], [kv])) == (
+        "lock holder id 'caf\ufffd\ufffd' is not 1-128 of A-Z a-z 0-9 . _ : @ -"
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("key", b(b"elsewhere/m1"), "etcd: a holder key lies outside the semaphore"),
+        ("lease", "x", "etcd: a lease id is not a whole number"),
+        ("create_revision", "-1", "etcd: a revision is not a whole number"),
+    ],
+)
+def test_holder_field_refusal_texts(field: str, value: str, message: str) -> None:
+    kv = _holder_kv("m1", 1, 2)
+    kv[field] = value
+    assert _snapshot_error(_answer([], [kv])) == message
+
+
+def test_maximum_field_refusal_texts() -> None:
+    answer = _answer([{"key": b(KEYS.max), "value": b(b"3"), "mod_revision": "x"}], [])
+    assert _snapshot_error(answer) == "etcd: a revision is not a whole number"
+    answer = _answer([{"key": b(KEYS.max), "mod_revision": "3"}], [])
+    assert _snapshot_error(answer) == "etcd: the semaphore maximum '' is not 0..1000"
+    answer = _answer([], [])
+    answer["header"] = {"revision": "x"}
+    assert _snapshot_error(answer) == "etcd: a revision is not a whole number"
+
+
+@pytest.mark.parametrize(("text", "shown"), [(b"caf\xc3\xa9", "'caf\ufffd\ufffd'"),
+                                             (b"\xff", "'\ufffd'")])  # fmt: skip
+def test_a_maximum_that_is_not_ascii_is_refused(text: bytes, shown: str) -> None:
+    with pytest.raises(DataError) as info:
+        semaphore.parse_max(text)
+    assert info.value.message == f"etcd: the semaphore maximum {shown} is not 0..1000"
+
+
+def test_ranges_left_out_of_the_answer_are_empty() -> None:
+    """proto3 JSON leaves out an empty message: a part without response_range is no keys."""
+    snap = semaphore.parse_snapshot(KEYS, {"header": {"revision": "5"}, "responses": [{}, {}]})
+    assert (snap.max, snap.holders, snap.revision) == (1, (), 5)

@@ -388,3 +388,185 @@ def test_waves_are_optional_and_read_back() -> None:
 def test_bad_waves_are_refused(value: Any) -> None:
     with pytest.raises(VerificationError, match="waves"):
         release.parse_usr(signed(with_waves(value)), "stable", "x86_64", v("3"))
+
+
+# ------------------------------------------------------------- documented shapes and exact limits
+
+
+def test_release_json_is_the_documented_contract() -> None:
+    """README, "JSON contracts": the shape of one release in ``releases --json``."""
+    usr = with_waves([[100, "2030-01-01T02:00:00Z"]])
+    r = release.read_release(
+        "stable", "x86_64", v("3"), _lookup([usr, part_doc("kernel"), part_doc("initrd")])
+    )
+    assert r.to_json() == {
+        "version": "3", "channel": "stable", "arch": "x86_64", "fs_type": "squashfs",
+        "size": 3 * MiB + 8192,
+        "usr": {"path": "stable/x86_64/3/usr.img.zst", "length": 6040, "sha256": SHA},
+        "root_hash": "0f" * 32, "hash_offset": 3 * MiB - 24576, "frame_size": MiB, "frames": 4,
+        "kernel": {"path": "stable/x86_64/3/vmlinuz", "length": 100},
+        "initrd": {"path": "stable/x86_64/3/initrd", "length": 100},
+        "waves": [[100, "2030-01-01T02:00:00Z"]],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["kernel", "initrd"])
+def test_part_metadata_is_the_documented_object(kind: str) -> None:
+    """README, "The release format": the kernel's and initrd's custom metadata."""
+    assert release.part_custom(kind, "stable", "x86_64", v("3")) == {
+        "updater": {"format": 1, "kind": kind, "version": "3", "channel": "stable",
+                    "arch": "x86_64"}
+    }  # fmt: skip
+
+
+def test_rendered_index_bytes() -> None:
+    """Sorted keys, one-space indent, a final newline: the bytes a publisher signs."""
+    data = release.render_index("stable", "x86_64", [v("2")])
+    assert data == (
+        b'{\n "arch": "x86_64",\n "channel": "stable",\n "format": 1,\n "releases": [\n'
+        b'  {\n   "usr": "stable/x86_64/2/usr.img.zst",\n   "version": "2"\n  }\n ]\n}\n'
+    )
+
+
+def _usr_error(doc: dict[str, Any]) -> str:
+    with pytest.raises(VerificationError) as info:
+        release.parse_usr(signed(doc), "stable", "x86_64", v("3"))
+    return info.value.message
+
+
+META = "target stable/x86_64/3/usr.img.zst: custom metadata"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (_set("size", 4096), f"{META} size: 4096 is not a whole number in 8192..{64 << 30}"),
+        (_set("size", "5"), f"{META} size: '5' is not a whole number in 8192..{64 << 30}"),
+        (_set("fs_type", "ext4"), f"{META} fs_type: 'ext4' is not one of squashfs, erofs"),
+        (_set("frames", "ab"), f"{META} frames: not a list of frames"),
+        (_set("frames", [5]), f"{META} frames[0]: not [compressed length, sha256 hex]"),
+        (_set("frames", [[1000, SHA, 1]]),
+         f"{META} frames[0]: not [compressed length, sha256 hex]"),
+        (_verity("hash_offset", 3 * MiB + 8192),
+         f"{META} verity hash_offset: {3 * MiB + 8192} is not a whole number in "
+         f"4096..{3 * MiB + 8191}"),
+        (_verity("hash_offset", 3 * MiB),
+         f"{META} verity hash_offset: a tree for {3 * MiB} bytes of data needs 32768 bytes "
+         "after it, the image has 8192"),
+        (_set("verity", []), f"{META} verity is list, not an object"),
+        (_set("kind", "kernel"), f"{META} kind: 'kernel', expected 'usr'"),
+    ],
+)  # fmt: skip
+def test_usr_refusal_texts(mutate: Mutation, message: str) -> None:
+    doc = usr_doc()
+    mutate(doc)
+    assert _usr_error(doc) == message
+
+
+def test_usr_fields_refusal_names_missing_and_extra() -> None:
+    doc = usr_doc()
+    del doc["custom"]["updater"]["size"]
+    doc["custom"]["updater"]["x"] = 1
+    assert _usr_error(doc) == f"{META} fields differ from format 1: missing ['size'], extra ['x']"
+
+
+def test_the_largest_frame_size_is_allowed() -> None:
+    doc = usr_doc()
+    doc["custom"]["updater"].update(frame_size=1 << 30, frames=[[6040, SHA]])
+    image = release.parse_usr(signed(doc), "stable", "x86_64", v("3"))
+    assert image.frames.frame_size == 1 << 30
+
+
+@pytest.mark.parametrize(
+    ("kind", "length"),
+    [("kernel", 1), ("kernel", 256 * MiB), ("initrd", 512 * MiB), ("initrd", 1 << 30)],
+)
+def test_kernel_and_initrd_lengths_up_to_their_limits(kind: str, length: int) -> None:
+    part = part_doc(kind)
+    part["length"] = length
+    other = part_doc("initrd" if kind == "kernel" else "kernel")
+    r = release.read_release("stable", "x86_64", v("3"), _lookup([usr_doc(), part, other]))
+    target = r.kernel if kind == "kernel" else r.initrd
+    assert target is not None and target.length == length
+
+
+def test_part_refusal_text() -> None:
+    bad = part_doc("kernel")
+    bad["custom"]["updater"]["arch"] = "arm64"
+    with pytest.raises(VerificationError) as info:
+        docs = [usr_doc(), bad, part_doc("initrd")]
+        release.read_release("stable", "x86_64", v("3"), _lookup(docs))
+    assert info.value.message == (
+        "target stable/x86_64/3/vmlinuz: custom metadata arch: 'arm64', expected 'x86_64'"
+    )
+
+
+@pytest.mark.parametrize("count", [1, 64])
+def test_one_to_64_waves(count: int) -> None:
+    waves = [[1, "2030-01-01T02:00:00Z"]] * count
+    image = release.parse_usr(signed(with_waves(waves)), "stable", "x86_64", v("3"))
+    assert len(image.waves) == count and image.waves[0][0] == 1
+
+
+def _index_error(data: bytes) -> str:
+    with pytest.raises(VerificationError) as info:
+        release.parse_index(data, "stable", "x86_64")
+    return info.value.message
+
+
+def test_index_refusal_texts() -> None:
+    where = "index stable/x86_64/index.json:"
+    assert _index_error(index_bytes(format=2)) == f"{where} format: 2, expected 1"
+    bad = index_bytes(releases=[{"version": "2", "usr": "x"}])
+    assert _index_error(bad) == (
+        f"{where} release 0 usr: 'x', expected 'stable/x86_64/2/usr.img.zst'"
+    )
+
+
+def test_index_limits_themselves_are_allowed() -> None:
+    listed = [{"version": str(i), "usr": f"stable/x86_64/{i}/usr.img.zst"} for i in range(10000)]
+    data = index_bytes(releases=listed)
+    assert len(release.parse_index(data, "stable", "x86_64")) == 10000
+    small = index_bytes()
+    padded = small[:-1] + b" " * (4 * MiB - len(small)) + b"}"
+    assert len(padded) == 4 * MiB
+    assert len(release.parse_index(padded, "stable", "x86_64")) == 2
+
+
+def _choose_error(offer: list[release.Release], arch: str, pin: str | None) -> ReleaseError:
+    with pytest.raises(ReleaseError) as info:
+        choose(offer, arch=arch, booted=v("1"), pin=v(pin) if pin else None)
+    return info.value
+
+
+def test_choice_refusal_texts() -> None:
+    assert _choose_error(OFFER, "riscv64", None).message == (
+        "unknown architecture 'riscv64' (known: x86_64, arm64)"
+    )
+    both = [make_release("9", "arm64"), make_release("9", "aarch64")]
+    assert _choose_error(both, "x86_64", "9").message == (
+        "release 9 is for aarch64, arm64, this machine is x86_64"
+    )
+    assert _choose_error(both, "x86_64", None).message == (
+        "the channel has releases only for aarch64, arm64, this machine is x86_64"
+    )
+    assert _choose_error([], "x86_64", "7").message == (
+        "release 7 is not offered for x86_64 (newest: none)"
+    )
+    six = [make_release(str(n)) for n in range(2, 8)]
+    assert _choose_error(six, "x86_64", "9").message == (
+        "release 9 is not offered for x86_64 (newest: 3, 4, 5, 6, 7)"
+    )
+    with pytest.raises(ReleaseError) as info:
+        choose(OFFER, arch="x86_64", booted=v("3.1"), pin=v("1"))
+    assert info.value.message == "release 1 is older than the booted 3.1: downgrade refused"
+    assert info.value.hint == "pass --allow-downgrade to install it anyway"
+
+
+def test_choice_reasons_in_full() -> None:
+    assert choose([], arch="arm64", booted=v("1")).reason == (
+        "the channel offers no release for arm64"
+    )
+    assert choose(OFFER, arch="x86_64", booted=v("4")).reason == (
+        "the booted 4 is newer than the newest release 3.1 (--allow-downgrade takes it)"
+    )

@@ -262,6 +262,11 @@ def test_check_hash_area_names_bad_hash_block(tree_and_data: tuple[VerityTree, b
     corrupt = flip(tree.tree_bytes(), 3 * BLOCK_SIZE + 5)
     with pytest.raises(VerificationError, match="hash block 2 of level 0 .tree block 3"):
         check_hash_area(tree, corrupt, tree.root_hash)
+    with pytest.raises(
+        VerificationError,
+        match=r"^hash block 2 of level 0 \(tree block 3\) does not match level 1$",
+    ):
+        check_hash_area(tree, corrupt, tree.root_hash)
     with pytest.raises(VerificationError, match="level 1 .* the root hash"):
         check_hash_area(tree, flip(tree.tree_bytes(), 40), tree.root_hash)
 
@@ -426,3 +431,51 @@ def test_superblock_limits_themselves_decode() -> None:
     assert sb.params.salt == bytes(range(256)) and sb.uuid == uuid.UUID(int=1)
     assert Superblock.decode(_sb(72, struct.pack("<Q", 1))).params.data_blocks == 1
     assert Superblock.decode(memoryview(_sb(0, b"verity"))).params.data_blocks == 8
+
+
+def test_check_hash_area_a_self_consistent_tree_with_junk_padding(
+    tree_and_data: tuple[VerityTree, bytes],
+) -> None:
+    """A tree whose level-0 padding is not zero but whose level 1 and root were hashed over it
+    (naively, here) passes every parent check and every data digest: only the comparison with
+    the recomputed tree refuses it."""
+    tree, _ = tree_and_data
+    salt = b"salty"
+    disk = bytearray(tree.tree_bytes())  # 300 blocks: level 1 at tree block 0, level 0 at 1-3
+    disk[4 * BLOCK_SIZE - 1] = 1
+    level0 = [bytes(disk[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE]) for i in (1, 2, 3)]
+    digests = b"".join(hashlib.sha256(salt + block).digest() for block in level0)
+    disk[:BLOCK_SIZE] = digests.ljust(BLOCK_SIZE, b"\0")
+    root = hashlib.sha256(salt + bytes(disk[:BLOCK_SIZE])).digest()
+    with pytest.raises(VerificationError, match="^hash level 0 differs from the recomputed tree$"):
+        check_hash_area(tree, bytes(disk), root)
+
+
+def test_hash_area_without_a_superblock_is_the_tree() -> None:
+    tree = tree_of(make_data(3, seed=2), b"")
+    assert tree.hash_area(None) == tree.tree_bytes()
+    sb = Superblock(tree.params, uuid.UUID(int=1))
+    assert tree.hash_area(sb) == sb.encode() + tree.tree_bytes()
+
+
+def test_superblock_of_exactly_512_bytes_decodes() -> None:
+    raw = Superblock(VerityParams(8, b"x"), uuid.UUID(int=1)).encode()[:512]
+    assert Superblock.decode(raw).params.data_blocks == 8
+
+
+@pytest.mark.parametrize(
+    ("offset", "value", "message"),
+    [
+        (12, struct.pack("<I", 0), "superblock hash type is 0, expected 1"),
+        (64, struct.pack("<I", 512), "superblock data block size is 512, expected 4096"),
+        (68, struct.pack("<I", 1024), "superblock hash block size is 1024, expected 4096"),
+        (32, b"\xff\xfe".ljust(32, b"\0"),
+         "superblock algorithm is '\ufffd\ufffd', expected 'sha256'"),
+    ],
+)  # fmt: skip
+def test_superblock_field_refusal_texts(offset: int, value: bytes, message: str) -> None:
+    raw = bytearray(Superblock(VerityParams(8, b"x"), uuid.UUID(int=1)).encode())
+    raw[offset : offset + len(value)] = value
+    with pytest.raises(VerificationError) as info:
+        Superblock.decode(raw)
+    assert info.value.message == message
