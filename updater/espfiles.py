@@ -8,7 +8,6 @@ not parse the files beyond the root hash, and it does not write anything.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from updater import bootfs, cmdline
@@ -44,31 +43,14 @@ def slot_files(files: BootFiles, letter: str, oem: BootFiles | None = None) -> S
     )  # fmt: skip
 
 
-def first_of(files: BootFiles, candidates: Sequence[str]) -> tuple[str, bytes] | None:
-    """The first candidate that exists, with its bytes."""
-    for rel in candidates:
-        data = files.read(rel)
-        if data is not None:
-            return rel, data
-    return None
-
-
 def kernel(files: BootFiles, letter: str) -> tuple[str, bytes] | None:
     """The slot's kernel: ``flatcar/vmlinuz-a`` for USR-A, ``-b`` otherwise (``coreos/``
     on older images)."""
-    return first_of(files, cmdline.kernel_candidates(letter))
-
-
-def initrd(files: BootFiles, letter: str) -> tuple[str, bytes] | None:
-    """The slot's separate initrd, when the image ships one."""
-    return first_of(files, cmdline.initrd_candidates(letter))
+    (found,) = bootfs.read_first([(files, cmdline.kernel_candidates(letter))])
+    return found
 
 
 def usrhash(files: BootFiles, letter: str, arch: str) -> str | None:
     """The verity root hash stored in the slot's kernel for ``arch``, or None."""
     found = kernel(files, letter)
     return cmdline.usrhash_from_kernel(found[1], arch) if found else None
-
-
-def first_boot(files: BootFiles) -> bool:
-    return any(files.read(marker) is not None for marker in cmdline.FIRST_BOOT_MARKERS)
