@@ -98,11 +98,11 @@ def reboot(target: Target, request: Request, support: KexecSupport, announce: An
         jump = kexec.exec_steps(force=request.force, systemd=support.systemd)
         steps = [kexec.UNLOAD, plan.staged.image.load_step(Method.FILE), *jump]
         return Report(Method.FILE, tuple(steps), plan.slot, plan)
-    taken = _take(target, plan, request, support, announce)
-    if isinstance(taken, kexec.LoadFailed):
-        return _firmware(target, request, support, taken.message)
-    _jump(target, taken)
-    return taken
+    report = _take(target, plan, request, support, announce)
+    if isinstance(report, kexec.LoadFailed):
+        return _firmware(target, request, support, report.message)
+    _jump(target, report)
+    return report
 
 
 def _take(

@@ -2,8 +2,10 @@
 
 Glue between the partition table (``updater.gpt``), the slot rules (``updater.slots``) and the
 ESP's copy of the state for stock GRUB (``updater.espenv``): it reads the table of the
-``Target``'s disk, names the slots and the booted one, lets a pure function decide a transition
-from that state, and writes the result, the GPT first. It makes no A/B decision itself, and it
+``Target``'s disk (or takes the table and grubenv copies the Target read while resolving:
+``as_resolved``), names the slots and the booted one, lets a pure function decide a transition
+from that state, and writes the result, the GPT first, in one call into ``gpt`` that holds the
+lock (``gpt.with_table``). It makes no A/B decision itself, and it
 does not read kernels or slot contents (``updater.espfiles``, ``updater.slotimage``).
 """
 
