@@ -134,6 +134,40 @@ def booted_usr(
     return None if partuuid is None else disk_of_partuuid(partuuid, dev, sys)
 
 
+@dataclass(frozen=True)
+class Running:
+    """What the running system says about its boot, read once: the disk in question, the
+    kernel command line, and the booted /usr partition when it is on that disk."""
+
+    disk: str  # the disk given, else the one holding the booted /usr
+    cmdline: str  # "" when unreadable
+    usr: BootedUsr | None
+
+
+def running(disk: str | None, proc: str = "/proc", sys: str = "/sys", dev: str = "/dev") -> Running:
+    """The running system's command line and booted /usr, for ``disk``: with ``disk`` None, the
+    disk holding the booted /usr (DeviceError when that cannot be told); with a disk given, the
+    booted /usr only when it is on that disk (else None, also when it cannot be found)."""
+    cmdline = read_cmdline(f"{proc}/cmdline")
+    if disk is None:
+        found = booted_usr(cmdline, proc, sys, dev)
+        if found is None:
+            raise DeviceError(
+                "cannot tell which disk holds the booted /usr: /usr is not mounted from a "
+                "partition and the kernel command line has no mount.usr=PARTUUID= or "
+                "verity.usr=PARTUUID=",
+                hint="pass --disk PATH",
+            )
+        return Running(found.disk, cmdline, found)
+    try:
+        found = booted_usr(cmdline, proc, sys, dev)
+    except DeviceError:
+        found = None  # the running system's /usr is not what --disk names anyway
+    if found is not None and not same_disk(found.disk, disk):
+        found = None
+    return Running(disk, cmdline, found)
+
+
 def same_disk(a: str, b: str) -> bool:
     """Whether two paths name the same disk (the same block device, or the same file)."""
     try:

@@ -13,8 +13,9 @@ kexec: plan (``updater.bootplan``) -> stage -> load -> consume the try -> jump.
 Every failure after the load unloads the kernel (a kernel left loaded turns a later plain reboot
 into a kexec that consumes no try), and once the try is consumed, gives it back (the slot gets
 the try it had, durably) and says so, so that an activation is never lost silently. SIGTERM,
-SIGHUP and Ctrl-C count as failures until the jump command runs; the try is consumed with them
-held back, so the flow always knows whether it was. During the jump they have their default
+SIGHUP and Ctrl-C count as failures until the jump command runs (one ``signals.guarded()``
+block); from the consumption of the try until the jump is announced they are held back, so the
+flow always knows whether the try was consumed. During the jump they have their default
 effect again: ``systemctl kexec`` shuts the machine down, and the SIGTERM that shutdown sends
 this process must not unload the kernel it is about to enter.
 
@@ -78,10 +79,12 @@ Announce = Callable[[Report], None]
 
 
 def reboot(target: Target, request: Request, support: KexecSupport, announce: Announce) -> Report:
-    """Reboot into the requested slot (see the module docstring)."""
+    """Reboot into the requested slot (see the module docstring). ``target`` is resolved for
+    this reboot: the plan starts from the state it read (``state.as_resolved``); the try is
+    consumed under the lock from what the disk holds then."""
     if request.via is RebootVia.FIRMWARE:
         return _firmware(target, request, support, "asked for a firmware reboot")
-    st = state.load(target)
+    st = state.as_resolved(target)  # the state read while resolving the Target: no second read
     plan = bootplan.plan_boot(st, request.slot, target, STAGE_DIR, copy=not request.dry_run)
     assert plan.staged is not None
     for note in plan.notes:
@@ -95,61 +98,51 @@ def reboot(target: Target, request: Request, support: KexecSupport, announce: An
         jump = kexec.exec_steps(force=request.force, systemd=support.systemd)
         steps = [kexec.UNLOAD, plan.staged.image.load_step(Method.FILE), *jump]
         return Report(Method.FILE, tuple(steps), plan.slot, plan)
-    with signals.raising():
-        try:
-            method = kexec.load(plan.staged.image, support)
-        except kexec.LoadFailed as exc:
-            failed: kexec.LoadFailed | None = exc
-        except BaseException:  # a signal while loading: the kernel may be in by now
-            for line in _undo(target, None):
-                log(line)
-            raise
-        else:
-            failed = None
-            report = _consume(target, plan, method, request, support, announce)
-    if failed is not None:
-        return _firmware(target, request, support, failed.message)
+    report = _take(target, plan, request, support, announce)
+    if isinstance(report, kexec.LoadFailed):
+        return _firmware(target, request, support, report.message)
     _jump(target, report)
     return report
 
 
-def _consume(
-    target: Target,
-    plan: BootPlan,
-    method: Method,
-    request: Request,
-    support: KexecSupport,
-    announce: Announce,
-) -> Report:
-    """Consume the planned slot's try, durably, and announce the jump; undo on any failure."""
-    taken: slots.Slot | None = None
+def _take(
+    target: Target, plan: BootPlan, request: Request, support: KexecSupport, announce: Announce
+) -> Report | kexec.LoadFailed:
+    """Load the kernel, consume the planned slot's try durably, and announce the jump, with
+    signals counting as failures (one guard; held from the consumption on, so that the write
+    is done or not started when one lands); undo on any failure. A failed load is returned."""
+    taken: slots.Slot | None = None  # the slot as written, once its try is consumed
     try:
-        known = {plan.facts.letter: plan.facts.usrhash} if plan.facts.usrhash else {}
-        with signals.deferred():  # the write is then done, or not started, when a signal lands
+        with signals.guarded() as guard:
             try:
-                consume = state.by_slots(slots.consume_try, plan.slot)
-                outcome = state.change(target, consume, hashes=known)
+                method = kexec.load(plan.image(), support)
+            except kexec.LoadFailed as exc:
+                return exc
+            guard.hold()
+            known = {plan.facts.letter: plan.facts.usrhash} if plan.facts.usrhash else {}
+            try:
+                consume = state.change(target, lambda st: slots.consume_try(st.slots, plan.slot),
+                                       hashes=known)  # fmt: skip
             except state.GrubenvNotWritten as exc:
                 # The try is consumed in the GPT, the truth; only GRUB's copy lags (one more
                 # try for GRUB if this boot hangs). Worth a line, not worth stopping the boot.
                 log(exc.message)
-                outcome = exc.outcome
-            taken = next(s for s in outcome.after if s.partition == plan.slot.partition)
-        steps = kexec.exec_steps(force=request.force, systemd=support.systemd)
-        report = Report(method, tuple(steps), plan.slot, plan, consumed=taken)
-        announce(report)
-        return report
-    except BaseException:
+                consume = exc.outcome
+            taken = next(s for s in consume.after if s.partition == plan.slot.partition)
+            steps = kexec.exec_steps(force=request.force, systemd=support.systemd)
+            report = Report(method, tuple(steps), plan.slot, plan, consumed=taken)
+            announce(report)
+    except BaseException:  # a signal while loading too: the kernel may be in by now
         for line in _undo(target, taken):
             log(line)
         raise
+    return report
 
 
 def _jump(target: Target, report: Report) -> None:
     """Run the jump with default signal handling (module docstring); undo when it fails."""
     try:
-        for step in report.steps:
-            step.run()
+        kexec.run_steps(report.steps)
     except (UpdaterError, OSError, KeyboardInterrupt) as exc:
         undone = "; ".join(_undo(target, report.consumed))
         detail = exc.message if isinstance(exc, UpdaterError) else str(exc) or type(exc).__name__
@@ -206,6 +199,5 @@ def _firmware(target: Target, request: Request, support: KexecSupport, why: str)
     # The grubenv is refreshed from the GPT first, so that stock GRUB picks exactly what the
     # GPT says; any loaded kexec kernel is dropped by the first step.
     state.change(target, state.sync_only)
-    for step in report.steps:
-        step.run()
+    kexec.run_steps(report.steps)
     return report

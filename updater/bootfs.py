@@ -6,7 +6,8 @@ Three ways in, one small interface (``BootFiles``):
   nothing mounted: works on image files and on a running system whose ESP is not mounted);
 - the OEM partition (ext4) of a disk or image file, through debugfs at a byte offset (read-only).
 
-One rule finds them (``esp_of``, ``oem_of``), for the boot plan and the grubenv alike: the
+One rule finds them (``esp_of``, ``oem_of``; both at once: ``locate``), for the boot plan and
+the grubenv alike: the
 directory given on the command line, else the disk's own partition (by label, then by type),
 through its mount point when the kernel has it mounted (writing a FAT filesystem underneath
 the kernel's driver would corrupt it), else in place.
@@ -17,6 +18,9 @@ too. A power cut leaves the old file or the new one, or on FAT, whose rename rew
 entries and is not atomic, possibly neither under that name, but never a mix of the two and
 never damage to another file: ``updater.espenv`` keeps two copies for that reason.
 
+A step that needs several files reads them in one call (``read_first``: for each group of
+candidate names, the first that exists), so that what it read is one snapshot.
+
 Paths are relative to the filesystem root (``flatcar/vmlinuz-a``). This module does not know what
 the files mean; ``updater.espfiles``, ``updater.cmdline`` and ``updater.grubenv`` do.
 """
@@ -26,11 +30,13 @@ from __future__ import annotations
 import os
 import stat
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from updater import atomicfile, gptformat
-from updater.errors import DeviceError
+from updater.errors import DeviceError, UpdaterError
 from updater.run import require_tool, run
 
 ESP_TYPE = uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
@@ -207,3 +213,56 @@ def oem_of(disk: str, table: gptformat.GptTable, override: str | None = None) ->
         return None
     mounted = mount_point(where[0]) if where[1] == 0 else None
     return DirFiles(mounted) if mounted else Ext4PartitionFiles(*where)
+
+
+Found = tuple[str, bytes] | None  # (relative path, bytes) of a file read, None when none exists
+
+
+def read_first(wanted: Sequence[tuple[BootFiles | None, Sequence[str]]]) -> tuple[Found, ...]:
+    """For each ``(files, candidates)``: the first candidate that exists, with its bytes (None
+    when none does, or ``files`` is None). Errors of the backend (a missing tool, an unreadable
+    file) propagate."""
+    out: list[Found] = []
+    for files, candidates in wanted:
+        found: Found = None
+        if files is not None:
+            for rel in candidates:
+                data = files.read(rel)
+                if data is not None:
+                    found = (rel, data)
+                    break
+        out.append(found)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class BootPartitions:
+    """The disk's ESP and OEM partition, and the ESP files read when they were found."""
+
+    esp: BootFiles | None
+    oem: BootFiles | None
+    esp_files: tuple[bytes | None, ...] | None  # as asked for; None when not read or unreadable
+
+
+def locate(
+    disk: str,
+    table: gptformat.GptTable,
+    esp: str | None = None,
+    oem: str | None = None,
+    *,
+    read: Sequence[str] = (),
+) -> BootPartitions:
+    """The ESP and the OEM partition by the one rule (``esp_of``, ``oem_of``), and the ESP
+    files named in ``read`` (None for each one that does not exist). When they cannot be read
+    now (no ESP, no mtools, an I/O error), ``esp_files`` is None: whoever needs them reads
+    them later and meets the error there."""
+    esp_files = esp_of(disk, table, esp)
+    oem_files = oem_of(disk, table, oem)
+    contents: tuple[bytes | None, ...] | None = None
+    if esp_files is not None and read:
+        try:
+            found = read_first([(esp_files, (rel,)) for rel in read])
+        except (UpdaterError, OSError):
+            found = None
+        contents = None if found is None else tuple(f[1] if f else None for f in found)
+    return BootPartitions(esp_files, oem_files, contents)

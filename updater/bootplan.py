@@ -107,7 +107,7 @@ def _plan(st: DiskState, spec: str | None, target: Target) -> BootPlan:
     esp = target.esp
     if esp is None:
         raise DeviceError(f"{target.disk}: no EFI-SYSTEM partition to boot from")
-    files = espfiles.slot_files(esp, letter)
+    files = espfiles.slot_files(esp, letter, target.oem)  # and the OEM grub.cfg, in one read
     if files.kernel is None:
         raise SlotError(
             f"no kernel for {slot.label} on {esp.description} "
@@ -120,7 +120,7 @@ def _plan(st: DiskState, spec: str | None, target: Target) -> BootPlan:
             "refusing to boot an unverifiable /usr"
         )
     notes: list[str] = []
-    oem = _oem_config(target.oem, notes)
+    oem = _oem_config(files.oem_config, target.oem, notes)
     extra = config.extra_args
     if config.reuse_cmdline:
         extra = cmdline.strip_slot_args(target.cmdline, config.drop_args) + extra
@@ -146,10 +146,10 @@ def _plan(st: DiskState, spec: str | None, target: Target) -> BootPlan:
     )  # fmt: skip
 
 
-def _oem_config(oem: BootFiles | None, notes: list[str]) -> OemConfig:
-    """The OEM settings, or Flatcar's defaults with a note when the file is not usable data:
-    GRUB would have booted anyway, so a damaged OEM file never stops a reboot."""
-    raw = oem.read("grub.cfg") if oem is not None else None
+def _oem_config(raw: bytes | None, oem: BootFiles | None, notes: list[str]) -> OemConfig:
+    """The OEM settings from ``raw`` (the grub.cfg read from ``oem``), or Flatcar's defaults
+    with a note when the file is not usable data: GRUB would have booted anyway, so a damaged
+    OEM file never stops a reboot."""
     if raw is None:
         return OemConfig()
     where = oem.description if oem is not None else "the OEM partition"

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from updater import espfiles, grubenv
+from updater import bootfs, espfiles, grubenv
 from updater.bootfs import BootFiles
 from updater.errors import UpdaterError
 from updater.slots import Slot
@@ -39,10 +39,15 @@ class EspEnv:
         if esp is None:
             return None
         try:
-            raws = [esp.read(rel) for rel in COPIES]
+            found = bootfs.read_first([(esp, (rel,)) for rel in COPIES])
         except UpdaterError:
             return None
-        if all(raw is None for raw in raws):
+        return cls.of(esp, tuple(f[1] if f else None for f in found))
+
+    @classmethod
+    def of(cls, esp: BootFiles | None, raws: Sequence[bytes | None]) -> EspEnv | None:
+        """The copies already read (``raws``, in the order of ``COPIES``); None as ``find``."""
+        if esp is None or all(raw is None for raw in raws):
             return None
         return cls(esp, tuple(grubenv.EnvCopy.of(raw) for raw in raws))
 

@@ -1,5 +1,5 @@
 """The files a slot boots from on the ESP: its kernel (with the verity root hash inside), its
-initrd, and the first-boot marker.
+initrd, and the first-boot marker; with them, the OEM partition's grub.cfg that GRUB sources.
 
 Knows the names (``updater.cmdline`` lists them, as Flatcar's grub.cfg does) and reads them
 through a ``BootFiles``, each file once (the partition backends cache what they read). It does
@@ -8,11 +8,12 @@ not parse the files beyond the root hash, and it does not write anything.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from updater import cmdline
+from updater import bootfs, cmdline
 from updater.bootfs import BootFiles
+
+OEM_CONFIG = "grub.cfg"  # on the OEM partition, sourced by the ESP's grub.cfg
 
 
 @dataclass(frozen=True)
@@ -24,42 +25,32 @@ class SlotFiles:
     initrd: str | None  # ESP-relative path of a separate initrd, when the image ships one
     initrd_data: bytes = field(repr=False)
     first_boot: bool
+    oem_config: bytes | None = field(repr=False, default=None)  # the OEM grub.cfg, when read
 
 
-def slot_files(files: BootFiles, letter: str) -> SlotFiles:
-    """The slot's kernel, initrd and the first-boot marker, each read once."""
-    k, i = kernel(files, letter), initrd(files, letter)
+def slot_files(files: BootFiles, letter: str, oem: BootFiles | None = None) -> SlotFiles:
+    """The slot's kernel, initrd and the first-boot marker, and the OEM partition's grub.cfg
+    when ``oem`` is given: read in one go (``bootfs.read_first``), each file once."""
+    k, i, marker, cfg = bootfs.read_first([
+        (files, cmdline.kernel_candidates(letter)),
+        (files, cmdline.initrd_candidates(letter)),
+        (files, cmdline.FIRST_BOOT_MARKERS),
+        (oem, (OEM_CONFIG,)),
+    ])  # fmt: skip
     return SlotFiles(
         k[0] if k else None, k[1] if k else b"", i[0] if i else None, i[1] if i else b"",
-        first_boot(files),
+        marker is not None, cfg[1] if cfg else None,
     )  # fmt: skip
-
-
-def first_of(files: BootFiles, candidates: Sequence[str]) -> tuple[str, bytes] | None:
-    """The first candidate that exists, with its bytes."""
-    for rel in candidates:
-        data = files.read(rel)
-        if data is not None:
-            return rel, data
-    return None
 
 
 def kernel(files: BootFiles, letter: str) -> tuple[str, bytes] | None:
     """The slot's kernel: ``flatcar/vmlinuz-a`` for USR-A, ``-b`` otherwise (``coreos/``
     on older images)."""
-    return first_of(files, cmdline.kernel_candidates(letter))
-
-
-def initrd(files: BootFiles, letter: str) -> tuple[str, bytes] | None:
-    """The slot's separate initrd, when the image ships one."""
-    return first_of(files, cmdline.initrd_candidates(letter))
+    (found,) = bootfs.read_first([(files, cmdline.kernel_candidates(letter))])
+    return found
 
 
 def usrhash(files: BootFiles, letter: str, arch: str) -> str | None:
     """The verity root hash stored in the slot's kernel for ``arch``, or None."""
     found = kernel(files, letter)
     return cmdline.usrhash_from_kernel(found[1], arch) if found else None
-
-
-def first_boot(files: BootFiles) -> bool:
-    return any(files.read(marker) is not None for marker in cmdline.FIRST_BOOT_MARKERS)

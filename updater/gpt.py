@@ -12,11 +12,14 @@ import fcntl
 import os
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from updater import gptformat
 from updater.errors import DeviceError, GptError
+
+T = TypeVar("T")
 
 BLKSSZGET = 0x1268  # logical sector size of a block device
 BLKGETSIZE64 = 0x80081272  # size in bytes of a block device
@@ -131,6 +134,19 @@ def locked(path: str, *, writable: bool) -> Iterator[Disk]:
         yield disk
     finally:
         disk.close()
+
+
+def with_table(path: str, use: Callable[[Disk, gptformat.GptTable], T], *, writable: bool) -> T:
+    """Open ``path``, lock it (exclusive when ``writable``, else shared), read its table, and
+    return ``use(disk, table)``, run under the lock: one read-modify-write cycle, in one call.
+    ``use`` writes through ``apply_plan(disk, ...)``; the disk is closed afterwards."""
+    with locked(path, writable=writable) as disk:
+        return use(disk, read_table(disk))
+
+
+def read(path: str) -> gptformat.GptTable:
+    """The table of ``path``, read under a shared lock (nothing written)."""
+    return with_table(path, lambda disk, table: table, writable=False)
 
 
 def repair(path: str) -> int:

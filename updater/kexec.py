@@ -21,6 +21,7 @@ This module does not choose slots or build command lines (``updater.slots``, ``u
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -38,6 +39,12 @@ class Step:
 
     def run(self) -> None:
         run(self.argv, check=not self.tolerated)
+
+
+def run_steps(steps: Sequence[Step]) -> None:
+    """Run the steps in order; the first failure that is not tolerated stops them."""
+    for step in steps:
+        step.run()
 
 
 def argvs(steps: list[Step]) -> list[list[str]]:

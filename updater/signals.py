@@ -2,10 +2,13 @@
 and before the jump, a SIGTERM, SIGHUP or Ctrl-C must unload it (a kernel left loaded turns a
 later plain reboot into a kexec that consumes no try).
 
-``raising()`` turns SIGTERM and SIGHUP into an ``Interrupted`` exception (SIGINT already raises
-KeyboardInterrupt), so that the ``finally``/``except`` of the caller runs. ``deferred()`` blocks
-the three while a durable write is under way, so that the write is either done or not started
-when the exception arrives, and the caller knows which.
+``guarded()`` is the one context manager a flow holds around those steps: it turns SIGTERM and
+SIGHUP into an ``Interrupted`` exception (SIGINT already raises KeyboardInterrupt), so that the
+``finally``/``except`` of the caller runs, and from ``Guard.hold()`` on it holds the three back
+until the block ends, so that a durable write started after the hold is either done or not
+started when the exception arrives, and the caller knows which. When the block ends, a held
+signal arrives (as the exception, raised where the block ends), and then the previous handlers
+are back. ``raising()`` and ``deferred()`` are the two halves on their own.
 
 This module does not decide what to undo; the boot flow does.
 """
@@ -20,7 +23,7 @@ from types import FrameType
 
 from updater.errors import Interrupted
 
-__all__ = ["Interrupted", "deferred", "raising"]
+__all__ = ["Guard", "Interrupted", "deferred", "guarded", "raising"]
 
 CAUGHT = (signal.SIGTERM, signal.SIGHUP)
 DEFERRED = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
@@ -51,3 +54,27 @@ def deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class Guard:
+    """The handle of ``guarded()``."""
+
+    def __init__(self) -> None:
+        self.unheld: set[int | signal.Signals] | None = None  # the mask before ``hold``
+
+    def hold(self) -> None:
+        """Hold SIGINT, SIGTERM and SIGHUP back until the guarded block ends."""
+        if self.unheld is None:
+            self.unheld = signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED)
+
+
+@contextlib.contextmanager
+def guarded() -> Iterator[Guard]:
+    """``raising()`` for the block, and ``Guard.hold()`` within it (module docstring)."""
+    guard = Guard()
+    with raising():
+        try:
+            yield guard
+        finally:
+            if guard.unheld is not None:  # a held signal is raised here, with our handlers
+                signal.pthread_sigmask(signal.SIG_SETMASK, guard.unheld)

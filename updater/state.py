@@ -2,8 +2,10 @@
 
 Glue between the partition table (``updater.gpt``), the slot rules (``updater.slots``) and the
 ESP's copy of the state for stock GRUB (``updater.espenv``): it reads the table of the
-``Target``'s disk, names the slots and the booted one, lets a pure function decide a transition
-from that state, and writes the result, the GPT first. It makes no A/B decision itself, and it
+``Target``'s disk (or takes the table and grubenv copies the Target read while resolving:
+``as_resolved``), names the slots and the booted one, lets a pure function decide a transition
+from that state, and writes the result, the GPT first, in one call into ``gpt`` that holds the
+lock (``gpt.with_table``). It makes no A/B decision itself, and it
 does not read kernels or slot contents (``updater.espfiles``, ``updater.slotimage``).
 """
 
@@ -65,11 +67,30 @@ def _state(target: Target, table: gptformat.GptTable) -> DiskState:
 
 def load(target: Target) -> DiskState:
     """The disk's A/B state, including boot tries GRUB consumed in the ESP's grubenv that are
-    not yet carried into the GPT (see ``change``). Writes nothing."""
-    with gpt.locked(target.disk, writable=False) as d:
-        table = gpt.read_table(d)
-        st = _state(target, table)
+    not yet carried into the GPT (see ``change``), read now under a shared lock. Writes
+    nothing."""
+
+    def under_lock(d: gpt.Disk, table: gptformat.GptTable) -> DiskState:
+        return _reconciled(_state(target, table), EspEnv.find(target.esp))
+
+    return gpt.with_table(target.disk, under_lock, writable=False)
+
+
+def as_resolved(target: Target) -> DiskState:
+    """``load``, from the table and grubenv copies the Target read when it was resolved (its
+    ``snapshot``), without reading the disk again: for a flow handed a Target resolved for it
+    (after a ``change`` through the same Target, ``load`` sees the change, this does not)."""
+    snap = target.snapshot
+    if snap is None:
+        return load(target)
+    if snap.grubenv is None:  # not readable while resolving: read (and meet the error) now
         env = EspEnv.find(target.esp)
+    else:
+        env = EspEnv.of(target.esp, snap.grubenv)
+    return _reconciled(_state(target, snap.table), env)
+
+
+def _reconciled(st: DiskState, env: EspEnv | None) -> DiskState:
     if env is None:
         return st
     return replace(st, slots=tuple(slots.apply(st.slots, grubenv.reconcile(env.values, st.slots))))
@@ -115,8 +136,8 @@ def change(
     updates the block's hashes, for a slot that received a new image. When the grubenv cannot be
     written after the GPT was, ``GrubenvNotWritten`` says so.
     """
-    with gpt.locked(target.disk, writable=not dry_run) as d:
-        table = gpt.read_table(d)
+
+    def under_lock(d: gpt.Disk, table: gptformat.GptTable) -> Outcome:
         current = _state(target, table)
         env = EspEnv.find(target.esp)
         before = current
@@ -136,7 +157,9 @@ def change(
             if env is not None:
                 outcome = Outcome(before, transition, after, written, False, consumed)
                 env_written = _sync_env(target, env, outcome, hashes or {})
-    return Outcome(before, transition, after, written, env_written, consumed)
+        return Outcome(before, transition, after, written, env_written, consumed)
+
+    return gpt.with_table(target.disk, under_lock, writable=not dry_run)
 
 
 def _sync_env(

@@ -5,13 +5,14 @@
   this disk, cross-checked with the PARTUUID the kernel command line names, if it names one;
 - the ESP and the OEM partition, under one rule for the boot plan and the grubenv alike
   (``bootfs.esp_of`` / ``oem_of``: the directory given, else the disk's own partition);
-- the running kernel's command line, read once;
+- the running kernel's command line, read once (``bootdisk.running``, with the booted /usr);
 - the machine's ``[boot]`` settings (where the root hash sits in a kernel, ``panic=``, ...).
 
 ``updater.state``, the boot planner and the flows take a Target, as python-tuf's ``Updater``
 keeps the inputs it resolved once; nothing below the CLI sees argparse. Resolving reads the GPT
-(to name the slots and find the ESP and OEM), /proc and /sys; it writes nothing, and it makes
-no A/B decision.
+(to name the slots and find the ESP and OEM) and the ESP's grubenv copies in one go under a
+shared lock, and keeps them as the Target's ``snapshot``, so that ``state.load`` does not read
+the disk again; it reads /proc and /sys; it writes nothing, and it makes no A/B decision.
 """
 
 from __future__ import annotations
@@ -22,6 +23,17 @@ from updater import bootdisk, bootfs, gpt, slots
 from updater.bootfs import BootFiles
 from updater.config import BootSettings
 from updater.errors import DeviceError, UsageError
+from updater.espenv import COPIES
+from updater.gptformat import GptTable
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The disk as it was read while resolving, under one shared lock: what ``state.load``
+    reads the A/B state from (``state.change`` reads both again under its exclusive lock)."""
+
+    table: GptTable
+    grubenv: tuple[bytes | None, ...] | None  # the ESP's copies (espenv.COPIES); None: not read
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,9 @@ class Target:
     oem: BootFiles | None  # None: the disk has no OEM partition
     cmdline: str  # the running kernel's command line ("" when unreadable)
     boot: BootSettings = field(default_factory=BootSettings)
+    # The disk as read when resolved (None for a Target built by hand: state.load reads it).
+    # Resolve again after a change: a Target is not refreshed.
+    snapshot: Snapshot | None = field(default=None, compare=False, repr=False)
 
 
 def resolve(
@@ -46,21 +61,14 @@ def resolve(
     dev: str = "/dev",
 ) -> Target:
     """The Target of the global options ``--disk``, ``--booted``, ``--esp``, ``--oem``."""
-    running_cmdline = bootdisk.read_cmdline(f"{proc}/cmdline")
-    running: bootdisk.BootedUsr | None
-    if disk is None:
-        running = _booted_usr(running_cmdline, proc, sys, dev)
-        path = running.disk
-    else:
-        path = disk
-        try:
-            running = bootdisk.booted_usr(running_cmdline, proc, sys, dev)
-        except DeviceError:
-            running = None  # the running system's /usr is not what --disk names anyway
-        if running is not None and not bootdisk.same_disk(running.disk, path):
-            running = None
-    with gpt.locked(path, writable=False) as d:
-        table = gpt.read_table(d)
+    running = bootdisk.running(disk, proc, sys, dev)
+    path = running.disk
+
+    def under_lock(d: gpt.Disk, table: GptTable) -> tuple[GptTable, bootfs.BootPartitions]:
+        # The table and the ESP's grubenv copies under one shared lock, as state.change writes them
+        return table, bootfs.locate(path, table, esp, oem, read=COPIES)
+
+    table, found_on = gpt.with_table(path, under_lock, writable=False)
     found = slots.slots_of(table.entries())
     if not found:
         raise DeviceError(f"{path}: no partitions of the usr slot type {slots.USR_TYPE}")
@@ -71,14 +79,15 @@ def resolve(
             )
         number: int | None = slots.resolve(found, booted).partition
     else:
-        number = _running_slot(found, running, running_cmdline)
+        number = _running_slot(found, running.usr, running.cmdline)
     return Target(
         disk=path,
         booted=number,
-        esp=bootfs.esp_of(path, table, esp),
-        oem=bootfs.oem_of(path, table, oem),
-        cmdline=running_cmdline,
+        esp=found_on.esp,
+        oem=found_on.oem,
+        cmdline=running.cmdline,
         boot=settings if settings is not None else BootSettings(),
+        snapshot=Snapshot(table, found_on.esp_files),
     )
 
 
@@ -88,19 +97,7 @@ def resolve_disk(
     """``disk``, or the disk holding the booted /usr (for commands that need no slots)."""
     if disk is not None:
         return disk
-    return _booted_usr(bootdisk.read_cmdline(f"{proc}/cmdline"), proc, sys, dev).disk
-
-
-def _booted_usr(cmdline: str, proc: str, sys: str, dev: str) -> bootdisk.BootedUsr:
-    running = bootdisk.booted_usr(cmdline, proc, sys, dev)
-    if running is None:
-        raise DeviceError(
-            "cannot tell which disk holds the booted /usr: /usr is not mounted from a "
-            "partition and the kernel command line has no mount.usr=PARTUUID= or "
-            "verity.usr=PARTUUID=",
-            hint="pass --disk PATH",
-        )
-    return running
+    return bootdisk.running(None, proc, sys, dev).disk
 
 
 def _running_slot(

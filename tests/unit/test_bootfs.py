@@ -41,3 +41,18 @@ def test_partition_node_of_a_regular_file_is_none(tmp_path: Path) -> None:
     img.write_bytes(b"")
     assert bootfs.partition_node(str(img), 1) is None
     assert bootfs.partition_node(str(tmp_path / "missing"), 1) is None
+
+
+def test_read_first_takes_the_first_candidate_that_exists_in_each_group(tmp_path: Path) -> None:
+    (tmp_path / "coreos").mkdir()
+    (tmp_path / "coreos" / "vmlinuz-a").write_bytes(b"older layout")
+    (tmp_path / "flatcar").mkdir()
+    (tmp_path / "flatcar" / "first_boot").write_bytes(b"")
+    files = bootfs.DirFiles(str(tmp_path))
+    found = bootfs.read_first([
+        (files, ("flatcar/vmlinuz-a", "coreos/vmlinuz-a")),
+        (files, ("flatcar/initrd-a", "coreos/initrd-a")),
+        (files, ("flatcar/first_boot", "coreos/first_boot")),
+        (None, ("grub.cfg",)),  # no such partition
+    ])  # fmt: skip
+    assert found == (("coreos/vmlinuz-a", b"older layout"), None, ("flatcar/first_boot", b""), None)

@@ -111,7 +111,9 @@ def test_booted_given_and_image_files(tmp_path: Path) -> None:
         target.resolve(str(image), "other", **paths)
 
 
-def test_one_rule_for_esp_and_oem(tmp_path: Path) -> None:
+def test_one_rule_for_esp_and_oem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Resolving reads the ESP's grubenv copies; in place that is mtools (integration tier).
+    monkeypatch.setattr(bootfs.FatPartitionFiles, "read", lambda self, rel: None)
     paths = machine(tmp_path, INITRD_CMDLINE)
     image = image_file(tmp_path / "disk.img", GOOD)
     given = target.resolve(str(image), "A", **paths)
@@ -137,3 +139,15 @@ def test_the_update_flow_makes_the_other_slot_unbootable_through_state(tmp_path:
     assert outcome.sectors_written > 0
     with pytest.raises(SlotError, match="booted slot"):
         state.change(t, state.by_slots(slots.make_unbootable, 4, booted=t.booted, force=True))
+
+
+def test_the_target_keeps_what_it_read_and_load_reads_again(tmp_path: Path) -> None:
+    """``as_resolved`` is the state the Target read while resolving (no second read of the
+    disk); ``load`` reads now, so it sees a change made since."""
+    paths = machine(tmp_path, INITRD_CMDLINE)
+    t = target.resolve(**paths)
+    assert t.snapshot is not None and state.as_resolved(t) == state.load(t)
+    state.change(t, state.by_slots(slots.mark_good, 4))
+    assert state.load(t).slot(4).successful
+    assert not state.as_resolved(t).slot(4).successful
+    assert state.as_resolved(target.resolve(**paths)).slot(4).successful
