@@ -12,7 +12,7 @@ from updater import contracts, gpt, layout, slotimage, slots, state, target
 from updater.commands import INDEX
 from updater.commands.common import emit, resolve_target
 from updater.commands.common import out as _out
-from updater.errors import UsageError
+from updater.errors import UpdaterError, UsageError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -35,8 +35,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     st = state.load(resolve_target(args))
     agent = agent_report.status_json(args.config)
+    held, held_error = _pin_of(args)
     if args.json:
-        emit({**contracts.status(st), "agent": agent})
+        emit({**contracts.status(st), "agent": agent, "pin": held, "pin_error": held_error})
         return 0
     t = st.table
     backup = t.backup.problem or ("stale" if t.backup_stale else "valid")
@@ -45,7 +46,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     if st.next is None:
         _out("no slot is bootable\n")
     _out(agent_report.status_line(agent))
+    if held or held_error:
+        _out(f"pinned to release {held} (updater unpin)\n" if held else f"pin: {held_error}\n")
     return 0
+
+
+def _pin_of(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The pinned version (``updater pin``) and, when the pin cannot be read, why."""
+    from updater import config, pin
+
+    try:
+        version = pin.load(config.load(args.config).update.state_dir)
+    except UpdaterError as exc:
+        return None, exc.message
+    return (str(version) if version else None), None
 
 
 def cmd_next(args: argparse.Namespace) -> int:
