@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from updater import atomicfile, release
-from updater.errors import DataError, DeviceError, ReleaseError
+from updater.errors import DataError, DeviceError, ReleaseError, UsageError
 from updater.release import Version
 
 FILE = "pin.json"
@@ -83,7 +83,10 @@ def clear(state_dir: str) -> bool:
 
 def effective(pinned: Version | None, asked: Version | None, override: bool) -> Version | None:
     """The version ``updater update`` may take: the pin, or what ``--version`` asked for, which
-    must be the pinned one unless ``override`` (``--override-pin``). Raises ReleaseError."""
+    must be the pinned one unless ``override`` (``--override-pin``, which needs ``--version``).
+    Raises ReleaseError, or UsageError."""
+    if override and asked is None:
+        raise UsageError("--override-pin needs --version V: the release to take despite the pin")
     if pinned is None or override:
         return asked
     if asked is not None and asked != pinned:

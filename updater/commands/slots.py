@@ -12,7 +12,7 @@ from updater import contracts, gpt, layout, slotimage, slots, state, target
 from updater.commands import INDEX
 from updater.commands.common import emit, resolve_target
 from updater.commands.common import out as _out
-from updater.errors import UpdaterError, UsageError
+from updater.errors import SlotError, UpdaterError, UsageError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -142,6 +142,30 @@ def _decide_mark_good(args: argparse.Namespace, st: state.DiskState) -> slots.Tr
     return slots.mark_good(st.slots, _part(st, args.part))
 
 
+def cmd_mark_good(args: argparse.Namespace) -> int:
+    """mark-good, with the hooks of a commit when it is the booted slot on trial: its pending
+    first-boot-of-slot hooks first (a failure refuses), the post-commit hooks after."""
+    from updater import config
+    from updater.agent.system import read_boot_id
+    from updater.hooks import stages
+
+    t = resolve_target(args)
+    st = state.load(t)
+    part = _part(st, args.part)
+    trial = part == st.booted and not st.slot(part).successful and not args.dry_run
+    cfg = config.load(args.config)
+    if trial:
+        why = stages.FirstBoot(cfg.hooks, cfg.update.state_dir, lambda: t, read_boot_id, None)()
+        if why is not None:
+            raise SlotError(f"not marked good: {why}", hint="updater rollback --reboot kexec "
+                            "goes back to the previous slot")  # fmt: skip
+    outcome = state.change(t, lambda now: _decide_mark_good(args, now), dry_run=args.dry_run)
+    _report(args, outcome)
+    if trial:
+        stages.after_commit(cfg.hooks, t, cfg.update.state_dir)
+    return 0
+
+
 def _decide_mark_bad(args: argparse.Namespace, st: state.DiskState) -> slots.Transition:
     return slots.mark_bad(st.slots, _part(st, args.part), force=args.force)
 
@@ -255,8 +279,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = add(
         "mark-good",
-        _transition_command(_decide_mark_good),
-        "Set successful, clear tries and prioritize the slot (default: the booted one).",
+        cmd_mark_good,
+        "Set successful, clear tries and prioritize the slot (default: the booted one).\n"
+        "For the booted slot on trial, its first-boot-of-slot hooks run first if they have not\n"
+        "run for this activation (a failure refuses), and the post-commit hooks after.",
     )
     p.add_argument("part", metavar="PART", nargs="?")
     p.add_argument("--dry-run", action="store_true", help="decide but write nothing")
