@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from updater import atomicfile, release
+from updater import atomicfile, jsonout, release
 from updater.errors import DataError, DeviceError, ReleaseError, UsageError
 from updater.release import Version
 
@@ -27,12 +27,7 @@ MAX_BYTES = 4096
 
 def parse(data: bytes) -> Version:
     """The version a pin file's bytes hold; DataError for anything else."""
-    if len(data) > MAX_BYTES:
-        raise DataError(f"more than {MAX_BYTES} bytes")
-    try:
-        doc: Any = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"not JSON: {exc}") from None
+    doc: Any = jsonout.bounded_loads(data, MAX_BYTES)
     if not isinstance(doc, dict) or set(doc) != {"format", "version"} or doc["format"] != FORMAT:
         raise DataError(f'not {{"format": {FORMAT}, "version": "..."}}')
     try:

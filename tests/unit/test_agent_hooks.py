@@ -10,19 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.agentfakes import (
-    Crash,
-    FakeClock,
-    FakeFirstBoot,
-    FakeLock,
-    FakeMachine,
-    FakeReboot,
-    FakeSemaphore,
-    agent,
-)
+from tests.unit.agentfakes import FakeClock, FakeFirstBoot, FakeLock, FakeMachine, FakeSemaphore
+from tests.unit.test_agent_runner import drive
 from updater.agent.health import HealthChecks
-from updater.agent.record import RESTING, Reason, Record, State
-from updater.agent.runner import Mode
+from updater.agent.record import Reason, Record, State
 from updater.agent.seam import Offer
 from updater.config import HealthSettings
 from updater.errors import DataError
@@ -31,23 +22,7 @@ from updater.hooks.rules import Verdict
 
 def settle(tmp: Path, m: FakeMachine, health: HealthChecks, clock: FakeClock,
            pinned: Callable[[], str | None] = lambda: None) -> Record:  # fmt: skip
-    """Run the agent as systemd and the machine would (restarted after each reboot or crash)
-    until it rests with nothing pending."""
-    lock = FakeLock(FakeSemaphore())
-    for _ in range(30):
-        a = agent(tmp, m, lock=lock, health=health, clock=clock, pinned=pinned)
-        try:
-            a.run(Mode.ONCE)
-        except FakeReboot:
-            m.power_on()
-            continue
-        except Crash:
-            continue
-        rec = a.store.load()
-        if rec.state in RESTING and rec.lock is None and not rec.returning:
-            return rec
-        clock.t += 3600
-    raise AssertionError("the agent did not settle")
+    return drive(tmp, m, FakeLock(FakeSemaphore()), health, clock=clock, pinned=pinned)
 
 
 def checks(first_boot: FakeFirstBoot, clock: FakeClock) -> HealthChecks:

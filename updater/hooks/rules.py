@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from updater import jsonout
 from updater.errors import DataError
 
 
@@ -232,12 +233,7 @@ def dumps_ledger(ledger: Ledger) -> bytes:
 
 def loads_ledger(data: bytes) -> dict[str, LedgerEntry]:
     """The ledger in ``data``; DataError for anything but a well-formed one."""
-    if len(data) > MAX_LEDGER_BYTES:
-        raise DataError(f"more than {MAX_LEDGER_BYTES} bytes")
-    try:
-        doc: Any = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"not JSON: {exc}") from None
+    doc: Any = jsonout.bounded_loads(data, MAX_LEDGER_BYTES)
     if not isinstance(doc, dict) or doc.get("format") != LEDGER_FORMAT or set(doc) != {
         "format", "slots"} or not isinstance(doc["slots"], dict):  # fmt: skip
         raise DataError(f"not a first-boot ledger of format {LEDGER_FORMAT}")
