@@ -163,6 +163,17 @@ def test_a_failed_first_boot_stays_failed(site: Site) -> None:
     assert runs.read_text() == "run\n"
 
 
+def test_a_damaged_ledger_fails_the_first_boot(site: Site) -> None:
+    m = HookedMachine(site)
+    runs = site.tmp / "runs"
+    hook(m.hooks, Stage.FIRST_BOOT, "10-dkms", f"echo run >> {runs}")
+    t = on_trial_in_b(m)
+    (m.state / "first-boot.json").write_text('{"format": 1, "slots": []}')
+    assert first_boot(m, t, "boot-1")() == (
+        f"first-boot-of-slot: {m.state}/first-boot.json: not a first-boot ledger of format 1")
+    assert not runs.exists()
+
+
 def test_a_reboot_asked_for_gives_the_slot_one_more_try(site: Site) -> None:
     m = HookedMachine(site)
     runs = site.tmp / "runs"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from updater import inventory, slots, state
 from updater.config import HooksSettings
-from updater.errors import UpdaterError
+from updater.errors import DataError, UpdaterError
 from updater.hooks import ledger, rules
 from updater.hooks.rules import Context, FirstBootStatus, Next, Stage
 from updater.hooks.runner import HookFailed, run_stage
@@ -101,7 +101,10 @@ class FirstBoot:
         image = rules.image_key(ctx.version, inventory.recorded_root_hash(self.state_dir, uuid))
         boot = self.boot_id()
         with ledger.locked(self.state_dir):
-            led = ledger.load(self.state_dir)
+            try:
+                led = ledger.load(self.state_dir)
+            except DataError as exc:  # whether the hooks ran is unknown: not proven healthy
+                return f"first-boot-of-slot: {exc.message}"
             step = rules.next_step(led, uuid, image, boot)
             if step is Next.RUN:
                 flag = Path(ctx.reboot_file or "")
