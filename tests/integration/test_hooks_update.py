@@ -8,20 +8,28 @@ hooks; ``updater pin``/``unpin`` and what update does under a pin."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import CgptField, Cli, need_tools
+from tests.integration.httprepo import FaultProxy, RepoServer
 from tests.integration.repos import Site
 from tests.integration.test_hooks_runner import hook
 from tests.integration.test_update import A, B, Machine, events, prio_tries_good
+from tests.unit.memrepo import MiB, make_image
 from updater import inventory, layout, slots, state, target
 from updater.config import HooksSettings
 from updater.hooks import stages
 from updater.hooks.rules import REBOOT_EXIT, Stage
 from updater.hooks.runner import HookFailed
 from updater.release import parse_version
+from updater.repo import publish
+from updater.repo.repository import Expiry, Repository, create
+from updater.repo.storage import DirStorage
 
 pytestmark = pytest.mark.integration
 HASH = "ab" * 32
@@ -96,6 +104,61 @@ def test_post_install_on_an_image_that_cannot_be_mounted_leaves_the_slot_unboota
         "updater: error: cannot mount the new slot for the post-install hooks: mount ")
     assert prio_tries_good(cgpt_field, m.disk, B) == (0, 0, 0)
     assert prio_tries_good(cgpt_field, m.disk, A) == (1, 0, 1)
+
+
+@pytest.fixture
+def squashfs_site(tmp_path: Path) -> Iterator[Site]:
+    """A repository whose release 2 is a real squashfs (``lib/os-release`` in it), mountable."""
+    need_tools("mksquashfs")
+    tree = tmp_path / "usr-tree"
+    (tree / "lib").mkdir(parents=True)
+    (tree / "lib" / "os-release").write_text("ID=flatcar\nVERSION_ID=2\n")
+    fs = tmp_path / "usr.squashfs"
+    subprocess.run(["mksquashfs", str(tree), str(fs), "-noappend", "-quiet", "-no-progress"],
+                   check=True, capture_output=True)  # fmt: skip
+    img = make_image(2, fs=fs.read_bytes())
+    root = tmp_path / "repo"
+    create(DirStorage(root), Expiry())
+    publish.add_release(Repository(DirStorage(root)), channel="stable", arch="x86_64",
+                        version=parse_version("2"), usr=[img.data], facts=img.facts,
+                        kernel=img.kernel, initrd=b"initrd", frame_size=MiB, level=1)  # fmt: skip
+    with RepoServer(root) as server, FaultProxy(server.url) as proxy:
+        yield Site(root, server, proxy, tmp_path)
+
+
+def test_post_install_hooks_see_the_new_slot_read_only(
+    squashfs_site: Site, cgpt_field: CgptField
+) -> None:
+    m = HookedMachine(squashfs_site)
+    seen = squashfs_site.tmp / "seen"
+    hook(m.hooks, Stage.POST_INSTALL, "10-look",
+         f'cat "$UPDATER_SLOT_MOUNT/lib/os-release" > {seen}; echo "$UPDATER_SLOT_MOUNT" >> {seen}'
+         f'; touch "$UPDATER_SLOT_MOUNT/written" 2>/dev/null && echo writable >> {seen}; exit 0')
+    proc = m.update("--json")
+    assert proc.returncode == 0, proc.stderr
+    lines = seen.read_text().splitlines()
+    assert lines[:2] == ["ID=flatcar", "VERSION_ID=2"] and "writable" not in lines
+    where = lines[2]
+    assert where.startswith(("/run/updater/hooks/slot-", "/tmp/"))
+    assert not os.path.exists(where), "unmounted and removed after the hooks"
+    assert f" {where} " not in Path("/proc/self/mountinfo").read_text()
+    assert {"event": "hooks", "stage": "post-install", "hooks": ["10-look"]} in events(proc)
+    assert prio_tries_good(cgpt_field, m.disk, B) == (2, 1, 0)
+
+
+def test_a_failing_post_install_hook_leaves_the_slot_unbootable(
+    squashfs_site: Site, cgpt_field: CgptField
+) -> None:
+    m = HookedMachine(squashfs_site)
+    hook(m.hooks, Stage.POST_INSTALL, "10-refuse",
+         'grep -q VERSION_ID=3 "$UPDATER_SLOT_MOUNT/lib/os-release"')  # fmt: skip
+    proc = m.update()
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == ("updater: error: post-install hook 10-refuse exited "
+                                            "1; USR-B stays unbootable")  # fmt: skip
+    assert prio_tries_good(cgpt_field, m.disk, B) == (0, 0, 0)
+    assert prio_tries_good(cgpt_field, m.disk, A) == (1, 0, 1)
+    assert "/updater/hooks/slot-" not in Path("/proc/self/mountinfo").read_text()
 
 
 def booted_target(m: Machine, booted: str) -> target.Target:
