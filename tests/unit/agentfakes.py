@@ -203,7 +203,7 @@ class FakeFirstBoot:
     runs: list[str] = field(default_factory=list)  # the versions whose hooks ran, in order
     crash_after_run: bool = False
 
-    def __call__(self) -> str | None:
+    def __call__(self, tick: Callable[[], None] | None = None) -> str | None:
         b = self.m.booted()
         slot = self.m._slot(b.slot.letter)
         uuid, image = str(slot.partuuid), rules.image_key(b.slot.version, "")

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import threading
 import zoneinfo
-from collections.abc import Callable
 from datetime import UTC, tzinfo
 from pathlib import Path
 
 from updater import pin
 from updater.agent import schedule
-from updater.agent.health import HealthChecks
+from updater.agent.health import FirstBootCheck, HealthChecks
 from updater.agent.locking import reboot_lock
 from updater.agent.machine import Policy
 from updater.agent.runner import Agent, Clock, SystemClock
@@ -71,7 +70,7 @@ def policy(cfg: Config, seed: int) -> Policy:
 
 def agent(cfg: Config, system: System, clock: Clock | None = None,
           stop: threading.Event | None = None,
-          first_boot: Callable[[], str | None] | None = None) -> Agent:  # fmt: skip
+          first_boot: FirstBootCheck | None = None) -> Agent:  # fmt: skip
     """The agent; ``first_boot`` runs the first-boot-of-slot hooks before the health checks."""
     stop = stop or threading.Event()
     clock = clock or SystemClock(stop)
@@ -90,7 +89,8 @@ def agent(cfg: Config, system: System, clock: Clock | None = None,
         metrics_file=cfg.agent.metrics_file,
         reboot_required_file=cfg.agent.reboot_required_file,
         ttl=cfg.lock.ttl,
-        health_timeout=cfg.health.timeout,
+        # the longest step that cannot ping the watchdog: a health command, or one hook
+        health_timeout=max(cfg.health.timeout, cfg.hooks.timeout),
         pinned=lambda: _pinned(cfg.update.state_dir),
     )
 

@@ -30,9 +30,14 @@ def _tail(data: bytes | None) -> str:
     return lines[-1][:200] if lines else ""
 
 
+# The first-boot-of-slot hooks of the booted slot: None, or why the slot is not healthy. The
+# argument runs between hooks (the agent's ``tick``).
+FirstBootCheck = Callable[[Callable[[], None]], str | None]
+
+
 class HealthChecks:
     def __init__(self, settings: HealthSettings, clock: Clock,
-                 first_boot: Callable[[], str | None] | None = None) -> None:  # fmt: skip
+                 first_boot: FirstBootCheck | None = None) -> None:  # fmt: skip
         self.settings = settings
         self.clock = clock
         # The first-boot-of-slot hooks (``updater.hooks.stages.FirstBoot``): they run once,
@@ -81,7 +86,7 @@ class HealthChecks:
         runs between rounds (watchdog, lock renewal; it may raise to stop). A failed
         first-boot-of-slot hook fails the check at once."""
         if self.first_boot is not None:
-            why = self.first_boot()
+            why = self.first_boot(tick)
             if why is not None:
                 return why
         while True:

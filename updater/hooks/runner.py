@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from updater.config import HooksSettings
@@ -87,10 +88,14 @@ def run_one(path: Path, ctx: Context, timeout: float) -> HookResult:
     return HookResult(name, proc.returncode)
 
 
-def run_stage(settings: HooksSettings, ctx: Context) -> Verdict:
-    """Every hook of the stage in order, until one fails."""
+def run_stage(settings: HooksSettings, ctx: Context,
+              between: Callable[[], None] | None = None) -> Verdict:  # fmt: skip
+    """Every hook of the stage in order, until one fails. ``between`` runs before each hook
+    (the agent's watchdog; it may raise to stop)."""
     results: list[HookResult] = []
     for path in discover(stage_dir(settings, ctx.stage)):
+        if between is not None:
+            between()
         log(f"{ctx.stage} hook {path.name}: running")
         result = run_one(path, ctx, settings.timeout)
         results.append(result)

@@ -89,7 +89,8 @@ class FirstBoot:
     boot_id: Callable[[], str]
     reboot: Callable[[], None] | None  # None: the caller tells someone to reboot
 
-    def __call__(self) -> str | None:
+    def __call__(self, tick: Callable[[], None] | None = None) -> str | None:
+        """``tick`` runs before each hook (the agent's watchdog and lock renewal)."""
         t = self.target()
         st = state.load(t)
         if st.booted is None:
@@ -109,7 +110,7 @@ class FirstBoot:
             if step is Next.RUN:
                 flag = Path(ctx.reboot_file or "")
                 flag.unlink(missing_ok=True)
-                verdict = run_stage(self.settings, ctx)
+                verdict = run_stage(self.settings, ctx, tick)
                 with contextlib.suppress(OSError):
                     flag.unlink(missing_ok=True)
                 led = rules.recorded(led, uuid, image, verdict, boot)
