@@ -201,5 +201,3 @@ def _hooks(request: Request, ctx: Context, emit: Emit, what: str) -> None:
     verdict = hooks.require(request.hooks, ctx, what=what)
     if verdict.ran:
         emit(Event("hooks", {"stage": str(ctx.stage), "hooks": list(verdict.ran)}))
-
-
