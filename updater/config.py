@@ -132,6 +132,12 @@ class InstallSettings:
 
 
 @dataclass(frozen=True)
+class HooksSettings:
+    dir: str = "/etc/updater/hooks"
+    timeout: float = 300.0
+
+
+@dataclass(frozen=True)
 class Config:
     boot: BootSettings = field(default_factory=BootSettings)
     update: UpdateSettings = field(default_factory=UpdateSettings)
@@ -139,6 +145,7 @@ class Config:
     lock: LockSettings = field(default_factory=LockSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     install: InstallSettings = field(default_factory=InstallSettings)
+    hooks: HooksSettings = field(default_factory=HooksSettings)
     source: str | None = None  # the file it was read from; None: every default
 
 
@@ -149,6 +156,7 @@ SECTIONS: Mapping[str, type[Any]] = {
     "lock": LockSettings,
     "health": HealthSettings,
     "install": InstallSettings,
+    "hooks": HooksSettings,
 }
 
 # ------------------------------------------------------------------------------ value parsers
@@ -478,6 +486,14 @@ SETTINGS: tuple[Setting, ...] = (
             "What `updater install` puts on a new disk besides the release: `grub/BOOTX64.EFI` "
             "(`BOOTAA64.EFI` on arm64) and `grub/grub.cfg` for the ESP, `root/` (the initial "
             "ROOT; absent: ROOT starts empty), `oem/ID/` (the OEM files for `--oem ID`)."),
+    Setting("hooks", "dir", _absolute_path,
+            "Where the hook directories are: `pre-install.d`, `post-install.d`, "
+            "`pre-reboot.d`, `first-boot-of-slot.d` and `post-commit.d`, each holding "
+            "executables run in lexical order (README, \"Hooks\"). Missing directories run "
+            "nothing."),
+    Setting("hooks", "timeout", _seconds(1, 86400),
+            "Seconds each hook executable may run; one that takes longer is killed (with "
+            "everything it started) and counts as failed."),
 )  # fmt: skip
 
 _BY_KEY = {(s.section, s.key): s for s in SETTINGS}

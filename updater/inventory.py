@@ -107,3 +107,10 @@ def slot_version(
         if found is not None:
             return found
     return recorded(state_dir, partuuid)
+
+
+def recorded_root_hash(state_dir: str, partuuid: str) -> str:
+    """The verity root hash recorded with the slot's version; "" when none is."""
+    entry = _load(state_dir).get(partuuid.lower())
+    value = entry.get("root_hash") if isinstance(entry, dict) else None
+    return value if isinstance(value, str) and _HASH.fullmatch(value) else ""

@@ -18,3 +18,18 @@ def line(value: Any) -> str:
     import json
 
     return json.dumps(value, sort_keys=True, separators=(",", ":")) + "\n"
+
+
+def bounded_loads(data: bytes, limit: int) -> Any:
+    """A small state file's JSON document, read back: DataError when it is larger than
+    ``limit`` bytes or not JSON (the caller checks its shape)."""
+    import json
+
+    from updater.errors import DataError
+
+    if len(data) > limit:
+        raise DataError(f"more than {limit} bytes")
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"not JSON: {exc}") from None

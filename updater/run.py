@@ -9,9 +9,11 @@ match (``kexec.classify`` reads strerror texts), plus what the caller passes exp
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -64,11 +66,25 @@ def run(
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
     timeout: float | None = None,
+    session: bool = False,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run ``argv``; raise CommandFailed on a non-zero exit when ``check``."""
+    """Run ``argv``; raise CommandFailed on a non-zero exit when ``check``.
+
+    ``session``: for programs the operator supplies (hooks): the child gets a session of its
+    own, its stderr goes into the captured stdout (one stream, in order), and on ``timeout``
+    the whole session is killed, not only the child: a shell script's ``sleep`` would otherwise
+    keep the output pipe open and the wait would outlive the timeout. The captured output so far
+    travels in the ``subprocess.TimeoutExpired`` raised."""
     full_env = child_env(env)
     if debugging():
         sys.stderr.write("+ " + shlex.join(argv) + "\n")
+    if session:
+        try:
+            return _run_session(argv, full_env, cwd, timeout)
+        except FileNotFoundError as exc:
+            raise ToolMissing(f"{argv[0]} is not installed") from exc
+        except ValueError as exc:
+            raise DataError(f"cannot run {argv[0]}: {exc}") from None
     try:
         proc = subprocess.run(
             list(argv),
@@ -89,3 +105,33 @@ def run(
         err = proc.stderr.decode(errors="replace") if proc.stderr else ""
         raise CommandFailed(argv, proc.returncode, err)
     return proc
+
+
+def _run_session(
+    argv: Sequence[str], env: Mapping[str, str], cwd: str | None, timeout: float | None
+) -> subprocess.CompletedProcess[bytes]:
+    with subprocess.Popen(
+        list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=env, cwd=cwd, start_new_session=True,
+    ) as proc:  # fmt: skip
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_session(proc.pid)
+            try:  # bounded again: a grandchild that left the session may hold the pipe
+                out, _ = proc.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                out = b""
+            raise subprocess.TimeoutExpired(list(argv), timeout or 0, output=out) from None
+        except BaseException:  # a signal while waiting: leave nothing of it running
+            _kill_session(proc.pid)
+            raise
+        finally:
+            _kill_session(proc.pid)  # what the child left running in its session goes too
+    return subprocess.CompletedProcess(list(argv), proc.returncode, out, None)
+
+
+
+def _kill_session(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)

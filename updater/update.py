@@ -4,10 +4,13 @@ when every check has passed, then, if asked, a reboot into it.
 1. check: refresh the signed metadata (TUF), read the channel index and choose the release for
    this machine (``release.choose``: newest for the channel and architecture that is newer than
    the booted slot's version, a pinned one, downgrades only when allowed);
+   then the ``pre-install`` hooks: a failing one stops here, with nothing written;
 2. the other slot is made unbootable (P0 T0 S0), durably, before a byte of it is written: a cut
    anywhere after this leaves a disk that boots the booted slot and never a half-written one;
 3. ``deploy``: the image streamed into the slot and read back against the signed root hash, then
    the slot's kernel (carrying that hash) and initrd onto the ESP, atomically;
+   then the ``post-install`` hooks with the new slot mounted read-only (a failing one leaves
+   the slot unbootable);
 4. ``set-active``: the only step that makes the new slot bootable (priority on top, one try);
 5. with ``reboot``: the reboot flow (kexec, firmware fallback) into it.
 
@@ -22,12 +25,16 @@ refuses it, and ``slots.make_unbootable`` refuses to disable it), and raises typ
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from updater import bootfs, deploy, gpt, gptformat, inventory, release, slots, state
-from updater.config import RebootVia, UpdateSettings
+from updater.config import HooksSettings, RebootVia, UpdateSettings
 from updater.errors import SlotError
+from updater.hooks import ledger as hook_ledger
+from updater.hooks import runner as hooks
+from updater.hooks import slotmount
+from updater.hooks.rules import Context, Stage
 from updater.release import Release, Version
 from updater.slotwrite import Region, clear_journal
 from updater.target import Target
@@ -44,12 +51,13 @@ class Request:
     allow_downgrade: bool = False
     check_only: bool = False
     reboot: RebootVia = RebootVia.NONE
+    hooks: HooksSettings | None = None  # None: run no hooks
 
 
 @dataclass(frozen=True)
 class Event:
-    """One thing the flow did: ``kind`` is checking, available, nothing, downloading, verifying,
-    boot-files, activated or rebooting; ``data`` its JSON-ready facts."""
+    """One thing the flow did: ``kind`` is checking, available, nothing, hooks, downloading,
+    verifying, boot-files, activated or rebooting; ``data`` its JSON-ready facts."""
 
     kind: str
     data: dict[str, Any] = field(default_factory=dict)
@@ -136,6 +144,10 @@ def run(target: Target, request: Request, client: ReleaseClient, emit: Emit) -> 
                              "download": rel.image.usr.length}))  # fmt: skip
     if request.check_only:
         return Outcome("available", choice.reason, booted_version, rel)
+    context = Context(Stage.PRE_INSTALL, str(rel.version), other.letter, str(other.partuuid),
+                      booted.letter, str(booted_version) if booted_version else None,
+                      state_dir=settings.state_dir)  # fmt: skip
+    _hooks(request, context, emit, "nothing was changed")
     if booted_version is not None:
         inventory.record(settings.state_dir, str(booted.partuuid), booted_version)
     letter = other.letter
@@ -145,6 +157,7 @@ def run(target: Target, request: Request, client: ReleaseClient, emit: Emit) -> 
     state.change(target, state.by_slots(slots.make_unbootable, other.partition,
                                         booted=st.booted))  # fmt: skip
     inventory.record(settings.state_dir, str(other.partuuid), None)
+    hook_ledger.forget(settings.state_dir, str(other.partuuid))  # a new first boot to come
     with gpt.locked(target.disk, writable=False) as d:
         table = gpt.read_table(d)
     if target.esp is None:
@@ -159,6 +172,11 @@ def run(target: Target, request: Request, client: ReleaseClient, emit: Emit) -> 
     done = deploy.deploy(client, rel, dest, target.esp, state_dir=settings.state_dir,
                          arch=request.arch, progress=progress)  # fmt: skip
     inventory.record(settings.state_dir, str(other.partuuid), rel.version, done.root_hash)
+    post = replace(context, stage=Stage.POST_INSTALL)
+    if request.hooks is not None and hooks.has_hooks(request.hooks, Stage.POST_INSTALL):
+        with slotmount.mounted(dest.region, rel.image.fs_type) as where:
+            _hooks(request, replace(post, mount=where), emit,
+                   f"{other.label} stays unbootable")  # fmt: skip
     # 4. the only step that makes the new slot bootable
     outcome = state.change(
         target,
@@ -174,3 +192,12 @@ def run(target: Target, request: Request, client: ReleaseClient, emit: Emit) -> 
                              "whole_file_checked": done.write.whole_file_checked}))  # fmt: skip
     return Outcome("updated", choice.reason, booted_version, rel, activated,
                    done.write.first_frame > 0)  # fmt: skip
+
+
+def _hooks(request: Request, ctx: Context, emit: Emit, what: str) -> None:
+    """Run a stage's hooks; a failure raises HookFailed saying ``what`` (the state it left)."""
+    if request.hooks is None:
+        return
+    verdict = hooks.require(request.hooks, ctx, what=what)
+    if verdict.ran:
+        emit(Event("hooks", {"stage": str(ctx.stage), "hooks": list(verdict.ran)}))

@@ -15,11 +15,13 @@ from updater import slots
 from updater.agent.machine import Policy
 from updater.agent.notify import Notifier
 from updater.agent.record import LockTicket
-from updater.agent.runner import Agent
+from updater.agent.runner import Agent, Verifier
 from updater.agent.seam import Booted, Offer, Progress, SlotView
 from updater.agent.store import Store
 from updater.config import RebootStrategy
 from updater.errors import TransportError, VerificationError
+from updater.hooks import rules
+from updater.hooks.rules import LedgerEntry, Next, Verdict
 
 GOOD = slots.encode(0, priority=1, tries=0, successful=True)
 
@@ -72,8 +74,11 @@ class FakeMachine:
         if self.offline:
             raise TransportError("repository unreachable")
         mine = int(self.versions[self.booted_letter])
-        newer = [o for o in self.releases if int(o.version) > mine and o.version not in blocked]
         self._done("available")
+        if pin is not None:  # exactly the pinned one, even if older (the seam's contract)
+            exact = [o for o in self.releases if o.version == pin and o.version != str(mine)]
+            return exact[0] if exact else None
+        newer = [o for o in self.releases if int(o.version) > mine and o.version not in blocked]
         return max(newer, key=lambda o: int(o.version)) if newer else None
 
     def stage(self, offer: Offer, progress: Progress) -> None:
@@ -173,12 +178,50 @@ def policy(**changes: object) -> Policy:
     return Policy(**values)  # type: ignore[arg-type]
 
 
-def agent(tmp: Path, m: FakeMachine, *, lock: FakeLock | None, health: FakeHealth,
-          clock: FakeClock, pol: Policy | None = None) -> Agent:  # fmt: skip
+def agent(tmp: Path, m: FakeMachine, *, lock: FakeLock | None, health: Verifier,
+          clock: FakeClock, pol: Policy | None = None,
+          pinned: Callable[[], str | None] = lambda: None) -> Agent:  # fmt: skip
     return Agent(
         system=m, store=Store(str(tmp / "state")), policy=pol or policy(locking=lock is not None),
         channel="stable", pin=None, lock=lock, health=health, clock=clock,
         stop=threading.Event(), notifier=Notifier(env={}),
         metrics_file=str(tmp / "metrics.prom"),
-        reboot_required_file=str(tmp / "reboot-required"), draw=lambda: 0.5,
+        reboot_required_file=str(tmp / "reboot-required"), draw=lambda: 0.5, pinned=pinned,
     )  # fmt: skip
+
+
+@dataclass
+class FakeFirstBoot:
+    """``updater.hooks.stages.FirstBoot`` over the fake machine: the real ledger rules
+    (``updater.hooks.rules``) on a ledger kept outside the agent (as its file survives restarts
+    and reboots), hook verdicts scripted by version, and the reboot a hook asks for done the
+    same way: one more try for the booted slot, then the machine's reboot."""
+
+    m: FakeMachine
+    verdicts: dict[str, Verdict] = field(default_factory=dict)  # by version; default: passed
+    ledger: dict[str, LedgerEntry] = field(default_factory=dict)
+    runs: list[str] = field(default_factory=list)  # the versions whose hooks ran, in order
+    crash_after_run: bool = False
+
+    def __call__(self, tick: Callable[[], None] | None = None) -> str | None:
+        b = self.m.booted()
+        slot = self.m._slot(b.slot.letter)
+        uuid, image = str(slot.partuuid), rules.image_key(b.slot.version, "")
+        step = rules.next_step(self.ledger, uuid, image, b.boot_id)
+        if step is Next.RUN:
+            verdict = self.verdicts.get(b.slot.version or "", Verdict())
+            self.runs.append(b.slot.version or "")
+            self.ledger = rules.recorded(self.ledger, uuid, image, verdict, b.boot_id)
+            if self.crash_after_run:
+                self.crash_after_run = False
+                raise Crash("first boot")
+            step = rules.next_step(self.ledger, uuid, image, b.boot_id)
+        if step is Next.DONE:
+            self.ledger = rules.rebooted(self.ledger, uuid)
+            return None
+        if step is Next.FAILED:
+            return self.ledger[uuid.lower()].detail
+        self.m._apply(slots.set_active(self.m.table, slot.partition, booted=slot.partition,
+                                       force=True))  # fmt: skip
+        self.m.reboot("kexec")
+        raise AssertionError("the reboot returned")

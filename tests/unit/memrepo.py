@@ -34,14 +34,18 @@ class Image:
     kernel: bytes
 
 
-def make_image(version: int, fs_size: int = 5 * BLOCK_SIZE + 100, arch: str = "x86_64") -> Image:
+def make_image(version: int, fs_size: int = 5 * BLOCK_SIZE + 100, arch: str = "x86_64",
+               fs: bytes | None = None) -> Image:  # fmt: skip
     """A USR image as the image builder makes one: a filesystem (a squashfs superblock with
-    bytes_used, then random bytes), padding to 4096, a verity superblock and tree from the project's
-    own verity module; and a kernel carrying the root hash where GRUB reads it."""
-    head = b"hsqs" + bytes(36) + fs_size.to_bytes(8, "little")
-    body = random.Random(version).randbytes(fs_size - len(head))  # incompressible, like squashfs
-    offset = -(-fs_size // BLOCK_SIZE) * BLOCK_SIZE
-    data = (head + body).ljust(offset, b"\0")
+    bytes_used, then random bytes; or ``fs``, a real one), padding to 4096, a verity superblock
+    and tree from the project's own verity module; and a kernel carrying the root hash where
+    GRUB reads it."""
+    if fs is None:
+        head = b"hsqs" + bytes(36) + fs_size.to_bytes(8, "little")
+        body = random.Random(version).randbytes(fs_size - len(head))  # incompressible
+        fs = head + body
+    offset = -(-len(fs) // BLOCK_SIZE) * BLOCK_SIZE
+    data = fs.ljust(offset, b"\0")
     params = VerityParams(offset // BLOCK_SIZE, b"")
     builder = VerityTreeBuilder(params)
     builder.update(data)

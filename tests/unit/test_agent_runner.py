@@ -5,6 +5,7 @@ verified), roll back."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from tests.unit.agentfakes import (
     policy,
 )
 from updater.agent.record import RESTING, Reason, Record, State
-from updater.agent.runner import Mode
+from updater.agent.runner import Mode, Verifier
 from updater.agent.schedule import parse_window
 from updater.agent.store import Store
 from updater.config import RebootStrategy
@@ -41,9 +42,10 @@ class CrashingStore(Store):
             raise Crash(str(rec.state))
 
 
-def drive(tmp: Path, m: FakeMachine, lock: FakeLock | None, health: FakeHealth,
+def drive(tmp: Path, m: FakeMachine, lock: FakeLock | None, health: Verifier,
           *, crash: State | None = None, power_cut: bool = False, pol: object = None,
-          clock: FakeClock | None = None) -> Record:  # fmt: skip
+          clock: FakeClock | None = None,
+          pinned: Callable[[], str | None] = lambda: None) -> Record:  # fmt: skip
     """Run the agent as systemd and the machine would: restart it after each reboot or crash
     (a power cut also boots through GRUB), until it rests with nothing pending."""
     clock = clock or FakeClock()
@@ -51,7 +53,8 @@ def drive(tmp: Path, m: FakeMachine, lock: FakeLock | None, health: FakeHealth,
     crashed = False
     store = CrashingStore(str(tmp / "state"), pending)
     for _ in range(30):
-        a = agent(tmp, m, lock=lock, health=health, clock=clock, pol=pol)  # type: ignore[arg-type]
+        a = agent(tmp, m, lock=lock, health=health, clock=clock, pol=pol,  # type: ignore[arg-type]
+                  pinned=pinned)
         a.store = store
         try:
             a.run(Mode.ONCE)

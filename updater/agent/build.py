@@ -10,8 +10,9 @@ import zoneinfo
 from datetime import UTC, tzinfo
 from pathlib import Path
 
+from updater import pin
 from updater.agent import schedule
-from updater.agent.health import HealthChecks
+from updater.agent.health import FirstBootCheck, HealthChecks
 from updater.agent.locking import reboot_lock
 from updater.agent.machine import Policy
 from updater.agent.runner import Agent, Clock, SystemClock
@@ -68,7 +69,9 @@ def policy(cfg: Config, seed: int) -> Policy:
 
 
 def agent(cfg: Config, system: System, clock: Clock | None = None,
-          stop: threading.Event | None = None) -> Agent:  # fmt: skip
+          stop: threading.Event | None = None,
+          first_boot: FirstBootCheck | None = None) -> Agent:  # fmt: skip
+    """The agent; ``first_boot`` runs the first-boot-of-slot hooks before the health checks."""
     stop = stop or threading.Event()
     clock = clock or SystemClock(stop)
     mid = machine_id(cfg.agent.machine_id_file)
@@ -80,11 +83,18 @@ def agent(cfg: Config, system: System, clock: Clock | None = None,
         channel=cfg.agent.channel or cfg.update.channel,
         pin=cfg.agent.version or None,
         lock=reboot_lock(cfg.lock, holder),
-        health=HealthChecks(cfg.health, clock),
+        health=HealthChecks(cfg.health, clock, first_boot),
         clock=clock,
         stop=stop,
         metrics_file=cfg.agent.metrics_file,
         reboot_required_file=cfg.agent.reboot_required_file,
         ttl=cfg.lock.ttl,
-        health_timeout=cfg.health.timeout,
+        # the longest step that cannot ping the watchdog: a health command, or one hook
+        health_timeout=max(cfg.health.timeout, cfg.hooks.timeout),
+        pinned=lambda: _pinned(cfg.update.state_dir),
     )
+
+
+def _pinned(state_dir: str) -> str | None:
+    version = pin.load(state_dir)
+    return str(version) if version is not None else None

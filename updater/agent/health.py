@@ -1,5 +1,6 @@
 """The health checks of a slot booted on trial: commands that must exit 0 and systemd units that
-must be active, all passing in one round before a deadline.
+must be active, all passing in one round before a deadline; first, once per newly activated
+slot, the first-boot-of-slot hooks, whose failure fails the check.
 
 Checks that fail are retried every ``interval`` seconds until the deadline, because right after a
 boot a service may still be starting; the release is judged bad only when the deadline passes
@@ -29,10 +30,19 @@ def _tail(data: bytes | None) -> str:
     return lines[-1][:200] if lines else ""
 
 
+# The first-boot-of-slot hooks of the booted slot: None, or why the slot is not healthy. The
+# argument runs between hooks (the agent's ``tick``).
+FirstBootCheck = Callable[[Callable[[], None]], str | None]
+
+
 class HealthChecks:
-    def __init__(self, settings: HealthSettings, clock: Clock) -> None:
+    def __init__(self, settings: HealthSettings, clock: Clock,
+                 first_boot: FirstBootCheck | None = None) -> None:  # fmt: skip
         self.settings = settings
         self.clock = clock
+        # The first-boot-of-slot hooks (``updater.hooks.stages.FirstBoot``): they run once,
+        # before the first round; their failure is final, never retried.
+        self.first_boot = first_boot
 
     def _command(self, argv: tuple[str, ...], timeout: float) -> str | None:
         try:
@@ -73,7 +83,12 @@ class HealthChecks:
 
     def verify(self, deadline: float, tick: Callable[[], None]) -> str | None:
         """Rounds until one passes (None) or ``deadline`` passes (the last failure). ``tick``
-        runs between rounds (watchdog, lock renewal; it may raise to stop)."""
+        runs between rounds (watchdog, lock renewal; it may raise to stop). A failed
+        first-boot-of-slot hook fails the check at once."""
+        if self.first_boot is not None:
+            why = self.first_boot(tick)
+            if why is not None:
+                return why
         while True:
             why = self.round(deadline)
             if why is None:

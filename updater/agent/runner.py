@@ -40,7 +40,7 @@ from updater.agent.record import DESCRIPTIONS, RESTING, Record, State
 from updater.agent.schedule import rfc3339
 from updater.agent.seam import System
 from updater.agent.store import AgentRunning, Store, write_atomic
-from updater.errors import UpdaterError
+from updater.errors import ReleaseError, UpdaterError
 
 REBOOT_REQUIRED_TEXT = b"*** System restart required ***\n"
 
@@ -109,6 +109,9 @@ class Agent:
     ttl: float = 900.0
     health_timeout: float = 60.0  # the longest single check: the watchdog is stretched by it
     draw: Callable[[], float] = random.random
+    # The operator's pin (``updater pin``), read at every check and stage: it wins over ``pin``
+    # (the configuration's [agent] version). It may raise (a damaged pin file): the step fails.
+    pinned: Callable[[], str | None] = lambda: None
     _said: str = field(default="", init=False)  # the last status reported
     _renewed: float = field(default=0.0, init=False)  # when the lock's lease was last renewed
 
@@ -196,9 +199,16 @@ class Agent:
         match action.do:
             case Do.CHECK:
                 blocked = rec.blocked_versions()
-                return machine.Offered(self.system.available(self.channel, self.pin, blocked))
+                pin = self.pinned() or self.pin
+                if pin:
+                    self.say(f"pinned to release {pin}")
+                return machine.Offered(self.system.available(self.channel, pin, blocked))
             case Do.STAGE:
                 assert action.offer is not None
+                pin = self.pinned()
+                if pin and pin != action.offer.version:  # pinned after the check
+                    raise ReleaseError(f"this machine is pinned to release {pin}: release "
+                                       f"{action.offer.version} is not staged")  # fmt: skip
                 self.system.stage(action.offer, self._progress)
             case Do.SIGNAL:
                 write_atomic(self.reboot_required_file, REBOOT_REQUIRED_TEXT)

@@ -8,8 +8,10 @@ update flow, the slot rules and the reboot flow.
   picks among the releases that are not blocked (a pin may be older: the operator asked);
 - ``stage``: ``updater.update.run`` for exactly that version (it recognises a release already
   staged, and resumes an interrupted write);
-- ``reboot``: ``updater.bootflow.reboot`` into the slot that boots next;
-- ``mark_good`` / ``mark_bad``: ``state.change`` with ``slots.mark_good`` / ``slots.mark_bad``.
+- ``reboot``: the pre-reboot hooks when the slot that boots next is a new one
+  (``updater.hooks.stages``), then ``updater.bootflow.reboot`` into it;
+- ``mark_good`` / ``mark_bad``: ``state.change`` with ``slots.mark_good`` / ``slots.mark_bad``;
+  after ``mark_good``, the post-commit hooks.
 
 The disk is resolved anew for every call (``target``): the agent runs for weeks, across
 reboots and state changes made by operators. This module decides nothing; the agent's state
@@ -115,12 +117,12 @@ class UpdateFlowSystem:
         settings = with_overrides(self.cfg, "update", reboot=RebootVia.NONE).update
         request = update.Request(settings=settings, arch=t.boot.arch,
                                  pin=release.parse_version(offer.version),
-                                 allow_downgrade=True)  # fmt: skip
+                                 allow_downgrade=True, hooks=self.cfg.hooks)  # fmt: skip
 
         def emit(event: Event) -> None:
             if event.kind in ("downloading", "verifying"):
                 progress(int(event.data["bytes"]), int(event.data["total"]))
-            elif event.kind in ("available", "nothing", "activated"):
+            elif event.kind in ("available", "nothing", "hooks", "activated"):
                 log(f"stage: {event.kind} {event.data}")
 
         outcome = update.run(t, request, self._client(), emit)
@@ -128,6 +130,10 @@ class UpdateFlowSystem:
             raise SlotError(f"release {offer.version} was not staged: {outcome.reason}")
 
     def reboot(self, via: str) -> None:
+        from updater.hooks import stages
+
+        stages.before_reboot(self.cfg.hooks, self.target(), self.cfg.update.state_dir)
+
         def announce(report: bootflow.Report) -> None:
             slot = report.slot.label if report.slot else "no slot"
             log(f"rebooting into {slot} ({report.method})")
@@ -140,6 +146,9 @@ class UpdateFlowSystem:
         if t.booted is None:
             raise SlotError("the booted slot is unknown")
         state.change(t, state.by_slots(slots.mark_good, t.booted))
+        from updater.hooks import stages
+
+        stages.after_commit(self.cfg.hooks, t, self.cfg.update.state_dir)
 
     def mark_bad(self, slot: str) -> None:
         state.change(self.target(), lambda st: slots.mark_bad(st.slots, st.resolve(slot).partition))

@@ -46,6 +46,8 @@ INDEX: dict[str, Entry] = {
     "update": Entry(
         "update", "install the newest signed release into the other slot and activate it"
     ),
+    "pin": Entry("pin", "hold this machine at one release (update and the agent install no other)"),
+    "unpin": Entry("pin", "follow the channel again after updater pin"),
     "repo": Entry("repo", "publish signed releases: a TUF repository"),
     "agent": Entry(
         "agent", "the fleet update agent (unattended updates, health-gated commit, rollback)"

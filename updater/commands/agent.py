@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,8 @@ from updater.errors import UpdaterError
 if TYPE_CHECKING:
     from updater.agent.runner import Mode
     from updater.agent.seam import System
+    from updater.hooks.stages import FirstBoot
+    from updater.target import Target
 
 # The agent's machinery (requests, prometheus_client) is imported when the agent runs, not when
 # any other command starts: start-up time counts on small machines.
@@ -24,14 +27,19 @@ if TYPE_CHECKING:
 def update_flow_system(args: argparse.Namespace, cfg: config.Config) -> System:
     """The seam on top of the update flow, on the disk of the global options (default: the
     disk holding the booted /usr), resolved anew for each call."""
-    from updater import target
     from updater.agent.system import UpdateFlowSystem
 
-    def resolve() -> target.Target:
+    return UpdateFlowSystem(cfg, _resolver(args, cfg))
+
+
+def _resolver(args: argparse.Namespace, cfg: config.Config) -> Callable[[], Target]:
+    from updater import target
+
+    def resolve() -> Target:
         return target.resolve(args.disk, args.booted, esp=args.esp, oem=args.oem,
                               settings=cfg.boot)  # fmt: skip
 
-    return UpdateFlowSystem(cfg, resolve)
+    return resolve
 
 
 def _system(args: argparse.Namespace, cfg: config.Config) -> tuple[System, bool]:
@@ -54,7 +62,18 @@ def _run(args: argparse.Namespace, mode: Mode) -> int:
 
         stop = threading.Event()
         return build.agent(cfg, system, SimClock(stop), stop).run(mode)
-    return build.agent(cfg, system).run(mode)
+    return build.agent(cfg, system, first_boot=first_boot(args, cfg, system)).run(mode)
+
+
+def first_boot(args: argparse.Namespace, cfg: config.Config, system: System) -> FirstBoot:
+    """The first-boot-of-slot hooks of the booted slot, for the health check; a reboot a hook
+    asks for goes the way the agent reboots ([agent] reboot; with ``off``, someone else's)."""
+    from updater.agent.system import read_boot_id
+    from updater.hooks.stages import FirstBoot
+
+    via = str(cfg.agent.reboot)
+    reboot = None if via == "off" else (lambda: system.reboot(via))
+    return FirstBoot(cfg.hooks, cfg.update.state_dir, _resolver(args, cfg), read_boot_id, reboot)
 
 
 def cmd_agent(args: argparse.Namespace) -> int:

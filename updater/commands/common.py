@@ -71,6 +71,16 @@ class ProgressBar:
         self.phase = ""
 
 
+def version_arg(text: str) -> Any:
+    """An argparse ``type``: a release version (``updater.release.parse_version``)."""
+    from updater import release
+
+    try:
+        return release.parse_version(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_repository_options(p: argparse.ArgumentParser, state_help: str) -> None:
     """``--repo``, ``--trusted-root``, ``--state-dir`` and ``--channel``: the ``[update]``
     settings a command that reads the release repository lets the command line override, each

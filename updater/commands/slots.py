@@ -12,7 +12,7 @@ from updater import contracts, gpt, layout, slotimage, slots, state, target
 from updater.commands import INDEX
 from updater.commands.common import emit, resolve_target
 from updater.commands.common import out as _out
-from updater.errors import UsageError
+from updater.errors import SlotError, UpdaterError, UsageError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -35,8 +35,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     st = state.load(resolve_target(args))
     agent = agent_report.status_json(args.config)
+    held, held_error = _pin_of(args)
     if args.json:
-        emit({**contracts.status(st), "agent": agent})
+        emit({**contracts.status(st), "agent": agent, "pin": held, "pin_error": held_error})
         return 0
     t = st.table
     backup = t.backup.problem or ("stale" if t.backup_stale else "valid")
@@ -45,7 +46,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     if st.next is None:
         _out("no slot is bootable\n")
     _out(agent_report.status_line(agent))
+    if held or held_error:
+        _out(f"pinned to release {held} (updater unpin)\n" if held else f"pin: {held_error}\n")
     return 0
+
+
+def _pin_of(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The pinned version (``updater pin``) and, when the pin cannot be read, why."""
+    from updater import config, pin
+
+    try:
+        version = pin.load(config.load(args.config).update.state_dir)
+    except UpdaterError as exc:
+        return None, exc.message
+    return (str(version) if version else None), None
 
 
 def cmd_next(args: argparse.Namespace) -> int:
@@ -126,6 +140,30 @@ def _decide_set_active(args: argparse.Namespace, st: state.DiskState) -> slots.T
 
 def _decide_mark_good(args: argparse.Namespace, st: state.DiskState) -> slots.Transition:
     return slots.mark_good(st.slots, _part(st, args.part))
+
+
+def cmd_mark_good(args: argparse.Namespace) -> int:
+    """mark-good, with the hooks of a commit when it is the booted slot on trial: its pending
+    first-boot-of-slot hooks first (a failure refuses), the post-commit hooks after."""
+    from updater import config
+    from updater.agent.system import read_boot_id
+    from updater.hooks import stages
+
+    t = resolve_target(args)
+    st = state.load(t)
+    part = _part(st, args.part)
+    trial = part == st.booted and not st.slot(part).successful and not args.dry_run
+    cfg = config.load(args.config)
+    if trial:
+        why = stages.FirstBoot(cfg.hooks, cfg.update.state_dir, lambda: t, read_boot_id, None)()
+        if why is not None:
+            raise SlotError(f"not marked good: {why}", hint="updater rollback --reboot kexec "
+                            "goes back to the previous slot")  # fmt: skip
+    outcome = state.change(t, lambda now: _decide_mark_good(args, now), dry_run=args.dry_run)
+    _report(args, outcome)
+    if trial:
+        stages.after_commit(cfg.hooks, t, cfg.update.state_dir)
+    return 0
 
 
 def _decide_mark_bad(args: argparse.Namespace, st: state.DiskState) -> slots.Transition:
@@ -241,8 +279,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = add(
         "mark-good",
-        _transition_command(_decide_mark_good),
-        "Set successful, clear tries and prioritize the slot (default: the booted one).",
+        cmd_mark_good,
+        "Set successful, clear tries and prioritize the slot (default: the booted one).\n"
+        "For the booted slot on trial, its first-boot-of-slot hooks run first if they have not\n"
+        "run for this activation (a failure refuses), and the post-commit hooks after.",
     )
     p.add_argument("part", metavar="PART", nargs="?")
     p.add_argument("--dry-run", action="store_true", help="decide but write nothing")

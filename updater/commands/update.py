@@ -12,23 +12,34 @@ import sys
 import time
 from typing import Any
 
-from updater import config, jsonout
-from updater.commands.common import ProgressBar, add_repository_options, out, resolve_target
+from updater import config, jsonout, pin
+from updater.commands.common import (
+    ProgressBar,
+    add_repository_options,
+    out,
+    resolve_target,
+    version_arg,
+)
 from updater.config import RebootVia
 from updater.errors import UpdaterError
+from updater.log import log
 
 DESCRIPTION = f"""\
 Refresh the release repository's signed metadata (TUF: signatures, thresholds, expiry, rollback,
 mix-and-match), choose the release for this machine (the newest of the channel and
 architecture that is newer than the booted slot's version; --version pins one; a downgrade
-only with --allow-downgrade), then, unless --check:
+only with --allow-downgrade; a machine held by `updater pin V` takes only V, and --version
+another only with --override-pin), then, unless --check:
+  0. run the pre-install hooks ([hooks] dir, pre-install.d): a failing one changes nothing;
   1. make the other slot unbootable (priority 0, tries 0, not successful), durably;
   2. stream the image into it (HTTP Range, zstd frames each checked against their signed hash,
      the whole file against the signed length and hash, the dm-verity tree recomputed), then
      read it back bypassing the page cache against the signed verity root hash;
-  3. put its kernel (which must carry that root hash) and initrd on the ESP, atomically;
+  3. put its kernel (which must carry that root hash) and initrd on the ESP, atomically, then
+     run the post-install hooks with the new slot mounted read-only (a failure: not activated);
   4. set it active (top priority, one boot try): the only step that makes it bootable;
-  5. with --reboot kexec|firmware, reboot into it (kexec falls back to the firmware).
+  5. with --reboot kexec|firmware, run the pre-reboot hooks (a failure: no reboot), then
+     reboot into it (kexec falls back to the firmware).
 An interrupted run (killed, power cut) resumes the write where it stopped when rerun.
 Defaults: the [update] section of {config.CONFIG_PATH} (updater config --help).
 """
@@ -37,7 +48,7 @@ EPILOG = """\
 Exit status: 0 updated (written, verified, activated; rebooted if asked) or, with --check, an
 update is available; 3 nothing to do; 1 failed or refused (one line on stderr; the booted slot
 is never written and the other slot is left unbootable until a rerun completes); 2 bad usage.
---json prints one JSON object per line: {"event": "checking"|"available"|"nothing"|
+--json prints one JSON object per line: {"event": "checking"|"available"|"nothing"|"hooks"|
 "downloading"|"verifying"|"boot-files"|"activated"|"rebooting"|"result", ...} (README).
 Examples:
   updater update --check
@@ -82,6 +93,7 @@ def cmd_update(args: argparse.Namespace) -> int:
     from updater import bootflow, kexec, update
     from updater.fetch.client import open_client
     from updater.fetch.http import HttpPolicy
+    from updater.hooks import stages
 
     cfg = config.load(args.config)
     settings = config.with_overrides(
@@ -89,9 +101,14 @@ def cmd_update(args: argparse.Namespace) -> int:
         state_dir=args.state_dir, channel=args.channel, reboot=args.reboot,
     ).update  # fmt: skip
     target = resolve_target(args)
+    pinned = pin.load(settings.state_dir)
+    wanted = pin.effective(pinned, args.version, args.override_pin)
+    if pinned is not None and wanted == pinned:
+        log(f"this machine is pinned to release {pinned} (updater unpin follows the channel)")
     request = update.Request(
-        settings=settings, arch=target.boot.arch, pin=args.version,
+        settings=settings, arch=target.boot.arch, pin=wanted,
         allow_downgrade=args.allow_downgrade, check_only=args.check, reboot=settings.reboot,
+        hooks=cfg.hooks,
     )  # fmt: skip
     display = Display(sys.stderr.isatty())
     last = [0.0]
@@ -129,17 +146,9 @@ def cmd_update(args: argparse.Namespace) -> int:
             emit(update.Event("rebooting", {"slot": slot, "method": str(report.method)}))
 
         req = bootflow.Request(slot="auto", via=request.reboot)
+        stages.before_reboot(cfg.hooks, target, request.settings.state_dir)
         bootflow.reboot(target, req, kexec.probe_support(), announce)
     return outcome.exit_code
-
-
-def _version(text: str) -> Any:
-    from updater import release
-
-    try:
-        return release.parse_version(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -151,7 +160,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_repository_options(p, "verified metadata and the resume journal")
-    p.add_argument("--version", type=_version, metavar="V", help="install exactly release V")
+    p.add_argument("--version", type=version_arg, metavar="V", help="install exactly release V")
+    p.add_argument("--override-pin", action="store_true",
+                   help="with --version: install it although a pin holds another")  # fmt: skip
     p.add_argument("--allow-downgrade", action="store_true",
                    help="take a release older than the booted one")  # fmt: skip
     p.add_argument(

@@ -1,0 +1,139 @@
+"""The hook stages that follow an activation, on a real disk: ``pre-reboot`` before rebooting
+into a new slot, ``first-boot-of-slot`` once per newly activated slot (for the health check),
+``post-commit`` after a slot was marked good. The update flow runs ``pre-install`` and
+``post-install`` itself (``updater.update``).
+
+What each failure means is decided here, once for the command line and the agent:
+- pre-reboot: nothing is rebooted, and the booted slot is put back on top, so that no later
+  reboot boots the new slot unasked (the new slot keeps its verified image; the next update
+  writes it again);
+- first-boot-of-slot: the slot is not healthy (the caller's health check fails with the hook's
+  line); the result is kept in the ledger, so the hooks never run twice for one activation;
+- post-commit: logged; the slot is committed already.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from updater import inventory, slots, state
+from updater.config import HooksSettings
+from updater.errors import DataError, UpdaterError
+from updater.hooks import ledger, rules
+from updater.hooks.rules import Context, FirstBootStatus, Next, Stage
+from updater.hooks.runner import HookFailed, run_stage
+from updater.log import log
+from updater.target import Target
+
+REBOOT_FILE = "first-boot-reboot"  # in the state directory: $UPDATER_REBOOT_FILE
+
+
+class RebootPending(UpdaterError):
+    """A first-boot-of-slot hook asked for one more reboot, which was requested (or has to be
+    done by someone else): the slot is neither healthy nor unhealthy yet."""
+
+
+def _context(stage: Stage, target: Target, st: state.DiskState, slot: slots.Slot,
+             state_dir: str, **extra: str) -> Context:  # fmt: skip
+    def version(s: slots.Slot) -> str | None:
+        v = inventory.slot_version(target, str(s.partuuid), s.partition, state_dir)
+        return str(v) if v else None
+
+    booted = st.slot(st.booted) if st.booted is not None else None
+    return Context(stage, version(slot), slot.letter, str(slot.partuuid),
+                   booted.letter if booted else None, version(booted) if booted else None,
+                   state_dir=state_dir, **extra)  # fmt: skip
+
+
+def before_reboot(settings: HooksSettings, target: Target, state_dir: str) -> None:
+    """The pre-reboot hooks, when the slot that boots next is a new one (not yet proven good);
+    a reboot back to a good slot (a rollback) runs none."""
+    st = state.load(target)
+    nxt = st.next
+    if nxt is None or st.booted is None or nxt.partition == st.booted or nxt.successful:
+        return
+    verdict = run_stage(settings, _context(Stage.PRE_REBOOT, target, st, nxt, state_dir))
+    if verdict.failure is None:
+        return
+    booted = st.slot(st.booted)
+    state.change(target, state.by_slots(slots.prioritize_transition, st.booted))
+    raise HookFailed(f"{verdict.failure}; not rebooted, and {booted.label} boots next again")
+
+
+def after_commit(settings: HooksSettings, target: Target, state_dir: str) -> str | None:
+    """The post-commit hooks of the booted slot; the failure (logged), or None."""
+    st = state.load(target)
+    if st.booted is None:
+        return None
+    ctx = _context(Stage.POST_COMMIT, target, st, st.slot(st.booted), state_dir)
+    verdict = run_stage(settings, ctx)
+    if verdict.failure is not None:
+        log(f"{verdict.failure} (the slot stays committed)")
+    return verdict.failure
+
+
+@dataclass
+class FirstBoot:
+    """The first-boot-of-slot hooks of the booted slot, at most once per activation: called
+    from the health check, it returns None (they passed, now or in an earlier run) or the line
+    of the hook that failed (now or earlier: a failed first boot stays failed). When a hook
+    asked for one more reboot, the booted slot gets one more boot try, ``reboot`` is called and
+    RebootPending is raised; in the boot after it the hooks count as passed."""
+
+    settings: HooksSettings
+    state_dir: str
+    target: Callable[[], Target]
+    boot_id: Callable[[], str]
+    reboot: Callable[[], None] | None  # None: the caller tells someone to reboot
+
+    def __call__(self, tick: Callable[[], None] | None = None) -> str | None:
+        """``tick`` runs before each hook (the agent's watchdog and lock renewal)."""
+        t = self.target()
+        st = state.load(t)
+        if st.booted is None:
+            return "first-boot-of-slot hooks: the booted slot is unknown"
+        slot = st.slot(st.booted)
+        uuid = str(slot.partuuid)
+        ctx = _context(Stage.FIRST_BOOT, t, st, slot, self.state_dir,
+                       reboot_file=str(Path(self.state_dir, REBOOT_FILE)))  # fmt: skip
+        image = rules.image_key(ctx.version, inventory.recorded_root_hash(self.state_dir, uuid))
+        boot = self.boot_id()
+        with ledger.locked(self.state_dir):
+            try:
+                led = ledger.load(self.state_dir)
+            except DataError as exc:  # whether the hooks ran is unknown: not proven healthy
+                return f"first-boot-of-slot: {exc.message}"
+            step = rules.next_step(led, uuid, image, boot)
+            if step is Next.RUN:
+                flag = Path(ctx.reboot_file or "")
+                flag.unlink(missing_ok=True)
+                verdict = run_stage(self.settings, ctx, tick)
+                with contextlib.suppress(OSError):
+                    flag.unlink(missing_ok=True)
+                led = rules.recorded(led, uuid, image, verdict, boot)
+                ledger.save(self.state_dir, led)
+                step = Next.FAILED if verdict.failure else Next.REBOOT if verdict.reboot else (
+                    Next.DONE)  # fmt: skip
+            elif step is Next.DONE and led[uuid.lower()].status is FirstBootStatus.REBOOT:
+                ledger.save(self.state_dir, rules.rebooted(led, uuid))
+                log(f"first-boot-of-slot: {slot.label} came back from the reboot its hooks "
+                    "asked for")  # fmt: skip
+        if step is Next.DONE:
+            return None
+        if step is Next.FAILED:
+            return led[uuid.lower()].detail or "a first-boot-of-slot hook failed"
+        # One more try for the booted slot (still on trial, on top): if the reboot does not
+        # come back, GRUB falls back to the previous slot as for any trial boot.
+        state.change(t, state.by_slots(slots.set_active, st.booted, booted=st.booted,
+                                       force=True))  # fmt: skip
+        if self.reboot is None:
+            raise RebootPending(f"a first-boot-of-slot hook asked for one more reboot: "
+                                f"{slot.label} has one more boot try; reboot it "
+                                "(updater reboot), then mark it good")  # fmt: skip
+        log(f"first-boot-of-slot: a hook asked for one more reboot; rebooting {slot.label}")
+        self.reboot()
+        raise RebootPending(f"rebooting {slot.label} once more, as a first-boot-of-slot hook "
+                            "asked")  # fmt: skip
