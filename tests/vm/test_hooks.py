@@ -14,10 +14,8 @@ repository on the host (10.0.2.100 through QEMU's guestfwd, nothing else):
 
 from __future__ import annotations
 
-import io
 import re
 import shutil
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ from tests.integration.httprepo import RepoServer
 from tests.vm import harness
 from tests.vm.conftest import MachineFactory
 from tests.vm.test_kexec import GRUB_MARK, USR_A, USR_B, ready, shell, slot, status
-from tests.vm.test_update import agent_state, publish
+from tests.vm.test_update import agent_state, files_tar, publish
 
 pytestmark = pytest.mark.vm
 
@@ -52,22 +50,8 @@ HOOKS = {
         '. /usr/lib/os-release; echo "first boot of $VERSION_ID" >> /root/first-boot.log\n'
         'test "$VERSION_ID" != 2\n',
 }  # fmt: skip
-
-
-def files_tar(dest: Path) -> Path:
-    """The configuration and the hooks (executable) as a tar on a read-only drive."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        files = {"etc/updater/updater.toml": (CONFIG, 0o644)}
-        files.update({name: ("#!/bin/sh\n" + text, 0o755) for name, text in HOOKS.items()})
-        for name, (text, mode) in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), mode
-            tar.addfile(info, io.BytesIO(data))
-    raw = buf.getvalue()
-    dest.write_bytes(raw + bytes(-len(raw) % 4096))
-    return dest
+FILES = {"etc/updater/updater.toml": CONFIG,
+         **{name: "#!/bin/sh\n" + text for name, text in HOOKS.items()}}  # fmt: skip
 
 
 def test_hooks_and_pin(machines: MachineFactory, ovmf: harness.Firmware, built_image: Any,
@@ -77,14 +61,14 @@ def test_hooks_and_pin(machines: MachineFactory, ovmf: harness.Firmware, built_i
     with RepoServer(repo) as server:
         forwards = (harness.Forward(server.server_address[1], 80, "10.0.2.100"),)
         m = machines(harness.VmConfig(ovmf, disk=Path(built_image.disk),
-                                      extra_disks=(files_tar(tmp_path / "files.tar"),),
+                                      extra_disks=(files_tar(FILES, tmp_path / "files.tar"),),
                                       forwards=forwards))  # fmt: skip
 
         # 1. cold boot into version 1; version 2 published
         m.start()
         assert ready(m, 0)[:2] == ("1", USR_A)
         shell(m)
-        m.run("tar -xpf /dev/vdb -C / && updater sync").check()
+        m.run("tar -xf /dev/vdb -C / && chmod 755 /etc/updater/hooks/*.d/* && updater sync").check()
         publish(built_image, repo, 2)
 
         # 2. the pin holds the machine at 1
