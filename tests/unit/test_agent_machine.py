@@ -592,5 +592,29 @@ def test_a_trial_boot_is_adopted_while_its_slot_keeps_a_priority() -> None:
     rec = Record(committed_slot="A", committed_version="1")
     adopted = machine.decide(rec, Facts(NOW, _trial(1)), P)
     assert adopted.record.state is State.VERIFYING and adopted.record.version == "2"
+    assert (adopted.record.target_slot, adopted.record.from_slot) == ("B", "A")
+    assert adopted.record.from_version == "1"
     spent = machine.decide(rec, Facts(NOW, _trial(0)), P)
     assert spent.action.do is Do.SLEEP and spent.record.state is State.IDLE
+
+
+def test_a_slot_set_to_boot_next_by_someone_else_holds_updates() -> None:
+    m = staged()  # A booted and good, B set to boot next outside the agent
+    step = machine.decide(Record(committed_slot="A", committed_version="1"), facts(m), P)
+    assert step.action.why == (
+        "slot B was set to boot next outside the agent; not updating until that reboot"
+    )
+
+
+def test_resting_names_the_wave_it_waits_for_in_the_configured_zone() -> None:
+    m = FakeMachine()
+    p = policy(zone=ZoneInfo("Europe/Berlin"))
+    wave = 1_700_010_000.0  # Wed 2023-11-15 01:00 UTC
+    rec = Record(committed_slot="A", committed_version="1", available="2", wave_start=wave,
+                 next_check=NOW + 600)  # fmt: skip
+    step = machine.decide(rec, facts(m), p)
+    assert step.action == machine.Action(
+        Do.SLEEP, until=NOW + 600, why="release 2 waits for its wave (Wed 2023-11-15 02:00 CET)"
+    )
+    now_due = machine.decide(replace(rec, wave_start=NOW), facts(m), p)
+    assert now_due.action.why == "next check"
