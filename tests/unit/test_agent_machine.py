@@ -458,9 +458,9 @@ def test_strategy_off_names_what_waits_for_a_reboot(going_down: bool) -> None:
 
 def test_without_a_lock_backend_the_reboot_starts_afresh() -> None:
     m = staged()
-    rec = replace(IN_FLIGHT, reboot_attempts=2, reboot_requested=NOW - 1000)
+    rec = replace(IN_FLIGHT, reboot_attempts=2, reboot_requested=NOW - 10, next_try=NOW - 1)
     step = machine.decide(rec, facts(m), policy(locking=False))
-    assert step.action.do is Do.REBOOT
+    assert step.action.do is Do.REBOOT and step.record.next_try is None
     assert step.record.reboot_attempts == 1 and step.record.reboot_requested is None
 
 
@@ -487,6 +487,9 @@ def test_a_release_changed_outside_the_agent_while_waiting_for_the_window() -> N
     rec = replace(IN_FLIGHT, state=State.WAITING_FOR_WINDOW)
     step = machine.decide(rec, facts(m), policy(windows=(window,)))
     assert step.record.state is State.FAILED
+    assert step.record.last_error == (
+        "release 2 is no longer set to boot next: the A/B state was changed outside the agent"
+    )
 
 
 def test_results_that_move_on_clear_what_they_answer() -> None:
@@ -618,3 +621,36 @@ def test_resting_names_the_wave_it_waits_for_in_the_configured_zone() -> None:
     )
     now_due = machine.decide(replace(rec, wave_start=NOW), facts(m), p)
     assert now_due.action.why == "next check"
+
+
+def test_going_back_marks_bad_a_failed_slot_with_priority_one() -> None:
+    booted = Booted(SlotView("B", "2", 1, 0, False), SlotView("A", "1", 1, 0, True), "B",
+                    "boot-1")  # fmt: skip
+    rec = replace(IN_FLIGHT, state=State.ROLLED_BACK, returning=True)
+    step = machine.decide(rec, Facts(NOW, booted), P)
+    assert step.action == machine.Action(Do.MARK_BAD, slot="B")
+
+
+def test_a_retry_is_waited_for_only_while_holding_something() -> None:
+    m = FakeMachine()
+    idle = Record(state=State.IDLE, next_try=NOW + 100)
+    assert machine.decide(idle, facts(m), P).action.do is Do.CHECK
+    ticket = LockTicket("etcd", "m1", "default", 7)
+    failed = Record(state=State.FAILED, lock=ticket, next_try=NOW + 30,
+                    last_error="release failed: x")  # fmt: skip
+    assert machine.decide(failed, facts(m), P).action == machine.Action(
+        Do.SLEEP, until=NOW + 30, why="retrying after: release failed: x"
+    )
+    assert machine.decide(replace(failed, last_error=None), facts(m), P).action.why == (
+        "retrying after: a failed step"
+    )
+    waiting = replace(IN_FLIGHT, next_try=NOW + 30, last_error="acquire failed: y")
+    assert machine.decide(waiting, facts(staged()), P).action.why == (
+        "retrying after: acquire failed: y"
+    )
+
+
+def test_rules_that_never_settle_are_a_bug(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(machine._RULES, State.IDLE, lambda rec, f, p: rec)
+    with pytest.raises(AssertionError, match="^the agent's rules did not settle in state idle$"):
+        machine.decide(Record(), facts(FakeMachine()), P)
