@@ -26,8 +26,8 @@ import), into a throw-away virtual environment under the cache directory. Too sl
 
 Each run's output stays in ``~/.cache/updater/mutation/MODULE/`` (``run.log``, ``results.json``).
 ``--survivors`` refreshes the tests of the last run of a module and runs only its mutants that
-were not killed (quick while writing tests; the score printed in the README comes from full
-runs).
+were not killed (quick while writing tests). The README's table comes from full runs, followed
+by such a rerun where tests were only added since; a module whose code changed is run in full.
 """
 
 from __future__ import annotations

@@ -199,14 +199,18 @@ def _extra_args(value: object) -> tuple[str, ...]:
     return words
 
 
-def _enum(kind: type[StrEnum]) -> Callable[[object], Any]:
-    def parse(value: object) -> Any:
-        choices = [str(m) for m in kind]
-        if isinstance(value, str) and value in choices:
-            return kind(value)
-        raise ValueError(f"must be one of {', '.join(choices)}, not {value!r}")
+@dataclass(frozen=True)
+class _Enum:
+    """A member of ``kind`` by its value. (The checks are objects, not closures, so that the
+    mutation run, which builds the settings table once at import, reaches their code.)"""
 
-    return parse
+    kind: type[StrEnum]
+
+    def __call__(self, value: object) -> Any:
+        choices = [str(m) for m in self.kind]
+        if isinstance(value, str) and value in choices:
+            return self.kind(value)
+        raise ValueError(f"must be one of {', '.join(choices)}, not {value!r}")
 
 
 def _arch(value: object) -> str:
@@ -242,22 +246,28 @@ def _name(value: object) -> str:
     raise ValueError(f"must be 1-64 of a-z 0-9 . _ - starting with a letter or digit: {value!r}")
 
 
-def _seconds(low: float, high: float) -> Callable[[object], float]:
-    def parse(value: object) -> float:
+@dataclass(frozen=True)
+class _Seconds:
+    low: float
+    high: float
+
+    def __call__(self, value: object) -> float:
+        low, high = self.low, self.high
         if isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high:
             return float(value)
         raise ValueError(f"must be a number of seconds from {low:g} to {high:g}, not {value!r}")
 
-    return parse
 
+@dataclass(frozen=True)
+class _Count:
+    low: int
+    high: int
 
-def _count(low: int, high: int) -> Callable[[object], int]:
-    def parse(value: object) -> int:
+    def __call__(self, value: object) -> int:
+        low, high = self.low, self.high
         if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
             return value
         raise ValueError(f"must be a whole number from {low} to {high}, not {value!r}")
-
-    return parse
 
 
 def _optional_name(value: object) -> str:
@@ -393,7 +403,7 @@ SETTINGS: tuple[Setting, ...] = (
             "`flatcar.first_boot`, `initrd`)."),
     Setting("boot", "drop_args", _kernel_words,
             "Arguments dropped from the reused ones when `reuse_cmdline` is on."),
-    Setting("boot", "delivery", _enum(Delivery),
+    Setting("boot", "delivery", _Enum(Delivery),
             "`cmdline`: the slot, its verity hash and the first-boot flag go on the kernel "
             "command line, as GRUB puts them. `initrd`: they travel in a small cpio appended to "
             "the initrd, and the command line stays the same across slots and updates."),
@@ -403,7 +413,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("boot", "arch", _arch,
             "Where the root hash sits in the kernel (`x86_64`: byte 0x40, `arm64`: byte 512), "
             "and which releases `update` takes.", "this machine's"),
-    Setting("boot", "panic", _count(-1, 3600),
+    Setting("boot", "panic", _Count(-1, 3600),
             "`panic=N` on every command line the updater builds and in the ESP's grubenv for "
             "`grub/grub.cfg`: a kernel that panics reboots after N seconds (through the "
             "firmware, where GRUB's tries decide the slot); -1 reboots at once, 0 never "
@@ -418,13 +428,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("update", "state_dir", _absolute_path,
             "Where the verified metadata and the resume journal are kept."),
     Setting("update", "channel", _name, "The release channel to follow."),
-    Setting("update", "reboot", _enum(RebootVia),
+    Setting("update", "reboot", _Enum(RebootVia),
             "What `update` does after activating a release: `kexec`, `firmware` or `none`."),
-    Setting("update", "timeout", _seconds(1, 3600),
+    Setting("update", "timeout", _Seconds(1, 3600),
             "Seconds without progress after which a connection or a read is given up."),
-    Setting("update", "retries", _count(0, 20),
+    Setting("update", "retries", _Count(0, 20),
             "Retries, with exponential backoff, after a transient network failure."),
-    Setting("agent", "interval", _seconds(1, 7 * 86400),
+    Setting("agent", "interval", _Seconds(1, 7 * 86400),
             "Seconds between checks for a release."),
     Setting("agent", "jitter", _fraction,
             "Spread of each pause between checks: 0.1 draws it from 90% to 110% of `interval`, "
@@ -433,7 +443,7 @@ SETTINGS: tuple[Setting, ...] = (
             "The channel the agent follows; empty: `[update] channel`."),
     Setting("agent", "version", _optional_name,
             "Pin the machine to this release (also older ones); empty: the newest."),
-    Setting("agent", "reboot", _enum(RebootStrategy),
+    Setting("agent", "reboot", _Enum(RebootStrategy),
             "How the agent reboots into a staged release: `kexec` (falling back to the "
             "firmware where kexec is impossible), `firmware`, or `off`: write "
             "`reboot_required_file` and let someone else reboot (kured, an operator)."),
@@ -451,7 +461,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Prometheus text file for node_exporter's textfile collector; empty: none."),
     Setting("agent", "reboot_required_file", _absolute_path,
             "Written when a reboot is needed and `reboot` is `off` (the file kured watches)."),
-    Setting("lock", "backend", _enum(LockBackend),
+    Setting("lock", "backend", _Enum(LockBackend),
             "Reboot coordination: `none`, `etcd` (a semaphore in etcd v3) or `fleetlock` (a "
             "FleetLock server)."),
     Setting("lock", "endpoints", _urls,
@@ -461,26 +471,26 @@ SETTINGS: tuple[Setting, ...] = (
             "once."),
     Setting("lock", "id", _holder,
             "This machine's holder id; empty: derived from the machine id."),
-    Setting("lock", "ttl", _seconds(2, 86400),
+    Setting("lock", "ttl", _Seconds(2, 86400),
             "Seconds the etcd lease of a holder lives without being renewed: it must cover one "
             "reboot until the agent runs again (it renews the lease after booting and while it "
             "verifies), and is how long a machine that died holding the lock blocks its group."),
-    Setting("lock", "retry", _seconds(0.1, 3600),
+    Setting("lock", "retry", _Seconds(0.1, 3600),
             "Seconds between attempts at a busy lock, and after a failed step."),
     Setting("lock", "prefix", _prefix, "The etcd key prefix of the semaphores."),
-    Setting("lock", "timeout", _seconds(0.5, 300),
+    Setting("lock", "timeout", _Seconds(0.5, 300),
             "Seconds to wait for etcd or the FleetLock server."),
     Setting("health", "commands", _commands,
             "Commands that must exit 0 on a healthy system (strings split like a shell would, "
             "or argument lists); no shell runs them."),
     Setting("health", "units", _units,
             "systemd units that must be active."),
-    Setting("health", "timeout", _seconds(1, 3600), "Seconds each command may take."),
-    Setting("health", "deadline", _seconds(1, 86400),
+    Setting("health", "timeout", _Seconds(1, 3600), "Seconds each command may take."),
+    Setting("health", "deadline", _Seconds(1, 86400),
             "Seconds, from when the agent finds the new slot booted, by which every check must "
             "pass in one round; failing checks are retried until then, and the release is "
             "rolled back after it."),
-    Setting("health", "interval", _seconds(0.1, 600),
+    Setting("health", "interval", _Seconds(0.1, 600),
             "Seconds between rounds of checks while some still fail."),
     Setting("install", "assets", _absolute_path,
             "What `updater install` puts on a new disk besides the release: `grub/BOOTX64.EFI` "

@@ -458,9 +458,9 @@ def test_strategy_off_names_what_waits_for_a_reboot(going_down: bool) -> None:
 
 def test_without_a_lock_backend_the_reboot_starts_afresh() -> None:
     m = staged()
-    rec = replace(IN_FLIGHT, reboot_attempts=2, reboot_requested=NOW - 1000)
+    rec = replace(IN_FLIGHT, reboot_attempts=2, reboot_requested=NOW - 10, next_try=NOW - 1)
     step = machine.decide(rec, facts(m), policy(locking=False))
-    assert step.action.do is Do.REBOOT
+    assert step.action.do is Do.REBOOT and step.record.next_try is None
     assert step.record.reboot_attempts == 1 and step.record.reboot_requested is None
 
 
@@ -487,6 +487,9 @@ def test_a_release_changed_outside_the_agent_while_waiting_for_the_window() -> N
     rec = replace(IN_FLIGHT, state=State.WAITING_FOR_WINDOW)
     step = machine.decide(rec, facts(m), policy(windows=(window,)))
     assert step.record.state is State.FAILED
+    assert step.record.last_error == (
+        "release 2 is no longer set to boot next: the A/B state was changed outside the agent"
+    )
 
 
 def test_results_that_move_on_clear_what_they_answer() -> None:
@@ -592,5 +595,62 @@ def test_a_trial_boot_is_adopted_while_its_slot_keeps_a_priority() -> None:
     rec = Record(committed_slot="A", committed_version="1")
     adopted = machine.decide(rec, Facts(NOW, _trial(1)), P)
     assert adopted.record.state is State.VERIFYING and adopted.record.version == "2"
+    assert (adopted.record.target_slot, adopted.record.from_slot) == ("B", "A")
+    assert adopted.record.from_version == "1"
     spent = machine.decide(rec, Facts(NOW, _trial(0)), P)
     assert spent.action.do is Do.SLEEP and spent.record.state is State.IDLE
+
+
+def test_a_slot_set_to_boot_next_by_someone_else_holds_updates() -> None:
+    m = staged()  # A booted and good, B set to boot next outside the agent
+    step = machine.decide(Record(committed_slot="A", committed_version="1"), facts(m), P)
+    assert step.action.why == (
+        "slot B was set to boot next outside the agent; not updating until that reboot"
+    )
+
+
+def test_resting_names_the_wave_it_waits_for_in_the_configured_zone() -> None:
+    m = FakeMachine()
+    p = policy(zone=ZoneInfo("Europe/Berlin"))
+    wave = 1_700_010_000.0  # Wed 2023-11-15 01:00 UTC
+    rec = Record(committed_slot="A", committed_version="1", available="2", wave_start=wave,
+                 next_check=NOW + 600)  # fmt: skip
+    step = machine.decide(rec, facts(m), p)
+    assert step.action == machine.Action(
+        Do.SLEEP, until=NOW + 600, why="release 2 waits for its wave (Wed 2023-11-15 02:00 CET)"
+    )
+    now_due = machine.decide(replace(rec, wave_start=NOW), facts(m), p)
+    assert now_due.action.why == "next check"
+
+
+def test_going_back_marks_bad_a_failed_slot_with_priority_one() -> None:
+    booted = Booted(SlotView("B", "2", 1, 0, False), SlotView("A", "1", 1, 0, True), "B",
+                    "boot-1")  # fmt: skip
+    rec = replace(IN_FLIGHT, state=State.ROLLED_BACK, returning=True)
+    step = machine.decide(rec, Facts(NOW, booted), P)
+    assert step.action == machine.Action(Do.MARK_BAD, slot="B")
+
+
+def test_a_retry_is_waited_for_only_while_holding_something() -> None:
+    m = FakeMachine()
+    idle = Record(state=State.IDLE, next_try=NOW + 100)
+    assert machine.decide(idle, facts(m), P).action.do is Do.CHECK
+    ticket = LockTicket("etcd", "m1", "default", 7)
+    failed = Record(state=State.FAILED, lock=ticket, next_try=NOW + 30,
+                    last_error="release failed: x")  # fmt: skip
+    assert machine.decide(failed, facts(m), P).action == machine.Action(
+        Do.SLEEP, until=NOW + 30, why="retrying after: release failed: x"
+    )
+    assert machine.decide(replace(failed, last_error=None), facts(m), P).action.why == (
+        "retrying after: a failed step"
+    )
+    waiting = replace(IN_FLIGHT, next_try=NOW + 30, last_error="acquire failed: y")
+    assert machine.decide(waiting, facts(staged()), P).action.why == (
+        "retrying after: acquire failed: y"
+    )
+
+
+def test_rules_that_never_settle_are_a_bug(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(machine._RULES, State.IDLE, lambda rec, f, p: rec)
+    with pytest.raises(AssertionError, match="^the agent's rules did not settle in state idle$"):
+        machine.decide(Record(), facts(FakeMachine()), P)

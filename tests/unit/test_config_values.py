@@ -291,3 +291,69 @@ def test_show_and_as_dict() -> None:
     assert shown["agent"]["jitter"] == 0.2 and shown["health"]["commands"] == []
     assert list(shown) == ["boot", "update", "agent", "lock", "health", "install", "hooks"]
     assert shown["lock"]["backend"] == "none" and shown["update"]["timeout"] == 30.0
+
+
+# --- the checks themselves: their limits, texts and the table they sit in ------------------------
+
+
+def _check(section: str, key: str) -> object:
+    return config._BY_KEY[(section, key)].parse
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "good", "bad", "message"),
+    [
+        ("update", "timeout", [1, 3600, 2.5], [0.5, 3601, True, "5"],
+         "must be a number of seconds from 1 to 3600, not {!r}"),
+        ("update", "retries", [0, 20], [-1, 21, True, 1.0],
+         "must be a whole number from 0 to 20, not {!r}"),
+        ("update", "reboot", ["kexec", "firmware", "none"], ["KEXEC", 1, "x"],
+         "must be one of kexec, firmware, none, not {!r}"),
+    ],
+)  # fmt: skip
+def test_value_checks_at_and_past_their_limits(
+    section: str, key: str, good: list[object], bad: list[object], message: str
+) -> None:
+    check = config._BY_KEY[(section, key)].parse
+    for value in good:
+        assert check(value) == value
+    for value in bad:
+        with pytest.raises(ValueError) as info:
+            check(value)
+        assert str(info.value) == message.format(value)
+
+
+@pytest.mark.parametrize(("key", "item"), [
+    ("windows", {"days": ["Mon"], "start": "01:00", "minutes": 30}),
+    ("commands", "true"),
+    ("units", "sshd.service"),
+])  # fmt: skip
+def test_lists_of_64_are_allowed(key: str, item: object) -> None:
+    section = "agent" if key == "windows" else "health"
+    assert len(config._BY_KEY[(section, key)].parse([item] * 64)) == 64
+
+
+def test_urls_lose_only_their_trailing_slashes() -> None:
+    check = config._BY_KEY[("lock", "endpoints")].parse
+    assert check(["https://etcd.example/pathX/"]) == ("https://etcd.example/pathX",)
+    assert config._BY_KEY[("update", "repo")].parse("https://u.example/repoX/") == (
+        "https://u.example/repoX"
+    )
+
+
+def test_every_default_is_the_sections_own() -> None:
+    for s in config.SETTINGS:
+        assert s.default() == getattr(config.SECTIONS[s.section](), s.key), s.key
+
+
+def test_the_settings_table_matches_the_sections(monkeypatch: pytest.MonkeyPatch) -> None:
+    config._check_table()  # the table as shipped
+    table = dict(config._BY_KEY)
+    table[("boot", "no-such-key")] = table.pop(("boot", "panic"))
+    monkeypatch.setattr(config, "_BY_KEY", table)
+    with pytest.raises(AssertionError) as info:
+        config._check_table()
+    text = str(info.value)
+    assert text.startswith("settings table and sections differ: {")
+    assert "('boot', 'no-such-key')" in text and "('boot', 'panic')" in text
+    assert "('update', 'timeout')" not in text

@@ -26,6 +26,7 @@ def test_keys_and_prefix_ranges() -> None:
     assert KEYS.holder("m1") == b"updater/reboot-lock/workers/holders/m1"
     assert semaphore.prefix_end(b"a/b/") == b"a/b0"
     assert semaphore.prefix_end(b"a\xff\xff") == b"b"
+    assert semaphore.prefix_end(b"a\xff") == b"b"  # etcd's clientv3.GetPrefixRangeEnd
     assert semaphore.prefix_end(b"\xff") == b"\0"
     with pytest.raises(DataError, match="holder id"):
         KEYS.holder("a/../b")
