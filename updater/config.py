@@ -501,7 +501,7 @@ SETTINGS: tuple[Setting, ...] = (
             "`pre-reboot.d`, `first-boot-of-slot.d` and `post-commit.d`, each holding "
             "executables run in lexical order (README, \"Hooks\"). Missing directories run "
             "nothing."),
-    Setting("hooks", "timeout", _seconds(1, 86400),
+    Setting("hooks", "timeout", _Seconds(1, 86400),
             "Seconds each hook executable may run; one that takes longer is killed (with "
             "everything it started) and counts as failed."),
 )  # fmt: skip
