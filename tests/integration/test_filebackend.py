@@ -8,12 +8,16 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import zstandard
 
+from tests.integration.conftest import ROOT as ROOT_DIR
 from tests.integration.repos import Site
 from updater import filebackend as fb
 from updater import fileslots as fs
@@ -172,3 +176,55 @@ def test_update_writes_verifies_and_stages_root_new(site: Site) -> None:
         fileupdate.run(str(images), 3, Request(settings=request.settings, arch="x86_64",
                                                pin=parse_version("1"), allow_downgrade=True),
                        site.client(), seen.append)  # fmt: skip
+
+
+# ------------------------------------------------------------------- the commands, as an operator
+
+
+def test_commands_on_the_file_backend(site: Site) -> None:
+    images = site.tmp / "images"
+    images.mkdir()
+    put_image(images, ROOT)
+    cfg = site.tmp / "files.toml"
+    cfg.write_text(f'[boot]\nbackend = "files"\nimages_dir = "{images}"\ntries = 2\n'
+                   f'[update]\ntimeout = 1\nretries = 1\nstate_dir = "{site.state}"\n')  # fmt: skip
+    exe = ROOT_DIR / ".venv" / "bin" / "updater"
+    argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "updater"]
+
+    def updater(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*argv, "--config", str(cfg), *args], capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+
+    status = json.loads(updater("status", "--json").stdout)
+    assert status["backend"] == "files" and status["next"] == ROOT and status["tries"] is None
+    assert {"disk", "gpt", "slots", "next", "agent"} <= set(status)
+    assert status["slots"][0]["image"] == ROOT and status["slots"][0]["booted"] is True
+    # rollback with nothing to go back to: one line, exit 1, nothing changed
+    proc = updater("rollback")
+    assert proc.returncode == 1 and "no root-old.img to go back to" in proc.stderr
+    assert sorted(p.name for p in images.iterdir()) == [ROOT]
+
+    proc = updater("update", "--repo", site.proxy.url, "--trusted-root",
+                   str(site.trusted_root), "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert events[-1]["status"] == "updated" and events[-1]["version"] == "2"
+    status = json.loads(updater("status", "--json").stdout)
+    assert status["next"] == NEW and status["tries"] == 2
+    assert status["plan"] == ["rename root.img root-old.img", "rename root-new.img root.img",
+                              "set-tries 1"]  # fmt: skip
+    # mark-good before the new image booted is refused
+    proc = updater("mark-good")
+    assert proc.returncode == 1 and "not booted yet" in proc.stderr
+    plan = json.loads(updater("kexec", "--dry-run", "--json").stdout)
+    assert plan["image"] == NEW and plan["version"] == "2" and plan["backend"] == "files"
+    assert f"updater.images={images}" in plan["cmdline"].split()
+    assert Path(plan["kernel"]).read_bytes()[0x40:0x80].decode() == plan["root_hash"]
+    # the initrd's boot, then the commands on the booted image
+    fb.apply_steps(str(images), fs.plan(fb.read(str(images)).state))
+    good = json.loads(updater("mark-good", "--json").stdout)
+    assert good["steps"] == ["remove tries"] and good["tries"] is None
+    back = json.loads(updater("rollback", "--json").stdout)
+    assert back["steps"] == ["mark-revert"] and back["next"] == OLD and back["revert"] is True
+    proc = updater("rollback", "--dry-run")
+    assert proc.returncode == 0 and "nothing to change" in proc.stdout

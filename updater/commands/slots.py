@@ -9,7 +9,7 @@ import argparse
 from collections.abc import Callable
 
 from updater import contracts, gpt, layout, slotimage, slots, state, target
-from updater.commands import INDEX
+from updater.commands import INDEX, files
 from updater.commands.common import emit, resolve_target
 from updater.commands.common import out as _out
 from updater.errors import UsageError
@@ -33,6 +33,9 @@ def _format_slots(st: state.DiskState, after: tuple[slots.Slot, ...] | None = No
 def cmd_status(args: argparse.Namespace) -> int:
     from updater.agent import report as agent_report  # status is the only slot command using it
 
+    cfg = files.backend(args)
+    if cfg is not None:
+        return files.cmd_status(args, cfg)
     st = state.load(resolve_target(args))
     agent = agent_report.status_json(args.config)
     if args.json:
@@ -146,6 +149,9 @@ def _decide_rollback(args: argparse.Namespace, st: state.DiskState) -> slots.Tra
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """The switch, reported as every transition is; then, if asked, the reboot into it."""
+    cfg = files.backend(args)
+    if cfg is not None:
+        return files.cmd_rollback(args, cfg)
     status = _transition_command(_decide_rollback)(args)
     if args.reboot != "none" and not args.dry_run:
         from updater import bootflow, kexec
@@ -158,6 +164,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         request = bootflow.Request(slot="auto", via=RebootVia(args.reboot))
         bootflow.reboot(resolve_target(args), request, kexec.probe_support(), announce)
     return status
+
+
+def cmd_mark_good(args: argparse.Namespace) -> int:
+    cfg = files.backend(args)
+    if cfg is not None:
+        return files.cmd_mark_good(args, cfg)
+    return _transition_command(_decide_mark_good)(args)
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
@@ -241,7 +254,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = add(
         "mark-good",
-        _transition_command(_decide_mark_good),
+        cmd_mark_good,
         "Set successful, clear tries and prioritize the slot (default: the booted one).",
     )
     p.add_argument("part", metavar="PART", nargs="?")
