@@ -147,7 +147,7 @@ def parse_tries(block: bytes, path: str) -> int:
     if len(block) != grubenv.SIZE:
         raise DataError(f"{path}: {len(block)} bytes, not a {grubenv.SIZE}-byte counter block")
     value = grubenv.parse(block).get(TRIES_KEY)
-    if value is None or len(value) != 1 or not value.isdigit():
+    if value is None or len(value) != 1 or value not in "0123456789":
         raise DataError(f"{path}: {TRIES_KEY} is {value!r}, not one digit")
     return int(value)
 
