@@ -114,3 +114,9 @@ def test_shell_reads_the_trailer(sh: list[str], tmp_path: Path) -> None:
                 .replace(b"hash_offset=4096", b"hash_offset=4;96")):  # fmt: skip
         (tmp_path / NEW).write_bytes(bad)
         assert shell(sh, 'updater_files_trailer "$1"', str(tmp_path / NEW)).returncode == 1
+
+
+def test_grub_files_cfg_is_valid_grub_script() -> None:
+    if shutil.which("grub-script-check") is None:
+        pytest.skip("needs grub-script-check (not installed)")
+    subprocess.run(["grub-script-check", str(ROOT_DIR / "grub" / "grub-files.cfg")], check=True)
