@@ -27,7 +27,7 @@ installkernel() {
 
 install() {
     inst_multiple veritysetup dmsetup od dd blockdev mount umount rm mkdir date sync cat tr sleep \
-        mv wc tail
+        mv wc tail modprobe
     inst_simple "$moddir/updater-lib.sh" /lib/updater-lib.sh
     inst_simple "$moddir/updater-files.sh" /lib/updater-files.sh
     inst_hook cmdline 20 "$moddir/updater-cmdline.sh"

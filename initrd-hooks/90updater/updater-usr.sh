@@ -15,7 +15,10 @@ if [ -f /run/updater/images ]; then
     [ -n "$_steps" ] && updater_say "updater: $(echo "$_steps" | tr '\n' ';')"
     [ -f "$_dir/root.img" ] || updater_fail "no root.img in $_dir"
     _facts=$(updater_files_trailer "$_dir/root.img") || updater_fail "$_dir/root.img has no valid trailer"
+    # shellcheck disable=SC2086 # "HASH OFFSET", split on purpose
     set -- $_facts
+    # veritysetup attaches the file to a loop device itself; the driver is a module on Debian.
+    modprobe loop > /dev/null 2>&1
     updater_verity_open "$_dir/root.img" "$1" "$2"
     updater_say "UPDATER-FILES: root.img verified ($1)"
 fi
