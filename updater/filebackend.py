@@ -33,6 +33,8 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,6 +184,15 @@ def read(path: str) -> Directory:
     return Directory(path, FileState(frozenset(images), revert, tries), images, problem)
 
 
+@contextmanager
+def _device(what: str) -> Iterator[None]:
+    """An OSError while changing the directory becomes one DeviceError line."""
+    try:
+        yield
+    except OSError as exc:
+        raise DeviceError(f"{what}: {exc.strerror or exc}") from None
+
+
 def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -192,6 +203,11 @@ def fsync_dir(path: str) -> None:
 
 def apply_step(path: str, step: Step) -> None:
     """One step of a plan, durable before it returns (see the module docstring)."""
+    with _device(f"{path}: {step.kind} {step.src}"):
+        _apply(path, step)
+
+
+def _apply(path: str, step: Step) -> None:
     if step.kind == "rename":
         os.rename(os.path.join(path, step.src), os.path.join(path, step.dst))
         fsync_dir(path)
@@ -217,11 +233,12 @@ def boot_files(path: str, root_hash: str) -> tuple[str, str]:
 
 def write_boot_files(path: str, root_hash: str, kernel: bytes, initrd: bytes | None) -> None:
     kernel_path, initrd_path = boot_files(path, root_hash)
-    os.makedirs(os.path.dirname(kernel_path), mode=0o755, exist_ok=True)
-    if initrd is not None:
-        atomicfile.write(initrd_path, initrd, 0o644)
-    atomicfile.write(kernel_path, kernel, 0o644)
-    fsync_dir(os.path.join(path, BOOT_DIR))
+    with _device(f"cannot write {os.path.dirname(kernel_path)}"):
+        os.makedirs(os.path.dirname(kernel_path), mode=0o755, exist_ok=True)
+        if initrd is not None:
+            atomicfile.write(initrd_path, initrd, 0o644)
+        atomicfile.write(kernel_path, kernel, 0o644)
+        fsync_dir(os.path.join(path, BOOT_DIR))
 
 
 def prune_boot_files(directory: Directory) -> list[str]:
@@ -248,25 +265,26 @@ def prepare_part(path: str, size: int) -> str:
     """``root-new.img.part`` sized for an image of ``size`` bytes and its trailer (sparse). An
     existing one keeps its bytes, so that the slot writer's journal can resume into it."""
     part = os.path.join(path, PART)
-    if _lstat(part) is None:
-        Path(part).unlink(missing_ok=True)
-    fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-    try:
-        os.ftruncate(fd, size + TRAILER_SIZE)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fsync_dir(path)
+    _lstat(part)  # a symlink or a directory in its place is refused
+    with _device(f"cannot prepare {part}"):
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        try:
+            os.ftruncate(fd, size + TRAILER_SIZE)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(path)
     return part
 
 
 def finish_part(path: str, trailer: Trailer) -> None:
     """The trailer after the verified image, then file and directory durable."""
     part = os.path.join(path, PART)
-    fd = os.open(part, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    try:
-        os.pwrite(fd, trailer.encode(), trailer.size)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fsync_dir(path)
+    with _device(f"cannot finish {part}"):
+        fd = os.open(part, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            os.pwrite(fd, trailer.encode(), trailer.size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(path)

@@ -152,10 +152,10 @@ def stage(state: FileState, tries: int) -> list[Step]:
     if state.tries is not None and NEW not in state.images:
         raise Refused(f"{ROOT} is on trial ({TRIES} counter): mark it good first")
     steps: list[Step] = []
-    if NEW in state.images:
-        steps.append(Step("remove", NEW))  # a staged image not yet booted: replaced
     if OLD in state.images:
         steps.append(Step("remove", OLD))
+    if NEW in state.images:
+        steps.append(Step("remove", NEW))  # a staged image not yet booted: replaced
     steps.append(Step("set-tries", value=tries))
     steps.append(Step("rename", PART, NEW))
     return steps
