@@ -84,7 +84,9 @@ def decode_trailer(block: bytes, name: str) -> Trailer:
     ver = values["version"]
     if not (_HASH.fullmatch(h) and off.isdigit() and size.isdigit() and _VERSION.fullmatch(ver)):
         raise DataError(f"{name}: malformed image trailer")
-    if len(off) > 12 or len(size) > 12 or int(off) % 4096 or int(size) % 4096:
+    if len(off) > 12 or len(size) > 12:
+        raise DataError(f"{name}: image trailer sizes are out of range")
+    if int(off) % 4096 or int(size) % 4096:
         raise DataError(f"{name}: image trailer sizes are not 4096-byte multiples")
     if not 0 < int(off) < int(size):
         raise DataError(f"{name}: image trailer puts the hash tree outside the image")
