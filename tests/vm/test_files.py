@@ -125,6 +125,7 @@ def test_file_backend_update_kexec_revert_and_a_cut_between_renames(
         m.run("tar -xf /dev/vdb -C / && python3 /root/files/seed.py", timeout=600).check()
         doc = files_status(m)
         assert versions(doc) == {"root.img": "1"} and doc["next"] == "root.img"
+        assert doc["slots"][0]["booted"] is False  # booted from USR-A, not from the directory
 
         # 2. version 2 into root-new.img, verified
         publish(built_image, repo, 2)
@@ -144,6 +145,7 @@ def test_file_backend_update_kexec_revert_and_a_cut_between_renames(
         print(f"vm: file backend: kexec into version 2 in {seconds:.1f} s")
         doc = files_status(m)
         assert versions(doc) == {"root.img": "2", "root-old.img": "1"} and doc["tries"] == 2
+        assert doc["slots"][0] == {**doc["slots"][0], "image": "root.img", "booted": True}
         mounted = m.run("findmnt -n -o SOURCE /usr && ls /sys/class/block/dm-0/slaves").check()
         assert "/dev/mapper/usr" in mounted.output and "loop" in mounted.output
 

@@ -28,9 +28,18 @@ def backend(args: argparse.Namespace) -> Config | None:
     return cfg if cfg.boot.backend is SlotBackend.FILES else None
 
 
-def status_json(d: filebackend.Directory) -> dict[str, Any]:
+def booted_from(d: filebackend.Directory, cmdline: str) -> bool:
+    """Whether the running system came up through this directory's ``root.img`` (the initrd
+    was told ``updater.images=DIR``), rather than through a USR partition."""
+    from updater.cmdline import split_cmdline
+
+    return f"updater.images={d.path}" in split_cmdline(cmdline)
+
+
+def status_json(d: filebackend.Directory, booted: bool = True) -> dict[str, Any]:
     """``status --json`` on the file backend: the GPT document's keys (``disk`` and ``gpt``
-    null, ``next`` and each slot naming an image file) plus the backend's own facts."""
+    null, ``next`` and each slot naming an image file) plus the backend's own facts. ``booted``:
+    whether the running system was booted from ``root.img``."""
     nxt = fileslots.boots_next(d.state)
     slots = []
     for name in filebackend.IMAGE_NAMES:
@@ -40,7 +49,8 @@ def status_json(d: filebackend.Directory) -> dict[str, Any]:
         t = image.trailer
         slots.append({"image": name, "role": ROLES[name], "version": t.version if t else None,
                       "root_hash": t.root_hash if t else None, "bytes": image.bytes,
-                      "booted": name == fileslots.ROOT, "problem": image.problem})  # fmt: skip
+                      "booted": booted and name == fileslots.ROOT,
+                      "problem": image.problem})  # fmt: skip
     plan = [_step(s) for s in fileslots.plan(d.state)]
     return {"backend": "files", "disk": None, "gpt": None, "next": nxt, "slots": slots,
             "images_dir": d.path, "tries": d.state.tries, "tries_problem": d.tries_problem,
@@ -56,14 +66,17 @@ def _step(step: fileslots.Step) -> str:
 
 
 def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
+    from updater import bootdisk
     from updater.agent import report as agent_report
 
     d = filebackend.read(cfg.boot.images_dir)
-    doc = status_json(d)
+    doc = status_json(d, booted_from(d, bootdisk.read_cmdline("/proc/cmdline")))
     if args.json:
         emit({**doc, "agent": agent_report.status_json(args.config)})
         return 0
-    out(f"images {d.path}  (file backend)\n")
+    booted = "booted from root.img" if doc["slots"] and doc["slots"][0]["booted"] else (
+        "not booted from this directory")
+    out(f"images {d.path}  (file backend; {booted})\n")
     out(f"{'IMAGE':<17}{'ROLE':<10}{'VERSION':<10}ROOT HASH\n")
     for s in doc["slots"]:
         out(f"{s['image']:<17}{s['role']:<10}{s['version'] or '?':<10}"
