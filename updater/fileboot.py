@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from updater import kexec
+from updater import kexec, signals
 from updater.cmdline import split_cmdline
 from updater.config import BootSettings, RebootVia
 from updater.errors import SlotError
@@ -92,25 +92,37 @@ def reboot(
     if dry_run:
         steps = _steps(image, method, support, force)
         return FileReport(chosen, method, tuple(steps), reason)
-    if method is not Method.FIRMWARE:
+    # From the load to the jump, SIGTERM and SIGHUP raise, so that the kernel is unloaded: one
+    # left loaded would turn a later plain reboot into a kexec into a stale choice. During the
+    # jump they have their default effect again (systemctl kexec's shutdown sends SIGTERM).
+    with signals.raising():
         try:
-            method = kexec.load(image, support)
-        except kexec.LoadFailed as exc:
-            log(f"kexec load failed, rebooting through the firmware: {exc.message}")
-            method, reason = Method.FIRMWARE, exc.message
-    jump = (kexec.firmware_steps(force=force, systemd=support.systemd)
-            if method is Method.FIRMWARE
-            else kexec.exec_steps(force=force, systemd=support.systemd))  # fmt: skip
-    report = FileReport(chosen, method, tuple(jump), reason)
-    announce(report)
+            if method is not Method.FIRMWARE:
+                try:
+                    method = kexec.load(image, support)
+                except kexec.LoadFailed as exc:
+                    log(f"kexec load failed, rebooting through the firmware: {exc.message}")
+                    method, reason = Method.FIRMWARE, exc.message
+            jump = (kexec.firmware_steps(force=force, systemd=support.systemd)
+                    if method is Method.FIRMWARE
+                    else kexec.exec_steps(force=force, systemd=support.systemd))  # fmt: skip
+            report = FileReport(chosen, method, tuple(jump), reason)
+            announce(report)
+        except BaseException:
+            _unload(method)
+            raise
     try:
         for step in jump:
             step.run()
-    except BaseException:
-        if method is not Method.FIRMWARE:
-            kexec.UNLOAD.run()  # a kernel left loaded would turn a later reboot into a kexec
+    except Exception:
+        _unload(method)
         raise
     return report
+
+
+def _unload(method: Method) -> None:
+    if method is not Method.FIRMWARE:
+        kexec.UNLOAD.run()
 
 
 def _steps(image: kexec.KexecImage, method: Method, support: KexecSupport,
