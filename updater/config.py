@@ -53,6 +53,13 @@ class RebootStrategy(StrEnum):
     OFF = "off"
 
 
+class SlotBackend(StrEnum):
+    """Where the slots live: USR partitions with GPT attributes, or image files in a directory."""
+
+    GPT = "gpt"
+    FILES = "files"
+
+
 class LockBackend(StrEnum):
     NONE = "none"
     ETCD = "etcd"
@@ -78,6 +85,9 @@ class BootSettings:
     verity: bool = True
     arch: str = field(default_factory=native_arch)
     panic: int = 10
+    backend: SlotBackend = SlotBackend.GPT
+    images_dir: str = "/var/lib/updater/images"
+    tries: int = 3
 
 
 @dataclass(frozen=True)
@@ -223,6 +233,18 @@ def _absolute_path(value: object) -> str:
     if isinstance(value, str) and value.startswith("/") and value.isprintable():
         return value
     raise ValueError(f"must be an absolute path, not {value!r}")
+
+
+_IMAGES_DIR = re.compile(r"(/[A-Za-z0-9._-]+)+")
+
+
+def _images_dir(value: object) -> str:
+    """An absolute directory that can travel on the kernel command line and through the
+    initrd's shell unquoted: letters, digits, ``. _ -`` and ``/`` only, no ``..``."""
+    if (isinstance(value, str) and len(value) <= 128 and _IMAGES_DIR.fullmatch(value)
+            and ".." not in value.split("/")):  # fmt: skip
+        return value.rstrip("/")
+    raise ValueError(f"must be an absolute directory of A-Z a-z 0-9 . _ - /, not {value!r}")
 
 
 _URL = re.compile(r"https?://[^\s/]+(/\S*)?")
@@ -418,6 +440,17 @@ SETTINGS: tuple[Setting, ...] = (
             "`grub/grub.cfg`: a kernel that panics reboots after N seconds (through the "
             "firmware, where GRUB's tries decide the slot); -1 reboots at once, 0 never "
             "reboots (a machine that stays down)."),
+    Setting("boot", "backend", _Enum(SlotBackend),
+            "`gpt`: the slots are the USR-A/USR-B partitions with their GPT priority, tries and "
+            "successful bits. `files`: the OS is image files in `images_dir` (`root.img`, "
+            "`root-new.img`, `root-old.img`), promoted by the initrd (README, \"The file "
+            "backend\")."),
+    Setting("boot", "images_dir", _images_dir,
+            "The `files` backend's directory of image files, on the root filesystem (the "
+            "initrd finds it there as `updater.images=` on the kernel command line)."),
+    Setting("boot", "tries", _Count(1, 9),
+            "The `files` backend's boot tries for a new image: boots the initrd allows it "
+            "before it reverts to `root-old.img` by itself, unless `mark-good` ran."),
     Setting("update", "repo", _repository,
             "The release repository: an `http://` or `https://` URL (its `metadata/` and "
             "`targets/` below it) or an absolute directory holding a copy (offline media). "

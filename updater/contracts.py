@@ -41,6 +41,7 @@ def status(st: DiskState) -> dict[str, Any]:
     """``status --json``: disk, slots, next, gpt health."""
     nxt = st.next
     return {
+        "backend": "gpt",
         "disk": st.disk,
         "next": nxt.partition if nxt else None,
         "slots": [slot_json(s, st.booted) for s in st.slots],

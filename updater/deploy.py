@@ -103,9 +103,9 @@ def deploy(
         state_dir=state_dir,
         progress=lambda phase, done, total: report(str(phase), done, total),
     )
-    kernel = _fetch(client, rel.kernel.path)
+    kernel = fetch_target(client, rel.kernel.path)
     check_kernel(kernel, rel, arch)
-    initrd = _fetch(client, rel.initrd.path) if rel.initrd is not None else None
+    initrd = fetch_target(client, rel.initrd.path) if rel.initrd is not None else None
     kernel_name, initrd_name = boot_file_names(dest.letter)
     total = len(kernel) + (len(initrd) if initrd is not None else 0)
     # The initrd first: a kernel of the new release beside the old initrd could boot with
@@ -122,11 +122,15 @@ def deploy(
                     tuple(names))  # fmt: skip
 
 
-def _fetch(client: ReleaseClient, path: str) -> bytes:
+def fetch_target(client: ReleaseClient, path: str) -> bytes:
+    """A signed target's bytes (length and hashes checked by the client)."""
     target = client.target(path)
     if target is None:
         raise VerificationError(f"the repository no longer signs {path}")
     return client.read(target)
 
 
-__all__ = ["Deployed", "Phase", "SlotDestination", "boot_file_names", "deploy", "image_facts"]
+__all__ = [
+    "Deployed", "Phase", "SlotDestination", "boot_file_names", "deploy", "fetch_target",
+    "image_facts",
+]  # fmt: skip

@@ -123,3 +123,73 @@ def run(state: FileState) -> FileState:
     for step in plan(state):
         state = apply(state, step)
     return state
+
+
+# --------------------------------------------------------------------- what the commands do
+# The same kind of steps, taken by the running system instead of the initrd. Each is checked by
+# the same cut-after-every-step rule: the boot plan from any intermediate state boots an image.
+
+PART = "root-new.img.part"  # the image being written; not an image any rule boots
+
+
+class Refused(ValueError):
+    """The directory's state does not allow the command; the text says why."""
+
+
+def stage(state: FileState, tries: int) -> list[Step]:
+    """After ``root-new.img.part`` is written and verified: the steps that make it the image
+    the next boot promotes, with ``tries`` boots to prove itself.
+
+    ``root-old.img`` goes first: the promotion replaces it anyway, and a counter beside it
+    (a cut between the counter and the last rename) would count down the good ``root.img``
+    and then revert to the old image. Without it, a counter that runs out is only dropped.
+    The counter comes before the rename, so that the new image never boots without one.
+    """
+    if ROOT not in state.images:
+        raise Refused(f"no {ROOT}: nothing is installed to update from")
+    if state.revert:
+        raise Refused(f"a revert is pending ({MARKER}): reboot first")
+    if state.tries is not None and NEW not in state.images:
+        raise Refused(f"{ROOT} is on trial ({TRIES} counter): mark it good first")
+    steps: list[Step] = []
+    if OLD in state.images:
+        steps.append(Step("remove", OLD))
+    if NEW in state.images:
+        steps.append(Step("remove", NEW))  # a staged image not yet booted: replaced
+    steps.append(Step("set-tries", value=tries))
+    steps.append(Step("rename", PART, NEW))
+    return steps
+
+
+def mark_good(state: FileState) -> list[Step]:
+    """The booted ``root.img`` proved itself: the counter goes, so no boot reverts it."""
+    if state.revert:
+        raise Refused(f"a revert is pending ({MARKER}): the booted image is on its way out")
+    if NEW in state.images:
+        raise Refused(f"{NEW} is staged but not booted yet: nothing to mark until it boots")
+    return [Step("remove", TRIES)] if state.tries is not None else []
+
+
+def rollback(state: FileState) -> list[Step]:
+    """Go back: a staged image that never booted is dropped (with its counter); otherwise the
+    revert marker asks the next boot to put ``root-old.img`` back."""
+    if NEW in state.images:
+        steps = [Step("remove", NEW)]
+        return steps + ([Step("remove", TRIES)] if state.tries is not None else [])
+    if state.revert:
+        return []  # already asked for
+    if OLD not in state.images:
+        raise Refused(f"no {OLD} to go back to")
+    return [Step("mark-revert")]
+
+
+def boots_next(state: FileState) -> str | None:
+    """Which of today's files the next boot mounts as ``root.img`` (None: nothing boots)."""
+    origin = {name: name for name in state.images}
+    for step in plan(state):
+        if step.kind == "rename":
+            origin[step.dst] = origin.pop(step.src, step.src)
+        elif step.kind == "remove":
+            origin.pop(step.src, None)
+        state = apply(state, step)
+    return origin.get(ROOT)

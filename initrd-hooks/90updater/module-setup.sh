@@ -21,13 +21,15 @@ depends() {
 # nls_ascii: Debian's kernel mounts vfat with iocharset=ascii unless told otherwise (first boot
 # mounts the ESP to remove the marker).
 installkernel() {
-    hostonly='' instmods dm_mod dm_verity squashfs erofs ext4 vfat nls_cp437 nls_iso8859_1 \
+    hostonly='' instmods dm_mod dm_verity loop squashfs erofs ext4 vfat nls_cp437 nls_iso8859_1 \
         nls_utf8 nls_ascii virtio_blk virtio_pci virtio_scsi sd_mod
 }
 
 install() {
-    inst_multiple veritysetup dmsetup od dd blockdev mount umount rm mkdir date sync cat tr sleep
+    inst_multiple veritysetup dmsetup od dd blockdev mount umount rm mkdir date sync cat tr sleep \
+        mv wc tail modprobe
     inst_simple "$moddir/updater-lib.sh" /lib/updater-lib.sh
+    inst_simple "$moddir/updater-files.sh" /lib/updater-files.sh
     inst_hook cmdline 20 "$moddir/updater-cmdline.sh"
     inst_hook pre-mount 20 "$moddir/updater-verity.sh"
     inst_hook pre-pivot 20 "$moddir/updater-usr.sh"

@@ -6,6 +6,21 @@
 type getarg > /dev/null 2>&1 || . /lib/dracut-lib.sh
 . /lib/updater-lib.sh
 
+_images=$(getarg updater.images=)
+if [ -n "$_images" ]; then
+    # The file backend: the images are on the root filesystem; nothing to wait for but root.
+    case "$_images" in
+        /*) ;;
+        *) updater_fail "updater.images=$_images is not an absolute directory" ;;
+    esac
+    case "$_images" in
+        *[!A-Za-z0-9._/-]* | */../* | */..) updater_fail "unsafe updater.images=$_images" ;;
+    esac
+    mkdir -p /run/updater
+    echo "$_images" > /run/updater/images
+    return 0 2> /dev/null || exit 0
+fi
+
 if [ -f "$UPDATER_FACTS" ]; then
     # DELIVERY=initrd: the slot and hash come from the appended facts archive, not the cmdline.
     _usr=$(updater_fact UPDATER_USR) || updater_fail "$UPDATER_FACTS names no UPDATER_USR"

@@ -107,3 +107,29 @@ updater_first_boot() {
     fi
     [ "$(getarg flatcar.first_boot=)" = detected ]
 }
+
+# Open $1 (a partition, or an image file: veritysetup attaches loop devices itself) as
+# /dev/mapper/usr with root hash $2 and the hash tree at byte $3, then read every data block once
+# (O_DIRECT) and ask the kernel whether it saw corruption (see updater-verity.sh). Any failure
+# ends the boot (updater_fail) before anything from it is mounted.
+updater_verity_open() {
+    # The verity superblock at the hash offset supplies salt and data block count; the root hash
+    # decides whether any of it is believed.
+    if ! veritysetup open "$1" usr "$1" "$2" --hash-offset="$3" > /tmp/verity.log 2>&1; then
+        updater_fail "veritysetup open of $1 failed (hash offset $3): $(tr '\n' ' ' < /tmp/verity.log)"
+    fi
+    udevadm settle --exit-if-exists=/dev/mapper/usr > /dev/null 2>&1
+    _vsize=$(blockdev --getsize64 /dev/mapper/usr)
+    if [ "$_vsize" != "$3" ]; then
+        dmsetup remove usr
+        updater_fail "verity data size $_vsize of $1 does not match its filesystem ($3 bytes)"
+    fi
+    if ! dd if=/dev/mapper/usr of=/dev/null bs=1M iflag=direct 2> /tmp/verity.log; then
+        dmsetup remove usr
+        updater_fail "dm-verity: $1 does not match root hash $2 (corrupted block or wrong root hash; see 'device-mapper: verity' in the kernel log)"
+    fi
+    if ! updater_verity_ok "$(dmsetup status usr)"; then
+        dmsetup remove usr
+        updater_fail "dm-verity: corruption detected on $1 (root hash $2)"
+    fi
+}

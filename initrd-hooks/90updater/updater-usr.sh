@@ -4,6 +4,24 @@
 type getarg > /dev/null 2>&1 || . /lib/dracut-lib.sh
 . /lib/updater-lib.sh
 
+if [ -f /run/updater/images ]; then
+    # The file backend: promote or revert by the rules, then root.img through dm-verity.
+    . /lib/updater-files.sh
+    _dir="$NEWROOT$(cat /run/updater/images)"
+    [ -d "$_dir" ] || updater_fail "image directory $_dir does not exist"
+    if ! _steps=$(updater_files_promote "$_dir"); then
+        updater_fail "the image directory $_dir could not be brought to a bootable state ($_steps)"
+    fi
+    [ -n "$_steps" ] && updater_say "updater: $(echo "$_steps" | tr '\n' ';')"
+    [ -f "$_dir/root.img" ] || updater_fail "no root.img in $_dir"
+    _facts=$(updater_files_trailer "$_dir/root.img") || updater_fail "$_dir/root.img has no valid trailer"
+    # shellcheck disable=SC2086 # "HASH OFFSET", split on purpose
+    set -- $_facts
+    # veritysetup attaches the file to a loop device itself; the driver is a module on Debian.
+    modprobe loop > /dev/null 2>&1
+    updater_verity_open "$_dir/root.img" "$1" "$2"
+    updater_say "UPDATER-FILES: root.img verified ($1)"
+fi
 [ -b /dev/mapper/usr ] || updater_fail "/dev/mapper/usr is missing at pre-pivot"
 mkdir -p "$NEWROOT/usr" 2> /dev/null
 _flags=$(getarg mount.usrflags=)

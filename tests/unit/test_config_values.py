@@ -13,7 +13,7 @@ import pytest
 from updater import config
 from updater.agent.schedule import Window
 from updater.cmdline import Delivery
-from updater.config import LockBackend, RebootStrategy, RebootVia
+from updater.config import LockBackend, RebootStrategy, RebootVia, SlotBackend
 from updater.errors import UsageError
 
 
@@ -39,6 +39,11 @@ def value_of(section: str, key: str, toml: str) -> Any:
         ("boot", "arch", '"arm64"', "arm64"),
         ("boot", "panic", "-1", -1),
         ("boot", "panic", "3600", 3600),
+        ("boot", "backend", '"files"', SlotBackend.FILES),
+        ("boot", "backend", '"gpt"', SlotBackend.GPT),
+        ("boot", "images_dir", '"/var/lib/os-images"', "/var/lib/os-images"),
+        ("boot", "tries", "1", 1),
+        ("boot", "tries", "9", 9),
         ("update", "repo", '"https://h.example/p/"', "https://h.example/p"),
         ("update", "repo", '"http://h:8080"', "http://h:8080"),
         ("update", "repo", '""', ""),
@@ -116,6 +121,15 @@ def test_accepted_values(section: str, key: str, toml: str, expected: object) ->
         ("boot", "panic", "3601", "must be a whole number from -1 to 3600, not 3601"),
         ("boot", "panic", "true", "must be a whole number from -1 to 3600, not True"),
         ("boot", "panic", "1.0", "must be a whole number from -1 to 3600, not 1.0"),
+        ("boot", "backend", '"zfs"', "must be one of gpt, files, not 'zfs'"),
+        ("boot", "images_dir", '"images"', "must be an absolute directory of A-Z a-z 0-9 . _ - /, "
+         "not 'images'"),
+        ("boot", "images_dir", '"/a b"', "must be an absolute directory of A-Z a-z 0-9 . _ - /, "
+         "not '/a b'"),
+        ("boot", "images_dir", '"/a/../etc"', "must be an absolute directory of A-Z a-z 0-9 . _ "
+         "- /, not '/a/../etc'"),
+        ("boot", "tries", "0", "must be a whole number from 1 to 9, not 0"),
+        ("boot", "tries", "10", "must be a whole number from 1 to 9, not 10"),
         ("update", "repo", '"ftp://h/p"', "must be an http:// or https:// URL or an absolute "
          "directory, not 'ftp://h/p'"),
         ("update", "repo", '"https:///p"', "must be an http:// or https:// URL or an absolute "

@@ -85,3 +85,96 @@ def test_a_plan_that_never_ends_is_stopped(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(fs, "_next", lambda state, decremented: fs.Step("set-tries", value=1))
     with pytest.raises(AssertionError, match="^file-slot plan does not converge$"):
         fs.plan(st(ROOT, tries=1))
+
+
+# ------------------------------------------------------------- what the commands do, and cuts
+
+PART = fs.PART
+
+
+def _origin_after(start: FileState, steps: list[fs.Step]) -> tuple[FileState, dict[str, str]]:
+    """The state after ``steps`` and, for each name, which original file it holds (tracked
+    here by hand from rename semantics, not by the module)."""
+    origin = {n: n for n in start.images} | {PART: PART}
+    state = start
+    for step in steps:
+        if step.kind == "rename":
+            origin[step.dst] = origin.pop(step.src)
+        elif step.kind == "remove":
+            origin.pop(step.src, None)
+        state = fs.apply(state, step)
+    return state, origin
+
+
+STAGE_FROM = [st(ROOT), st(ROOT, OLD), st(ROOT, OLD, BROKEN), st(ROOT, NEW, tries=3),
+              st(ROOT, NEW, OLD, tries=1)]  # fmt: skip
+
+
+@pytest.mark.parametrize("start", STAGE_FROM)
+def test_staging_boots_the_old_root_until_the_last_rename(start: FileState) -> None:
+    steps = fs.stage(start, 3)
+    assert steps[-1] == fs.Step("rename", PART, NEW)
+    for cut in range(len(steps) + 1):
+        state, origin = _origin_after(start, steps[:cut])
+        booted = origin.get(fs.boots_next(state) or "")
+        if cut == len(steps):
+            assert booted == PART  # the whole sequence: the new image boots, on trial
+            after = fs.run(state)
+            assert after.tries == 2 and ROOT in after.images and OLD in after.images
+        elif NEW in start.images and cut <= 1 + (OLD in start.images):
+            assert booted in (ROOT, NEW)  # the earlier staged image may still be promoted
+        else:
+            assert booted == ROOT
+        # whatever boots, a later boot never reverts to an image older than root.img
+        assert fs.run(state).revert is False
+
+
+def test_staging_then_failing_boots_fall_back_to_the_previous_root() -> None:
+    state, origin = _origin_after(st(ROOT, OLD), fs.stage(st(ROOT, OLD), 2))
+    for _ in range(3):  # tries 2 -> 1 -> 0 -> revert
+        state = fs.run(state)
+    assert state.images == {ROOT, BROKEN}
+    assert fs.run(state) == state
+
+
+@pytest.mark.parametrize(
+    ("start", "why"),
+    [
+        (st(OLD), "no root.img"),
+        (st(ROOT, OLD, revert=True), "a revert is pending"),
+        (st(ROOT, OLD, tries=2), "on trial"),
+    ],
+)
+def test_staging_is_refused_when_unsafe(start: FileState, why: str) -> None:
+    with pytest.raises(fs.Refused, match=why):
+        fs.stage(start, 1)
+
+
+def test_mark_good_drops_the_counter_only() -> None:
+    assert fs.mark_good(st(ROOT, OLD, tries=1)) == [fs.Step("remove", fs.TRIES)]
+    assert fs.mark_good(st(ROOT, OLD)) == []
+    with pytest.raises(fs.Refused, match="not booted yet"):
+        fs.mark_good(st(ROOT, NEW, tries=3))
+    marked = fs.run(fs.apply(st(ROOT, OLD, tries=0), fs.Step("remove", fs.TRIES)))
+    assert marked == st(ROOT, OLD)  # no revert once good
+
+
+def test_rollback_drops_a_staged_image_or_asks_for_the_old_one() -> None:
+    staged = st(ROOT, NEW, tries=3)
+    after, origin = _origin_after(staged, fs.rollback(staged))
+    assert after == st(ROOT) and fs.run(after) == st(ROOT) and origin[ROOT] == ROOT
+    assert fs.rollback(st(ROOT, OLD)) == [fs.Step("mark-revert")]
+    assert fs.boots_next(fs.apply(st(ROOT, OLD), fs.Step("mark-revert"))) == OLD
+    assert fs.rollback(st(ROOT, OLD, revert=True)) == []
+    with pytest.raises(fs.Refused, match="no root-old.img"):
+        fs.rollback(st(ROOT, BROKEN))
+
+
+@pytest.mark.parametrize("start", [s for s in ALL if _with_images(s)])
+def test_boots_next_names_the_file_that_ends_as_root(start: FileState) -> None:
+    end, origin = _origin_after(start, fs.plan(start))
+    assert fs.boots_next(start) == origin[ROOT]
+    # and the same file after a cut at any step (the boot resumes, the same file boots)
+    for cut in range(1, len(fs.plan(start))):
+        mid, mid_origin = _origin_after(start, fs.plan(start)[:cut])
+        assert mid_origin[fs.boots_next(mid) or ""] == origin[ROOT]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from updater import bootflow, config, contracts, kexec
-from updater.commands import INDEX
+from updater.commands import INDEX, files
 from updater.commands.common import emit, out, resolve_target
 from updater.config import RebootVia
 from updater.log import log
@@ -24,6 +24,9 @@ def cmd_reboot(args: argparse.Namespace) -> int:
 
 
 def _reboot(args: argparse.Namespace, via: RebootVia) -> int:
+    cfg = files.backend(args)
+    if cfg is not None:
+        return files.reboot(args, cfg, via)
     request = bootflow.Request(slot=args.slot, via=via, force=args.force, dry_run=args.dry_run)
     support = kexec.probe_support()
 

@@ -9,7 +9,7 @@ import argparse
 from collections.abc import Callable
 
 from updater import contracts, gpt, layout, slotimage, slots, state, target
-from updater.commands import INDEX
+from updater.commands import INDEX, files
 from updater.commands.common import emit, resolve_target
 from updater.commands.common import out as _out
 from updater.errors import SlotError, UpdaterError, UsageError
@@ -33,6 +33,9 @@ def _format_slots(st: state.DiskState, after: tuple[slots.Slot, ...] | None = No
 def cmd_status(args: argparse.Namespace) -> int:
     from updater.agent import report as agent_report  # status is the only slot command using it
 
+    cfg = files.backend(args)
+    if cfg is not None:
+        return files.cmd_status(args, cfg)
     st = state.load(resolve_target(args))
     agent = agent_report.status_json(args.config)
     held, held_error = _pin_of(args)
@@ -149,6 +152,9 @@ def cmd_mark_good(args: argparse.Namespace) -> int:
     from updater.agent.system import read_boot_id
     from updater.hooks import stages
 
+    on_files = files.backend(args)
+    if on_files is not None:
+        return files.cmd_mark_good(args, on_files)
     t = resolve_target(args)
     st = state.load(t)
     part = _part(st, args.part)
@@ -184,6 +190,9 @@ def _decide_rollback(args: argparse.Namespace, st: state.DiskState) -> slots.Tra
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """The switch, reported as every transition is; then, if asked, the reboot into it."""
+    cfg = files.backend(args)
+    if cfg is not None:
+        return files.cmd_rollback(args, cfg)
     status = _transition_command(_decide_rollback)(args)
     if args.reboot != "none" and not args.dry_run:
         from updater import bootflow, kexec

@@ -20,7 +20,7 @@ from updater.commands.common import (
     resolve_target,
     version_arg,
 )
-from updater.config import RebootVia
+from updater.config import RebootVia, SlotBackend
 from updater.errors import UpdaterError
 from updater.log import log
 
@@ -76,11 +76,17 @@ class Display:
             "nothing": lambda: f"nothing to do: {data['reason']}",
             "available": lambda: f"release {data['version']}: {data['reason']}",
             "activated": lambda: (
-                f"release {data['version']} is active in USR-{data['slot']} "
+                f"release {data['version']} is staged as {data['image']} "
+                f"({data['tries']} boot tries until mark-good)"
+                if data["slot"] == "files"
+                else f"release {data['version']} is active in USR-{data['slot']} "
                 f"(priority {data['priority']}, {data['tries']} boot try)"
                 + (" after resuming an interrupted write" if data["resumed"] else "")
             ),
-            "rebooting": lambda: f"rebooting into USR-{data['slot']} ({data['method']})",
+            "rebooting": lambda: (
+                f"rebooting into {data.get('image') or 'USR-' + str(data['slot'])} "
+                f"({data['method']})"
+            ),
         }.get(kind)
         if text is not None:
             out(text() + "\n")
@@ -100,13 +106,14 @@ def cmd_update(args: argparse.Namespace) -> int:
         cfg, "update", repo=args.repo, trusted_root=args.trusted_root,
         state_dir=args.state_dir, channel=args.channel, reboot=args.reboot,
     ).update  # fmt: skip
-    target = resolve_target(args)
+    on_files = cfg.boot.backend is SlotBackend.FILES
+    target = None if on_files else resolve_target(args)
     pinned = pin.load(settings.state_dir)
     wanted = pin.effective(pinned, args.version, args.override_pin)
     if pinned is not None and wanted == pinned:
         log(f"this machine is pinned to release {pinned} (updater unpin follows the channel)")
     request = update.Request(
-        settings=settings, arch=target.boot.arch, pin=wanted,
+        settings=settings, arch=cfg.boot.arch if target is None else target.boot.arch, pin=wanted,
         allow_downgrade=args.allow_downgrade, check_only=args.check, reboot=settings.reboot,
         hooks=cfg.hooks,
     )  # fmt: skip
@@ -131,7 +138,12 @@ def cmd_update(args: argparse.Namespace) -> int:
     try:
         policy = HttpPolicy(timeout=settings.timeout, retries=settings.retries)
         client = open_client(settings.repo, settings.trusted_root, settings.state_dir, policy)
-        outcome = update.run(target, request, client, emit)
+        if target is None:
+            from updater import fileupdate
+
+            outcome = fileupdate.run(cfg.boot.images_dir, cfg.boot.tries, request, client, emit)
+        else:
+            outcome = update.run(target, request, client, emit)
     except UpdaterError as exc:
         display.close()
         result("failed", error=exc.message, exit=exc.exit_code)
@@ -139,7 +151,10 @@ def cmd_update(args: argparse.Namespace) -> int:
     display.close()
     version = str(outcome.release.version) if outcome.release else None
     result(outcome.status, version=version, reason=outcome.reason, exit=outcome.exit_code)
-    if outcome.status == "updated" and request.reboot is not RebootVia.NONE:
+    if outcome.status == "updated" and request.reboot is not RebootVia.NONE and target is None:
+        _reboot_files(cfg, request.reboot, emit)
+    elif outcome.status == "updated" and request.reboot is not RebootVia.NONE:
+        assert target is not None
 
         def announce(report: bootflow.Report) -> None:
             slot = report.slot.letter if report.slot else None
@@ -149,6 +164,18 @@ def cmd_update(args: argparse.Namespace) -> int:
         stages.before_reboot(cfg.hooks, target, request.settings.state_dir)
         bootflow.reboot(target, req, kexec.probe_support(), announce)
     return outcome.exit_code
+
+
+def _reboot_files(cfg: config.Config, via: RebootVia, emit: Any) -> None:
+    from updater import bootdisk, filebackend, fileboot, kexec, update
+
+    def announce(report: fileboot.FileReport) -> None:
+        emit(update.Event("rebooting", {"slot": "files", "image": report.plan.image,
+                                        "method": str(report.method)}))  # fmt: skip
+
+    fileboot.reboot(filebackend.read(cfg.boot.images_dir), cfg.boot,
+                    bootdisk.read_cmdline("/proc/cmdline"), via, kexec.probe_support(),
+                    announce)  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
