@@ -132,6 +132,24 @@ class InstallSettings:
 
 
 @dataclass(frozen=True)
+class QuiesceSettings:
+    stop_commands: tuple[tuple[str, ...], ...] = ()
+    kill: bool = True
+    grace: float = 2.0
+    step_timeout: float = 30.0
+    timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    pidfiles: tuple[str, ...] = ()
+    units: tuple[str, ...] = ()
+    dir: str = "/var/lib/updater/checkpoint"
+    shell_job: bool = True
+    timeout: float = 120.0
+
+
+@dataclass(frozen=True)
 class Config:
     boot: BootSettings = field(default_factory=BootSettings)
     update: UpdateSettings = field(default_factory=UpdateSettings)
@@ -139,6 +157,8 @@ class Config:
     lock: LockSettings = field(default_factory=LockSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     install: InstallSettings = field(default_factory=InstallSettings)
+    quiesce: QuiesceSettings = field(default_factory=QuiesceSettings)
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     source: str | None = None  # the file it was read from; None: every default
 
 
@@ -149,6 +169,8 @@ SECTIONS: Mapping[str, type[Any]] = {
     "lock": LockSettings,
     "health": HealthSettings,
     "install": InstallSettings,
+    "quiesce": QuiesceSettings,
+    "checkpoint": CheckpointSettings,
 }
 
 # ------------------------------------------------------------------------------ value parsers
@@ -343,6 +365,12 @@ def _commands(value: object) -> tuple[tuple[str, ...], ...]:
 
 
 _UNIT = re.compile(r"[A-Za-z0-9:_.@\\-]{1,255}")
+
+
+def _paths(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > 64:
+        raise ValueError("must be a list of at most 64 absolute paths")
+    return tuple(_absolute_path(v) for v in value)
 
 
 def _units(value: object) -> tuple[str, ...]:

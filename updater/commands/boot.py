@@ -24,7 +24,15 @@ def cmd_reboot(args: argparse.Namespace) -> int:
 
 
 def _reboot(args: argparse.Namespace, via: RebootVia) -> int:
-    request = bootflow.Request(slot=args.slot, via=via, force=args.force, dry_run=args.dry_run)
+    settings = config.load(args.config)
+    request = bootflow.Request(
+        slot=args.slot,
+        via=via,
+        force=args.force,
+        dry_run=args.dry_run,
+        quiesce=settings.quiesce,
+        checkpoint=settings.checkpoint,
+    )
     support = kexec.probe_support()
 
     def announce(report: bootflow.Report) -> None:
@@ -69,6 +77,11 @@ DESCRIPTION = (
     "the ESP, the first-boot marker and the OEM settings, build Flatcar's command\n"
     "line, load the kernel (kexec_file_load, else kexec_load where allowed), consume\n"
     "the slot's boot try durably, and jump (systemctl kexec; --force: kexec -e).\n"
+    "Without systemd as PID 1 the jump is the [quiesce] sequence: stop commands,\n"
+    "killall5, sync, umount -r of every disk filesystem, kexec -e, each step timed\n"
+    "and logged; a failed or late step reboots through the firmware instead.\n"
+    "With [checkpoint] processes selected, CRIU dumps them before the jump (a failed\n"
+    "dump: no reboot, they keep running); updater checkpoint restore brings them back.\n"
     "If kexec is impossible (lockdown, kexec_load_disabled, no kexec tool, a failed\n"
     "load) the machine reboots through the firmware into the same slot instead; a\n"
     "failed jump unloads the kernel and gives the try back.\n"
