@@ -506,6 +506,33 @@ SETTINGS: tuple[Setting, ...] = (
             "What `updater install` puts on a new disk besides the release: `grub/BOOTX64.EFI` "
             "(`BOOTAA64.EFI` on arm64) and `grub/grub.cfg` for the ESP, `root/` (the initial "
             "ROOT; absent: ROOT starts empty), `oem/ID/` (the OEM files for `--oem ID`)."),
+    Setting("quiesce", "stop_commands", _commands,
+            "Without systemd as PID 1: commands that stop the services before `kexec -e`, in "
+            "order (e.g. `/etc/init.d/nginx stop`); no shell runs them. With systemd, "
+            "`systemctl kexec` stops the units and this section is not used."),
+    Setting("quiesce", "kill", _bool,
+            "After the stop commands: `killall5 -15`, `grace` seconds, `killall5 -9` (every "
+            "process but the updater's session), as sysvinit's halt does."),
+    Setting("quiesce", "grace", _seconds(0, 600),
+            "Seconds between the TERM and the KILL signal."),
+    Setting("quiesce", "step_timeout", _seconds(1, 3600),
+            "Seconds each step (a stop command, sync, an unmount, `kexec -e`) may take."),
+    Setting("quiesce", "timeout", _seconds(1, 86400),
+            "Seconds the whole quiesce may take; when a step fails or the time is up, the "
+            "machine syncs and reboots through the firmware (`reboot -f`) into the same slot."),
+    Setting("checkpoint", "pidfiles", _paths,
+            "Processes to carry across `updater kexec` with CRIU: files holding the pid of the "
+            "root of each process tree. Empty (and no `units`): no checkpoint."),
+    Setting("checkpoint", "units", _units,
+            "systemd units whose main process tree is carried across (its `MainPID`)."),
+    Setting("checkpoint", "dir", _absolute_path,
+            "Where the dumps are written: a filesystem that survives the reboot (the ROOT "
+            "partition, not /run); `updater checkpoint restore` reads them after the boot."),
+    Setting("checkpoint", "shell_job", _bool,
+            "Pass `--shell-job` to CRIU: the trees may belong to a session or a terminal "
+            "outside them (a process started from a shell)."),
+    Setting("checkpoint", "timeout", _seconds(1, 3600),
+            "Seconds one `criu dump` or `criu restore` may take."),
 )  # fmt: skip
 
 _BY_KEY = {(s.section, s.key): s for s in SETTINGS}
