@@ -1,9 +1,10 @@
 """Carry out a quiesce plan (``updater.quiesce.plan``): each step through ``updater.run`` with
 its timeout, timed and logged (``quiesce: sync 0.03 s``), the plan's budget checked before each
 step. A step that fails (unless tolerated), outlives its timeout, or starts past the budget
-ends the plan: ``before_fallback`` runs (the reboot flow gives the boot try back there), then
-the firmware reboot. The jump and the fallback do not return when they work; when even the
-fallback fails, ``QuiesceFailed`` says what was done.
+ends the plan (a tolerated step's failure or timeout is logged and the plan goes on; the
+budget still bounds it): ``before_fallback`` runs (the reboot flow gives the boot try back
+there), then the firmware reboot. The jump and the fallback do not return when they work;
+when even the fallback fails, ``QuiesceFailed`` says what was done.
 
 Timing uses the monotonic clock; the lines go to stderr (the console) as each step ends, since
 the last one never returns.
@@ -60,8 +61,11 @@ def _run_step(step: QStep, timeout: float, clock: Clock, timings: Timings) -> No
     except subprocess.TimeoutExpired:
         took = clock() - start
         timings.steps.append((step, took, "timeout"))
-        log(f"quiesce: {step.phase} {step.what}: timed out after {took:.2f} s")
-        raise _StepFailed(f"{step.what} timed out after {timeout:g} s") from None
+        log(f"quiesce: {step.phase} {step.what}: timed out after {took:.2f} s"
+            f"{', tolerated' if step.tolerated else ''}")  # fmt: skip
+        if not step.tolerated:
+            raise _StepFailed(f"{step.what} timed out after {timeout:g} s") from None
+        return
     except UpdaterError as exc:  # the tool is missing
         took = clock() - start
         timings.steps.append((step, took, "failed"))
