@@ -54,6 +54,14 @@ class _StepFailed(Exception):
         self.why = why
 
 
+def _say(step: QStep, took: float, failure: str | None) -> None:
+    """One line per step: ``quiesce: PHASE COMMAND SECONDS s`` and what went wrong, if anything."""
+    line = f"quiesce: {step.phase} {step.what} {took:.2f} s"
+    if failure is not None:
+        line += f" ({'tolerated' if step.tolerated else 'failed'}: {failure})"
+    log(line)
+
+
 def _run_step(step: QStep, timeout: float, clock: Clock, timings: Timings) -> None:
     start = clock()
     try:
@@ -61,28 +69,26 @@ def _run_step(step: QStep, timeout: float, clock: Clock, timings: Timings) -> No
     except subprocess.TimeoutExpired:
         took = clock() - start
         timings.steps.append((step, took, "timeout"))
-        log(f"quiesce: {step.phase} {step.what}: timed out after {took:.2f} s"
-            f"{', tolerated' if step.tolerated else ''}")  # fmt: skip
+        _say(step, took, f"timed out after {timeout:g} s")
         if not step.tolerated:
             raise _StepFailed(f"{step.what} timed out after {timeout:g} s") from None
         return
     except UpdaterError as exc:  # the tool is missing
         took = clock() - start
         timings.steps.append((step, took, "failed"))
-        log(f"quiesce: {step.phase} {step.what}: {exc.message}")
+        _say(step, took, exc.message)
         if not step.tolerated:
             raise _StepFailed(exc.message) from None
         return
     took = clock() - start
     if proc.returncode in step.ok:
         timings.steps.append((step, took, "ok"))
-        log(f"quiesce: {step.phase} {step.what} {took:.2f} s")
+        _say(step, took, None)
         return
     err = proc.stderr.decode(errors="replace").strip().splitlines() if proc.stderr else []
     detail = err[-1] if err else f"exit status {proc.returncode}"
     timings.steps.append((step, took, "failed"))
-    log(f"quiesce: {step.phase} {step.what}: {detail} ({took:.2f} s"
-        f"{', tolerated' if step.tolerated else ''})")  # fmt: skip
+    _say(step, took, detail)
     if not step.tolerated:
         raise _StepFailed(f"{step.what} failed: {detail}")
 
