@@ -50,10 +50,11 @@ done
 
 # Counts seconds in a shell variable (the state CRIU must carry) and writes it out. The pid is
 # pushed high first: CRIU restores the same pids, and a low one may be taken in the new boot.
+# A subshell, so that the job is not a process group of its own and ``$!`` is the loop itself.
 COUNTER = (
     "mkdir -p /var/lib/counter && echo 30000 > /proc/sys/kernel/ns_last_pid && "
-    "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /var/lib/counter/count; sleep 1; "
-    "done' < /dev/null > /dev/null 2>&1 & echo $! > /var/lib/counter/pid"
+    "(sh -c 'i=0; while :; do i=$((i+1)); echo $i > /var/lib/counter/count; sleep 1; "
+    "done' < /dev/null > /dev/null 2>&1 & echo $! > /var/lib/counter/pid)"
 )
 
 CONFIG = """\
