@@ -211,3 +211,17 @@ def test_dump_then_jump(disk: Target, m: Machine, tmp_path: Path,  # noqa: F811
     report = reboot(disk, m, checkpoint=s)
     assert report.saved is not None and m.ran[-1] == ["systemctl", "kexec"]
     assert (tmp_path / "ckpt/manifest.json").is_file()
+
+
+def test_an_unwritable_dump_directory_is_one_line(tmp_path: Path, fake_criu: Criu) -> None:
+    (tmp_path / "file").write_text("")
+    s = CheckpointSettings(pidfiles=(str(tmp_path / "w.pid"),), dir=str(tmp_path / "file/ckpt"))
+    with pytest.raises(criu.CheckpointFailed, match="Not a directory"):
+        criu.dump(s, boot=BOOT_1)
+    assert fake_criu.ran == []
+
+
+def test_a_missing_pid_file_is_one_line(tmp_path: Path, fake_criu: Criu) -> None:
+    s = CheckpointSettings(pidfiles=(str(tmp_path / "none.pid"),), dir=str(tmp_path / "c"))
+    with pytest.raises(criu.CheckpointFailed, match="cannot read the pid file"):
+        criu.dump(s, boot=BOOT_1)

@@ -14,6 +14,7 @@ This module does not decide when to dump (``updater.bootflow``).
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from updater import atomicfile
 from updater.config import CheckpointSettings
-from updater.errors import DataError, UpdaterError
+from updater.errors import UpdaterError
 from updater.log import log
 from updater.quiesce import checkpoint
 from updater.quiesce.checkpoint import Manifest, Tree
@@ -99,11 +100,11 @@ def dump(
             f"{root / checkpoint.MANIFEST} holds a checkpoint that was never restored; "
             "run updater checkpoint restore, or remove it"
         )
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
     this_boot = boot or boot_id()
     dumped: list[Tree] = []
     started: float | None = None
     try:
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
         for index, name in enumerate(names):
             pid = _pid_of(name, settings.timeout)
             images = root / str(index)
@@ -124,8 +125,14 @@ def dump(
         return manifest
     except BaseException as exc:
         _put_back(root, dumped, settings)
-        if isinstance(exc, DataError):
+        if isinstance(exc, CheckpointFailed):
+            raise
+        if isinstance(exc, UpdaterError):  # a bad pid file, systemctl failing
             raise CheckpointFailed(exc.message) from None
+        if isinstance(exc, OSError):  # the dump directory cannot be written
+            raise CheckpointFailed(f"{exc.filename or root}: {exc.strerror}") from None
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise CheckpointFailed(f"{shlex.join(exc.cmd)} timed out") from None
         raise
 
 
