@@ -225,3 +225,18 @@ def test_a_missing_pid_file_is_one_line(tmp_path: Path, fake_criu: Criu) -> None
     s = CheckpointSettings(pidfiles=(str(tmp_path / "none.pid"),), dir=str(tmp_path / "c"))
     with pytest.raises(criu.CheckpointFailed, match="cannot read the pid file"):
         criu.dump(s, boot=BOOT_1)
+
+
+def test_the_agent_reboots_with_the_quiesce_and_checkpoint_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from updater.agent.system import UpdateFlowSystem
+    from updater.config import Config, QuiesceSettings
+
+    seen: list[bootflow.Request] = []
+    monkeypatch.setattr(bootflow, "reboot", lambda t, request, s, a: seen.append(request))
+    cfg = Config(quiesce=QuiesceSettings(grace=7),
+                 checkpoint=CheckpointSettings(units=("a.service",)))  # fmt: skip
+    system = UpdateFlowSystem(cfg, target=lambda: None)  # type: ignore[arg-type,return-value]
+    system.reboot("kexec")
+    assert seen[0].quiesce.grace == 7 and seen[0].checkpoint.units == ("a.service",)
