@@ -41,6 +41,7 @@ PACKAGES = (
     "mtools",
     "kmod",
     "python3-parted",  # updater install partitions with pyparted (Debian's build, 3.12)
+    "criu",  # checkpoints of processes across a kexec (updater checkpoint, [checkpoint])
 )
 
 # Module trees no test VM needs; dropping them keeps USR small (they are most of the kernel).
@@ -213,7 +214,11 @@ ExecStart=-/sbin/agetty --autologin root --noclear --keep-baud 115200,57600,3840
 # enabled: the agent and the health-gated mark-good would change the A/B state by themselves,
 # which the VM tests drive step by step (test_kexec relies on a trial slot NOT being marked good
 # by itself); a test that wants them enables them (systemctl enable, or a symlink in the tree).
-ENABLED_UNITS = {"updater-sync.service": "sysinit.target.wants"}
+# updater-restore.service only acts on a checkpoint that `updater kexec` wrote.
+ENABLED_UNITS = {
+    "updater-sync.service": "sysinit.target.wants",
+    "updater-restore.service": "multi-user.target.wants",
+}
 
 
 def install_units(tree: Path) -> None:

@@ -8,7 +8,13 @@ kexec: plan (``updater.bootplan``) -> stage -> load -> consume the try -> jump.
 3. consume the boot try durably in the GPT (and the grubenv) only now, right before the jump,
    so that a hung or broken new kernel falls back on the next cold boot through the firmware,
    and a failed load leaves the try for GRUB to consume;
-4. jump: ``systemctl kexec`` (clean shutdown) or, with force, ``kexec -e``.
+4. jump: ``systemctl kexec`` (clean shutdown); without systemd as PID 1, the quiesce of
+   ``updater.quiesce`` (stop services, sync, unmount, ``kexec -e``, each step timed, a firmware
+   reboot when a step fails or the time is up); with force, ``kexec -e`` right after a sync.
+
+With ``[checkpoint]`` trees selected, they are dumped with CRIU after the load and before the try
+is consumed (``updater.quiesce.criu``); a failed dump unloads the kernel and stops the flow with
+the workload running, and a failed jump restores them where they were.
 
 Every failure after the load unloads the kernel (a kernel left loaded turns a later plain reboot
 into a kexec that consumes no try), and once the try is consumed, gives it back (the slot gets
@@ -31,15 +37,19 @@ and hands it to ``announce`` right before the jump.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from updater import bootplan, kexec, signals, slots, state
 from updater.bootplan import BootPlan
-from updater.config import RebootVia
+from updater.config import CheckpointSettings, QuiesceSettings, RebootVia
 from updater.errors import SlotError, UpdaterError
 from updater.kexec import KexecSupport, Method, Step
 from updater.log import log
+from updater.quiesce import checkpoint, criu, runner
+from updater.quiesce.checkpoint import Manifest
+from updater.quiesce.plan import QuiescePlan, plan_quiesce
 from updater.target import Target
 
 STAGE_DIR = "/run/updater/kexec"
@@ -53,6 +63,8 @@ class Request:
     via: RebootVia = RebootVia.KEXEC
     force: bool = False  # no clean shutdown: sync, remount / read-only, kexec -e / reboot -f
     dry_run: bool = False
+    quiesce: QuiesceSettings = field(default_factory=QuiesceSettings)
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,8 @@ class Report:
     plan: BootPlan | None = None  # None on the firmware path, which plans nothing
     reason: str | None = None  # why the firmware path
     consumed: slots.Slot | None = None  # the slot as written when the kexec took its try
+    quiesce: QuiescePlan | None = None  # the jump without systemd: ``steps`` are its commands
+    saved: Manifest | None = None  # the checkpoint taken before the jump
 
     @property
     def tries_left(self) -> int | None:
@@ -95,29 +109,43 @@ def reboot(target: Target, request: Request, support: KexecSupport, announce: An
             _check_firmware_slot(st, request, blocker)
             steps = kexec.firmware_steps(force=request.force, systemd=support.systemd)
             return Report(Method.FIRMWARE, tuple(steps), plan.slot, plan, reason=blocker)
-        jump = kexec.exec_steps(force=request.force, systemd=support.systemd)
+        names = checkpoint.wanted(request.checkpoint)
+        if names:
+            log(f"would checkpoint {', '.join(names)} into {request.checkpoint.dir}")
+        jump, quiesce = _jump_steps(request, support)
         steps = [kexec.UNLOAD, plan.staged.image.load_step(Method.FILE), *jump]
-        return Report(Method.FILE, tuple(steps), plan.slot, plan)
+        return Report(Method.FILE, tuple(steps), plan.slot, plan, quiesce=quiesce)
     report = _take(target, plan, request, support, announce)
     if isinstance(report, kexec.LoadFailed):
         return _firmware(target, request, support, report.message)
-    _jump(target, report)
+    _jump(target, report, request.checkpoint)
     return report
+
+
+def _jump_steps(request: Request, support: KexecSupport) -> tuple[list[Step], QuiescePlan | None]:
+    """The jump's commands, and the quiesce plan when the machine has no systemd."""
+    if support.systemd or request.force:
+        return kexec.exec_steps(force=request.force, systemd=support.systemd), None
+    quiesce = plan_quiesce(request.quiesce, runner.read_mounts(), (os.getpid(), os.getppid()))
+    return [Step(s.argv, s.tolerated) for s in quiesce.steps], quiesce
 
 
 def _take(
     target: Target, plan: BootPlan, request: Request, support: KexecSupport, announce: Announce
 ) -> Report | kexec.LoadFailed:
-    """Load the kernel, consume the planned slot's try durably, and announce the jump, with
-    signals counting as failures (one guard; held from the consumption on, so that the write
-    is done or not started when one lands); undo on any failure. A failed load is returned."""
+    """Load the kernel, dump the checkpointed trees, consume the planned slot's try durably,
+    and announce the jump, with signals counting as failures (one guard; held from the
+    consumption on, so that the write is done or not started when one lands); undo on any
+    failure (a failed dump: the kernel unloaded, nothing rebooted). A failed load is returned."""
     taken: slots.Slot | None = None  # the slot as written, once its try is consumed
+    saved: Manifest | None = None  # the checkpoint, once taken
     try:
         with signals.guarded() as guard:
             try:
                 method = kexec.load(plan.image(), support)
             except kexec.LoadFailed as exc:
                 return exc
+            saved = criu.dump(request.checkpoint)
             guard.hold()
             known = {plan.facts.letter: plan.facts.usrhash} if plan.facts.usrhash else {}
             try:
@@ -129,30 +157,55 @@ def _take(
                 log(exc.message)
                 consume = exc.outcome
             taken = next(s for s in consume.after if s.partition == plan.slot.partition)
-            steps = kexec.exec_steps(force=request.force, systemd=support.systemd)
-            report = Report(method, tuple(steps), plan.slot, plan, consumed=taken)
+            steps, quiesce = _jump_steps(request, support)
+            report = Report(method, tuple(steps), plan.slot, plan, consumed=taken,
+                            quiesce=quiesce, saved=saved)  # fmt: skip
             announce(report)
+    except criu.CheckpointFailed as exc:
+        for line in _undo(target, None):
+            log(line)
+        raise criu.CheckpointFailed(
+            f"{exc.message}; not rebooting, the workload keeps running"
+        ) from None
     except BaseException:  # a signal while loading too: the kernel may be in by now
-        for line in _undo(target, taken):
+        for line in _undo(target, taken, saved, request.checkpoint):
             log(line)
         raise
     return report
 
 
-def _jump(target: Target, report: Report) -> None:
+def _jump(target: Target, report: Report, settings: CheckpointSettings) -> None:
     """Run the jump with default signal handling (module docstring); undo when it fails."""
+    if report.quiesce is not None:
+
+        def before_fallback(why: str) -> None:
+            # The firmware boot gets the try back that GRUB will consume; the checkpoint stays
+            # on disk for the restore after that boot.
+            for line in _undo(target, report.consumed):
+                log(line)
+
+        runner.execute(report.quiesce, before_fallback)
+        return
     try:
         kexec.run_steps(report.steps)
     except (UpdaterError, OSError, KeyboardInterrupt) as exc:
-        undone = "; ".join(_undo(target, report.consumed))
+        undone = "; ".join(_undo(target, report.consumed, report.saved, settings))
         detail = exc.message if isinstance(exc, UpdaterError) else str(exc) or type(exc).__name__
         raise JumpFailed(f"{detail}; {undone}; nothing was rebooted") from exc
 
 
-def _undo(target: Target, taken: slots.Slot | None) -> list[str]:
-    """Unload the kernel, and give the consumed try back when one was taken. Never raises: it
-    runs while another failure is on its way up, and says what it could not do."""
+def _undo(
+    target: Target,
+    taken: slots.Slot | None,
+    saved: Manifest | None = None,
+    settings: CheckpointSettings | None = None,
+) -> list[str]:
+    """Unload the kernel, give the consumed try back when one was taken, and restore the
+    checkpointed trees here when there are some. Never raises: it runs while another failure is
+    on its way up, and says what it could not do."""
     said: list[str] = []
+    if saved is not None and settings is not None:
+        said += criu.undo(saved, settings)
     try:
         kexec.UNLOAD.run()
         said.append("unloaded the kexec kernel")

@@ -148,6 +148,24 @@ class HooksSettings:
 
 
 @dataclass(frozen=True)
+class QuiesceSettings:
+    stop_commands: tuple[tuple[str, ...], ...] = ()
+    kill: bool = True
+    grace: float = 2.0
+    step_timeout: float = 30.0
+    timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    pidfiles: tuple[str, ...] = ()
+    units: tuple[str, ...] = ()
+    dir: str = "/var/lib/updater/checkpoint"
+    shell_job: bool = True
+    timeout: float = 120.0
+
+
+@dataclass(frozen=True)
 class Config:
     boot: BootSettings = field(default_factory=BootSettings)
     update: UpdateSettings = field(default_factory=UpdateSettings)
@@ -156,6 +174,8 @@ class Config:
     health: HealthSettings = field(default_factory=HealthSettings)
     install: InstallSettings = field(default_factory=InstallSettings)
     hooks: HooksSettings = field(default_factory=HooksSettings)
+    quiesce: QuiesceSettings = field(default_factory=QuiesceSettings)
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     source: str | None = None  # the file it was read from; None: every default
 
 
@@ -167,6 +187,8 @@ SECTIONS: Mapping[str, type[Any]] = {
     "health": HealthSettings,
     "install": InstallSettings,
     "hooks": HooksSettings,
+    "quiesce": QuiesceSettings,
+    "checkpoint": CheckpointSettings,
 }
 
 # ------------------------------------------------------------------------------ value parsers
@@ -385,6 +407,12 @@ def _commands(value: object) -> tuple[tuple[str, ...], ...]:
 _UNIT = re.compile(r"[A-Za-z0-9:_.@\\-]{1,255}")
 
 
+def _paths(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > 64:
+        raise ValueError("must be a list of at most 64 absolute paths")
+    return tuple(_absolute_path(v) for v in value)
+
+
 def _units(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or len(value) > 64:
         raise ValueError("must be a list of at most 64 unit names")
@@ -537,6 +565,33 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("hooks", "timeout", _Seconds(1, 86400),
             "Seconds each hook executable may run; one that takes longer is killed (with "
             "everything it started) and counts as failed."),
+    Setting("quiesce", "stop_commands", _commands,
+            "Without systemd as PID 1: commands that stop the services before `kexec -e`, in "
+            "order (e.g. `/etc/init.d/nginx stop`); no shell runs them. With systemd, "
+            "`systemctl kexec` stops the units and this section is not used."),
+    Setting("quiesce", "kill", _bool,
+            "After the stop commands: `killall5 -15`, `grace` seconds, `killall5 -9` (every "
+            "process but the updater's session), as sysvinit's halt does."),
+    Setting("quiesce", "grace", _Seconds(0, 600),
+            "Seconds between the TERM and the KILL signal."),
+    Setting("quiesce", "step_timeout", _Seconds(1, 3600),
+            "Seconds each step (a stop command, sync, an unmount, `kexec -e`) may take."),
+    Setting("quiesce", "timeout", _Seconds(1, 86400),
+            "Seconds the whole quiesce may take; when a step fails or the time is up, the "
+            "machine syncs and reboots through the firmware (`reboot -f`) into the same slot."),
+    Setting("checkpoint", "pidfiles", _paths,
+            "Processes to carry across `updater kexec` with CRIU: files holding the pid of the "
+            "root of each process tree. Empty (and no `units`): no checkpoint."),
+    Setting("checkpoint", "units", _units,
+            "systemd units whose main process tree is carried across (its `MainPID`)."),
+    Setting("checkpoint", "dir", _absolute_path,
+            "Where the dumps are written: a filesystem that survives the reboot (the ROOT "
+            "partition, not /run); `updater checkpoint restore` reads them after the boot."),
+    Setting("checkpoint", "shell_job", _bool,
+            "Pass `--shell-job` to CRIU: the trees may belong to a session or a terminal "
+            "outside them (a process started from a shell)."),
+    Setting("checkpoint", "timeout", _Seconds(1, 3600),
+            "Seconds one `criu dump` or `criu restore` may take."),
 )  # fmt: skip
 
 _BY_KEY = {(s.section, s.key): s for s in SETTINGS}

@@ -54,8 +54,9 @@ def _unit(name: str) -> configparser.ConfigParser:
 
 
 def test_what_the_agent_relies_on() -> None:
-    assert [u.name for u in UNITS] == ["updater-agent.service", "updater-mark-good.service",
-                                       "updater-sync.service"]  # fmt: skip
+    assert [u.name for u in UNITS] == [
+        "updater-agent.service", "updater-mark-good.service", "updater-restore.service",
+        "updater-sync.service"]  # fmt: skip
     agent = _unit("updater-agent.service")
     assert agent["Service"]["Type"] == "notify" and agent["Service"]["WatchdogSec"]
     assert agent["Service"]["ExecStart"] == "/usr/bin/updater agent"
@@ -64,6 +65,11 @@ def test_what_the_agent_relies_on() -> None:
     assert good["Service"]["ExecStart"] == "/usr/bin/updater agent verify"
     assert "boot-complete.target" in good["Unit"]["After"].split()
     assert good["Unit"]["Requires"] == "boot-complete.target"
+    restore = _unit("updater-restore.service")
+    assert restore["Service"]["ExecStart"] == "/usr/bin/updater checkpoint restore"
+    # The restored trees stay behind when the oneshot's own process ends.
+    assert restore["Service"]["KillMode"] == "process"
+    assert "local-fs.target" in restore["Unit"]["After"].split()
     sync = _unit("updater-sync.service")
     assert sync["Service"]["ExecStart"] == "/usr/bin/updater sync"
     assert sync["Unit"]["DefaultDependencies"] == "no"
@@ -84,9 +90,11 @@ def test_units_are_installed_in_the_test_image_tree(tmp_path: Path) -> None:
         assert (tmp_path / "usr/lib/systemd/system" / unit.name).read_bytes() == unit.read_bytes()
     enabled = sorted(p.relative_to(tmp_path / "etc/systemd/system").as_posix()
                      for p in (tmp_path / "etc/systemd/system").rglob("*.service"))  # fmt: skip
-    assert enabled == ["sysinit.target.wants/updater-sync.service"], (
+    # The restore acts only on a checkpoint that updater kexec wrote.
+    assert enabled == ["multi-user.target.wants/updater-restore.service",
+                       "sysinit.target.wants/updater-sync.service"], (
         "the agent and mark-good are not enabled in the test image"
-    )
+    )  # fmt: skip
     link = tmp_path / "etc/systemd/system/sysinit.target.wants/updater-sync.service"
     assert str(link.readlink()) == "/usr/lib/systemd/system/updater-sync.service"
     shutil.rmtree(tmp_path / "usr")

@@ -76,7 +76,7 @@ def test_native_arch(machine: str, arch: str) -> None:
     ("text", "message"),
     [
         ("[nope]\n", r"unknown section \[nope\] \(known: boot, update, agent, lock, health, "
-                     r"install, hooks\)"),
+                     r"install, hooks, quiesce, checkpoint\)"),
         ("[boot]\nnope = 1\n", r"unknown setting \[boot\] nope \(known: extra_args, "),
         ("boot = 1\n", "boot must be a \\[section\\]"),
         ('[boot]\nverity = "yes"\n', r"\[boot\] verity must be true or false"),

@@ -226,7 +226,8 @@ def test_refused_values(section: str, key: str, toml: str, message: str) -> None
     ("text", "message"),
     [
         ("[nope]\n", "f.toml: unknown section [nope] "
-                      "(known: boot, update, agent, lock, health, install, hooks)"),
+                      "(known: boot, update, agent, lock, health, install, hooks, quiesce, "
+                      "checkpoint)"),
         ("boot = 1\n", "f.toml: boot must be a [section]"),
         ("[lock]\nname = 1\n", "f.toml: unknown setting [lock] name (known: backend, endpoints, "
          "group, id, ttl, retry, prefix, timeout)"),
@@ -303,7 +304,8 @@ def test_show_and_as_dict() -> None:
     assert shown["agent"]["windows"] == [{"days": ["Mon", "Sat"], "start": "02:00",
                                           "minutes": 90}]  # fmt: skip
     assert shown["agent"]["jitter"] == 0.2 and shown["health"]["commands"] == []
-    assert list(shown) == ["boot", "update", "agent", "lock", "health", "install", "hooks"]
+    assert list(shown) == ["boot", "update", "agent", "lock", "health", "install", "hooks",
+                            "quiesce", "checkpoint"]
     assert shown["lock"]["backend"] == "none" and shown["update"]["timeout"] == 30.0
 
 

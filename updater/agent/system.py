@@ -138,7 +138,8 @@ class UpdateFlowSystem:
             slot = report.slot.label if report.slot else "no slot"
             log(f"rebooting into {slot} ({report.method})")
 
-        request = bootflow.Request(slot="auto", via=RebootVia(via))
+        request = bootflow.Request(slot="auto", via=RebootVia(via), quiesce=self.cfg.quiesce,
+                                   checkpoint=self.cfg.checkpoint)  # fmt: skip
         bootflow.reboot(self.target(), request, kexec.probe_support(), announce)
 
     def mark_good(self) -> None:

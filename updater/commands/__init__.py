@@ -56,4 +56,7 @@ INDEX: dict[str, Entry] = {
     "install": Entry(
         "install", "install the OS on a blank disk (partition, format, GRUB, the release, verify)"
     ),
+    "checkpoint": Entry(
+        "checkpoint", "restore the processes checkpointed before a kexec (CRIU); criu check"
+    ),
 }

@@ -27,7 +27,15 @@ def _reboot(args: argparse.Namespace, via: RebootVia) -> int:
     cfg = files.backend(args)
     if cfg is not None:
         return files.reboot(args, cfg, via)
-    request = bootflow.Request(slot=args.slot, via=via, force=args.force, dry_run=args.dry_run)
+    settings = config.load(args.config)
+    request = bootflow.Request(
+        slot=args.slot,
+        via=via,
+        force=args.force,
+        dry_run=args.dry_run,
+        quiesce=settings.quiesce,
+        checkpoint=settings.checkpoint,
+    )
     support = kexec.probe_support()
 
     def announce(report: bootflow.Report) -> None:
@@ -72,6 +80,11 @@ DESCRIPTION = (
     "the ESP, the first-boot marker and the OEM settings, build Flatcar's command\n"
     "line, load the kernel (kexec_file_load, else kexec_load where allowed), consume\n"
     "the slot's boot try durably, and jump (systemctl kexec; --force: kexec -e).\n"
+    "Without systemd as PID 1 the jump is the [quiesce] sequence: stop commands,\n"
+    "killall5, sync, umount -r of every disk filesystem, kexec -e, each step timed\n"
+    "and logged; a failed or late step reboots through the firmware instead.\n"
+    "With [checkpoint] processes selected, CRIU dumps them before the jump (a failed\n"
+    "dump: no reboot, they keep running); updater checkpoint restore brings them back.\n"
     "If kexec is impossible (lockdown, kexec_load_disabled, no kexec tool, a failed\n"
     "load) the machine reboots through the firmware into the same slot instead; a\n"
     "failed jump unloads the kernel and gives the try back.\n"

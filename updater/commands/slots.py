@@ -202,7 +202,11 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         def announce(report: bootflow.Report) -> None:
             log(f"rebooting into {report.slot.label if report.slot else '?'} ({report.method})")
 
-        request = bootflow.Request(slot="auto", via=RebootVia(args.reboot))
+        from updater import config
+
+        cfg = config.load(args.config)
+        request = bootflow.Request(slot="auto", via=RebootVia(args.reboot),
+                                   quiesce=cfg.quiesce, checkpoint=cfg.checkpoint)  # fmt: skip
         bootflow.reboot(resolve_target(args), request, kexec.probe_support(), announce)
     return status
 

@@ -160,7 +160,8 @@ def cmd_update(args: argparse.Namespace) -> int:
             slot = report.slot.letter if report.slot else None
             emit(update.Event("rebooting", {"slot": slot, "method": str(report.method)}))
 
-        req = bootflow.Request(slot="auto", via=request.reboot)
+        req = bootflow.Request(slot="auto", via=request.reboot, quiesce=cfg.quiesce,
+                               checkpoint=cfg.checkpoint)  # fmt: skip
         stages.before_reboot(cfg.hooks, target, request.settings.state_dir)
         bootflow.reboot(target, req, kexec.probe_support(), announce)
     return outcome.exit_code
