@@ -36,7 +36,7 @@ from images.build import build_all, payload, publish_release  # noqa: E402
 from tests.integration.fleet import RawEtcd, etcd_server  # noqa: E402
 from tests.integration.httprepo import RepoServer  # noqa: E402
 from tests.vm import harness  # noqa: E402
-from tests.vm.test_update import GUEST_CONFIG, files_tar  # noqa: E402
+from tests.vm.test_update import GUEST_CONFIG, files_tar, settled  # noqa: E402
 
 READY = r"UPDATER-READY version=(\d+) usr=([0-9a-fA-F-]+)\r?\n"
 TIMEOUT = 900
@@ -78,7 +78,8 @@ def reboot_and_time(m: harness.Machine, command: str) -> tuple[str, float]:
 
 
 def agent_until(m: harness.Machine, states: tuple[str, ...], timeout: float = TIMEOUT) -> None:
-    """Print the agent's state whenever it changes, until it is one of ``states``."""
+    """Print the agent's state whenever it changes, until it is one of ``states`` with the lock
+    given back."""
     end, last = time.monotonic() + timeout, None
     while time.monotonic() < end:
         doc = json.loads(m.run("updater agent status --json", 120).check().output)
@@ -86,7 +87,7 @@ def agent_until(m: harness.Machine, states: tuple[str, ...], timeout: float = TI
         if line != last:
             say(line)
             last = line
-        if doc.get("state") in states:
+        if any(settled(doc, state) for state in states):
             return
         time.sleep(5)
     raise harness.VmError(f"the agent did not reach {states} in {timeout} s")

@@ -70,6 +70,10 @@ def test_what_the_agent_relies_on() -> None:
     # The restored trees stay behind when the oneshot's own process ends.
     assert restore["Service"]["KillMode"] == "process"
     assert "local-fs.target" in restore["Unit"]["After"].split()
+    # The verdict judges a started system and never holds up its start: both wait for
+    # multi-user.target (a verdict inside it kept the trial boot's own units from starting).
+    assert "multi-user.target" in good["Unit"]["After"].split()
+    assert "multi-user.target" in agent["Unit"]["After"].split()
     sync = _unit("updater-sync.service")
     assert sync["Service"]["ExecStart"] == "/usr/bin/updater sync"
     assert sync["Unit"]["DefaultDependencies"] == "no"
