@@ -189,6 +189,9 @@ def _jump(target: Target, report: Report, settings: CheckpointSettings) -> None:
     try:
         kexec.run_steps(report.steps)
     except (UpdaterError, OSError, KeyboardInterrupt) as exc:
+        if kexec.stopped_by_shutdown(exc):
+            log(f"{exc}: stopped by the shutdown it started; the kernel stays loaded for it")
+            return
         undone = "; ".join(_undo(target, report.consumed, report.saved, settings))
         detail = exc.message if isinstance(exc, UpdaterError) else str(exc) or type(exc).__name__
         raise JumpFailed(f"{detail}; {undone}; nothing was rebooted") from exc

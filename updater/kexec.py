@@ -21,6 +21,7 @@ This module does not choose slots or build command lines (``updater.slots``, ``u
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -45,6 +46,25 @@ def run_steps(steps: Sequence[Step]) -> None:
     """Run the steps in order; the first failure that is not tolerated stops them."""
     for step in steps:
         step.run()
+
+
+# Signals the service manager sends to a stopping service's processes.
+_STOP_SIGNALS = (-15, -9, -1)  # SIGTERM, SIGKILL, SIGHUP, as negative return codes
+
+
+def stopped_by_shutdown(exc: BaseException) -> bool:
+    """A jump command killed by the shutdown it started. ``systemctl kexec`` returns once the
+    job is queued, but the shutdown may stop the calling service, and the command with it,
+    before that: the kernel is then about to be executed and must stay loaded (unloading it
+    turns the kexec into a firmware reboot). True only when the command died of a stop signal
+    and the service manager says it is going down."""
+    if not isinstance(exc, CommandFailed) or exc.returncode not in _STOP_SIGNALS:
+        return False
+    try:
+        proc = run(["systemctl", "is-system-running"], check=False, timeout=10)
+    except (UpdaterError, OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.stdout.decode(errors="replace").strip() == "stopping"
 
 
 def argvs(steps: list[Step]) -> list[list[str]]:

@@ -153,6 +153,51 @@ def test_signal_during_the_consumption_waits_for_the_write_then_gives_back(
     assert tries_b(disk) == 1 and m.ran[-1] == ["kexec", "-u"]
 
 
+def _killed_jump(m: Machine, returncode: int) -> Callable[[Step], None]:
+    def run(step: Step) -> None:
+        m.ran.append(list(step.argv))
+        if step.argv == ("systemctl", "kexec"):
+            raise CommandFailed(step.argv, returncode, "")
+
+    return run
+
+
+def test_a_jump_stopped_by_its_own_shutdown_keeps_the_kernel(
+    disk: Target, m: Machine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """systemctl kexec killed by the stop of the service that ran it, while the system goes
+    down: the shutdown is about to execute the loaded kernel; unloading it (and giving the try
+    back) would turn the kexec into a firmware reboot into the same trial slot."""
+    asked: list[list[str]] = []
+
+    def fake_run(argv: list[str], **kw: Any) -> Any:
+        asked.append(list(argv))
+        return type("P", (), {"stdout": b"stopping\n", "returncode": 1})()
+
+    monkeypatch.setattr(kexec, "run", fake_run)
+    monkeypatch.setattr(Step, "run", _killed_jump(m, -signal.SIGTERM))
+    report = reboot(disk, m)
+    assert asked == [["systemctl", "is-system-running"]]
+    assert m.ran[-1] == ["systemctl", "kexec"] and ["kexec", "-u"] not in m.ran[2:]
+    assert report.tries_left == 0 and tries_b(disk) == 0  # the try stays taken: the jump runs
+
+
+@pytest.mark.parametrize(
+    ("returncode", "manager"),
+    [(-signal.SIGTERM, b"running\n"), (-signal.SIGINT, b"stopping\n"), (1, b"stopping\n")],
+)
+def test_a_jump_that_failed_otherwise_is_undone(
+    disk: Target, m: Machine, monkeypatch: pytest.MonkeyPatch, returncode: int, manager: bytes
+) -> None:
+    """Killed while the system is not going down, killed by another signal, or refused: the
+    jump did not start; the kernel is unloaded and the try given back."""
+    monkeypatch.setattr(kexec, "run", lambda argv, **kw: type("P", (), {"stdout": manager})())
+    monkeypatch.setattr(Step, "run", _killed_jump(m, returncode))
+    with pytest.raises(bootflow.JumpFailed, match="gave the boot try of USR-B back"):
+        reboot(disk, m)
+    assert tries_b(disk) == 1 and m.ran[-1] == ["kexec", "-u"]
+
+
 def test_interrupt_during_the_jump_still_undoes(disk: Target, m: Machine) -> None:
     def interrupted(step: Step) -> None:
         m.ran.append(list(step.argv))
