@@ -2,8 +2,8 @@
 
 Three ways in, one small interface (``BootFiles``):
 - a mounted directory (the partition's mount point, or ``--esp DIR`` / ``--oem DIR``);
-- the ESP partition of a disk or image file, through mtools at a byte offset (read and write,
-  nothing mounted: works on image files and on a running system whose ESP is not mounted);
+- the ESP partition of a disk or image file, in place (nothing mounted: works on image files and
+  on a running system whose ESP is not mounted): read by ``updater.fat``, written through mtools;
 - the OEM partition (ext4) of a disk or image file, through debugfs at a byte offset (read-only).
 
 One rule finds them (``esp_of``, ``oem_of``), for the boot plan and the grubenv alike: the
@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Protocol
 
 from updater import atomicfile, gptformat
-from updater.errors import DeviceError
+from updater.errors import DataError, DeviceError
 from updater.run import require_tool, run
 
 ESP_TYPE = uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
+MAX_FILE = 512 << 20  # a kernel or initrd on an ESP; nothing read from it is larger
 
 
 class BootFiles(Protocol):
@@ -69,10 +70,14 @@ class DirFiles:
 
 
 class FatPartitionFiles:
-    """A FAT filesystem inside a disk or image file, at ``offset`` bytes (mtools' ``@@``)."""
+    """A FAT filesystem inside a disk or image file, at ``offset`` bytes and ``size`` bytes long
+    (None: to the end of the file). Read by ``updater.fat`` (a few preads, no process), written
+    through mtools (``@@`` offset)."""
 
-    def __init__(self, disk: str, offset: int) -> None:
+    def __init__(self, disk: str, offset: int, size: int | None = None) -> None:
         self.disk = disk
+        self.offset = offset
+        self.size = size
         self.image = f"{disk}@@{offset}" if offset else disk
         self.description = f"{disk} (ESP at byte {offset})" if offset else disk
         # mtools refuses filesystems whose geometry it doubts unless told not to check
@@ -82,12 +87,27 @@ class FatPartitionFiles:
     def read(self, rel: str) -> bytes | None:
         # Kernels are read more than once per command (hash, then staging): keep what was read.
         if rel not in self._cache:
-            require_tool("mcopy", "mtools")
-            proc = run(
-                ["mcopy", "-n", "-i", self.image, f"::/{rel}", "-"], check=False, env=self.env
-            )
-            self._cache[rel] = proc.stdout if proc.returncode == 0 else None
+            self._cache[rel] = self._read(rel)
         return self._cache[rel]
+
+    def _read(self, rel: str) -> bytes | None:
+        from updater import fat  # only the commands that read an ESP in place need it
+
+        try:
+            fd = os.open(self.disk, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise DeviceError(f"{self.description}: {exc.strerror or exc}") from exc
+        try:
+            end = os.lseek(fd, 0, os.SEEK_END)
+            size = end - self.offset if self.size is None else min(self.size, end - self.offset)
+            if size < 512:
+                raise DataError(f"{self.description}: no FAT filesystem (the partition is empty)")
+            volume = fat.FatVolume(fat.file_reader(fd, self.offset, size))
+            return volume.read(rel, MAX_FILE)
+        except DataError as exc:
+            raise DataError(f"{self.description}: {exc.message}") from exc
+        finally:
+            os.close(fd)
 
     def write(self, rel: str, data: bytes) -> None:
         """mcopy to ``NAME.new`` (from stdin: no scratch file, so this works with / read-only),
@@ -133,20 +153,22 @@ def _fsync(path: str) -> None:
 
 def _partition(
     disk: str, table: gptformat.GptTable, label: str, type_guid: uuid.UUID | None
-) -> tuple[str, int] | None:
+) -> tuple[str, int, int] | None:
     """Where the partition labelled ``label`` (or, failing that, of type ``type_guid``) is read:
-    (path, byte offset). On a block device that is the kernel's partition node at offset 0:
-    the whole disk and its partition nodes have separate page caches, so reading a partition
-    through the disk node can return stale data that another tool wrote through the partition
-    node (and the other way round)."""
+    (path, byte offset, size in bytes). On a block device that is the kernel's partition node
+    at offset 0: the whole disk and its partition nodes have separate page caches, so reading a
+    partition through the disk node can return stale data that another tool wrote through the
+    partition node (and the other way round)."""
     used = table.used_entries()
     found = [e for e in used if e.name == label] or [e for e in used if e.type_guid == type_guid]
     if not found:
         return None
-    node = partition_node(disk, found[0].number)
+    entry = found[0]
+    size = (entry.last_lba - entry.first_lba + 1) * table.sector_size
+    node = partition_node(disk, entry.number)
     if node is not None:
-        return node, 0
-    return disk, found[0].first_lba * table.sector_size
+        return node, 0, size
+    return disk, entry.first_lba * table.sector_size, size
 
 
 def partition_node(disk: str, number: int, sys: str = "/sys") -> str | None:
@@ -206,4 +228,4 @@ def oem_of(disk: str, table: gptformat.GptTable, override: str | None = None) ->
     if where is None:
         return None
     mounted = mount_point(where[0]) if where[1] == 0 else None
-    return DirFiles(mounted) if mounted else Ext4PartitionFiles(*where)
+    return DirFiles(mounted) if mounted else Ext4PartitionFiles(where[0], where[1])
