@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from updater import bootplan, kexec, signals, slots, state
+from updater import bootplan, kexec, prepared, signals, slots, state
 from updater.bootplan import BootPlan
 from updater.config import RebootVia
 from updater.errors import SlotError, UpdaterError
@@ -95,6 +95,7 @@ def reboot(target: Target, request: Request, support: KexecSupport, announce: An
         jump = kexec.exec_steps(force=request.force, systemd=support.systemd)
         steps = [kexec.UNLOAD, plan.staged.image.load_step(Method.FILE), *jump]
         return Report(Method.FILE, tuple(steps), plan.slot, plan)
+    prepared.forget()  # this flow loads and counts its own kernel (updater.prepared)
     with signals.raising():
         try:
             method = kexec.load(plan.staged.image, support)
@@ -204,7 +205,8 @@ def _firmware(target: Target, request: Request, support: KexecSupport, why: str)
     log(f"rebooting through the firmware into {chosen.label if chosen else 'no bootable slot'}: "
         f"{why}")  # fmt: skip
     # The grubenv is refreshed from the GPT first, so that stock GRUB picks exactly what the
-    # GPT says; any loaded kexec kernel is dropped by the first step.
+    # GPT says; any loaded kexec kernel is dropped by the first step, a prepared one with it.
+    prepared.forget()
     state.change(target, state.sync_only)
     for step in report.steps:
         step.run()

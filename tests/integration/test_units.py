@@ -54,8 +54,10 @@ def _unit(name: str) -> configparser.ConfigParser:
 
 
 def test_what_the_agent_relies_on() -> None:
-    assert [u.name for u in UNITS] == ["updater-agent.service", "updater-mark-good.service",
-                                       "updater-sync.service"]  # fmt: skip
+    assert [u.name for u in UNITS] == [
+        "updater-agent.service", "updater-kexec-prepared.service", "updater-mark-good.service",
+        "updater-sync.service",
+    ]  # fmt: skip
     agent = _unit("updater-agent.service")
     assert agent["Service"]["Type"] == "notify" and agent["Service"]["WatchdogSec"]
     assert agent["Service"]["ExecStart"] == "/usr/bin/updater agent"
@@ -84,9 +86,24 @@ def test_units_are_installed_in_the_test_image_tree(tmp_path: Path) -> None:
         assert (tmp_path / "usr/lib/systemd/system" / unit.name).read_bytes() == unit.read_bytes()
     enabled = sorted(p.relative_to(tmp_path / "etc/systemd/system").as_posix()
                      for p in (tmp_path / "etc/systemd/system").rglob("*.service"))  # fmt: skip
-    assert enabled == ["sysinit.target.wants/updater-sync.service"], (
+    assert enabled == ["kexec.target.wants/updater-kexec-prepared.service",
+                       "reboot.target.wants/updater-kexec-prepared.service",
+                       "sysinit.target.wants/updater-sync.service"], (
         "the agent and mark-good are not enabled in the test image"
-    )
+    )  # fmt: skip
     link = tmp_path / "etc/systemd/system/sysinit.target.wants/updater-sync.service"
     assert str(link.readlink()) == "/usr/lib/systemd/system/updater-sync.service"
     shutil.rmtree(tmp_path / "usr")
+
+
+def test_the_prepared_kexec_unit_runs_before_the_jump_only_on_reboots() -> None:
+    prepared = _unit("updater-kexec-prepared.service")
+    assert prepared["Service"]["ExecStart"] == "/usr/bin/updater kexec --consume-prepared"
+    assert prepared["Unit"]["DefaultDependencies"] == "no"
+    before = prepared["Unit"]["Before"].split()
+    for unit in ("umount.target", "systemd-kexec.service", "systemd-reboot.service"):
+        assert unit in before
+    assert prepared["Install"]["WantedBy"].split() == ["reboot.target", "kexec.target"]
+    from updater import prepared as flow
+
+    assert prepared["Unit"]["ConditionPathExists"] == flow.RECORD
