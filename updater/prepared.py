@@ -90,15 +90,12 @@ def _sha256(path: str | None) -> str | None:
     return digest.hexdigest()
 
 
-def prepare(
-    target: Target, spec: str, support: KexecSupport, record_path: str = RECORD,
-    stage_dir: str = STAGE_DIR,
-) -> tuple[BootPlan, Record]:  # fmt: skip
+def prepare(target: Target, spec: str, support: KexecSupport) -> tuple[BootPlan, Record]:
     """Plan, stage and load the boot of ``spec`` (``auto``: GRUB's choice), and record it.
     Raises ``kexec.LoadFailed`` when no kernel can be loaded (nothing is recorded then)."""
-    forget(record_path)
+    forget()
     st = state.load(target)
-    plan = bootplan.plan_boot(st, spec, target, stage_dir, copy=True)
+    plan = bootplan.plan_boot(st, spec, target, STAGE_DIR, copy=True)
     image = plan.image()
     method = kexec.load(image, support)
     try:
@@ -107,21 +104,22 @@ def prepare(
             kernel_sha256=_sha256(image.kernel) or "", initrd_sha256=_sha256(image.initrd),
             cmdline=image.cmdline, method=str(method), fingerprint=fingerprint(st),
         )  # fmt: skip
-        Path(record_path).parent.mkdir(parents=True, exist_ok=True)
-        atomicfile.write(record_path, json.dumps(record.to_json(), sort_keys=True).encode())
+        Path(RECORD).parent.mkdir(parents=True, exist_ok=True)
+        atomicfile.write(RECORD, json.dumps(record.to_json(), sort_keys=True).encode())
     except BaseException:
         kexec.UNLOAD.run()  # a loaded kernel without its record would kexec uncounted
         raise
     return plan, record
 
 
-def forget(record_path: str = RECORD) -> None:
+def forget() -> None:
     """Drop the record (the kernel itself is unloaded by whoever loads the next one)."""
-    Path(record_path).unlink(missing_ok=True)
+    Path(RECORD).unlink(missing_ok=True)
 
 
-def read_record(record_path: str = RECORD) -> Record | None:
+def read_record() -> Record | None:
     """The record, None when there is none; DataError when it is not one of ours."""
+    record_path = RECORD
     try:
         with open(record_path, "rb") as f:
             raw = f.read(MAX_RECORD + 1)
@@ -141,29 +139,27 @@ def read_record(record_path: str = RECORD) -> Record | None:
     return record
 
 
-def kernel_loaded(path: str = KEXEC_LOADED) -> bool:
+def kernel_loaded() -> bool:
     try:
-        return Path(path).read_text().strip() == "1"
+        return Path(KEXEC_LOADED).read_text().strip() == "1"
     except OSError:
         return False
 
 
-def consume(
-    target: Target, record_path: str = RECORD, loaded_path: str = KEXEC_LOADED
-) -> Consumed:
+def consume(target: Target) -> Consumed:
     """At shutdown: count the prepared kernel's try, or unload it (module docstring). Never
     leaves a prepared kernel loaded without its try counted: every way out that does not count
     the try unloads the kernel."""
     try:
-        record = read_record(record_path)
+        record = read_record()
     except DataError as exc:
         _unload()
-        forget(record_path)
+        forget()
         return Consumed("unloaded", None, reason=exc.message)
     if record is None:
         return Consumed("none", None)
-    if not kernel_loaded(loaded_path):
-        forget(record_path)
+    if not kernel_loaded():
+        forget()
         return Consumed("not-loaded", record, reason="no kexec kernel is loaded")
     try:
         st = state.load(target)
@@ -177,10 +173,10 @@ def consume(
         outcome = exc.outcome
     except (UpdaterError, OSError, KeyError) as exc:
         _unload()
-        forget(record_path)
+        forget()
         reason = exc.message if isinstance(exc, UpdaterError) else str(exc)
         return Consumed("unloaded", record, reason=reason)
-    forget(record_path)
+    forget()
     taken = next(s for s in outcome.after if s.partition == record.partition)
     return Consumed("consumed", record, tries_left=taken.tries)
 
