@@ -9,6 +9,7 @@ import os
 import shlex
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -466,6 +467,23 @@ def on_trial(disk: str, capsys: pytest.CaptureFixture[str], tries: int = 2) -> N
     assert run_cli(args, capsys)[0] == 0
 
 
+def prepare_b(
+    disk: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> str:
+    """B on trial with two tries, and its boot prepared."""
+    use(monkeypatch, OK)
+    on_trial(str(disk), capsys)
+    assert run_cli(["--disk", str(disk), "--booted", "A", "kexec", "--prepare"], capsys)[0] == 0
+    return str(disk)
+
+
+def consume_json(disk: str, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    code, out, _ = run_cli(["--disk", disk, "kexec", "--consume-prepared", "--json"], capsys)
+    assert code == 0
+    doc: dict[str, Any] = json.loads(out)
+    return doc
+
+
 def test_prepare_loads_and_counts_nothing_then_shutdown_counts_once(
     boot_disk: Path, fakes: Path, run_dir: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str], cgpt_field: CgptField,
@@ -488,18 +506,14 @@ def test_prepare_loads_and_counts_nothing_then_shutdown_counts_once(
     assert (run_dir / "kexec-prepared.json").is_file()
 
     loaded(run_dir, True)
-    code, out, _ = run_cli(["--disk", d, "--booted", "A", "kexec", "--consume-prepared",
-                            "--json"], capsys)  # fmt: skip
-    assert code == 0
-    assert json.loads(out) == {"action": "consumed", "reason": None, "slot": "USR-B",
+    assert consume_json(d, capsys) == {"action": "consumed", "reason": None, "slot": "USR-B",
                                "partition": 4, "tries_left": 1}  # fmt: skip
     assert cgpt_field(boot_disk, 4, "T") == 1
     assert not (run_dir / "kexec-prepared.json").exists()
     assert logged(fakes)[2:] == []  # no unload: the jump enters the prepared kernel
 
     # a second shutdown pass (or another target pulling the unit in) counts nothing more
-    code, out, _ = run_cli(["--disk", d, "kexec", "--consume-prepared", "--json"], capsys)
-    assert json.loads(out)["action"] == "none"
+    assert consume_json(d, capsys)["action"] == "none"
     assert cgpt_field(boot_disk, 4, "T") == 1
 
 
@@ -507,15 +521,11 @@ def test_a_state_change_after_prepare_unloads_instead(
     boot_disk: Path, fakes: Path, run_dir: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str], cgpt_field: CgptField,
 ) -> None:  # fmt: skip
-    use(monkeypatch, OK)
-    d = str(boot_disk)
-    on_trial(d, capsys)
-    assert run_cli(["--disk", d, "--booted", "A", "kexec", "--prepare"], capsys)[0] == 0
+    d = prepare_b(boot_disk, monkeypatch, capsys)
     on_trial(d, capsys, tries=3)  # e.g. a new release activated in B after the preparation
     loaded(run_dir, True)
-    code, out, _ = run_cli(["--disk", d, "kexec", "--consume-prepared", "--json"], capsys)
-    doc = json.loads(out)
-    assert code == 0 and doc["action"] == "unloaded" and "changed" in doc["reason"]
+    doc = consume_json(d, capsys)
+    assert doc["action"] == "unloaded" and "changed" in doc["reason"]
     assert logged(fakes)[-1] == ["kexec", "-u"]
     assert cgpt_field(boot_disk, 4, "T") == 3  # GRUB counts it on the firmware reboot
     assert not (run_dir / "kexec-prepared.json").exists()
@@ -525,13 +535,9 @@ def test_nothing_loaded_any_more_counts_nothing(
     boot_disk: Path, fakes: Path, run_dir: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str], cgpt_field: CgptField,
 ) -> None:  # fmt: skip
-    use(monkeypatch, OK)
-    d = str(boot_disk)
-    on_trial(d, capsys)
-    assert run_cli(["--disk", d, "--booted", "A", "kexec", "--prepare"], capsys)[0] == 0
+    d = prepare_b(boot_disk, monkeypatch, capsys)
     loaded(run_dir, False)  # someone ran kexec -u: the reboot goes through the firmware
-    code, out, _ = run_cli(["--disk", d, "kexec", "--consume-prepared", "--json"], capsys)
-    assert json.loads(out)["action"] == "not-loaded"
+    assert consume_json(d, capsys)["action"] == "not-loaded"
     assert cgpt_field(boot_disk, 4, "T") == 2
 
 
@@ -544,8 +550,7 @@ def test_a_damaged_record_unloads(
     on_trial(d, capsys)
     (run_dir / "kexec-prepared.json").write_text('{"format": 1, "disk": 3}')
     loaded(run_dir, True)
-    code, out, _ = run_cli(["--disk", d, "kexec", "--consume-prepared", "--json"], capsys)
-    doc = json.loads(out)
+    doc = consume_json(d, capsys)
     assert doc["action"] == "unloaded" and "not a prepared-kexec record" in doc["reason"]
     assert logged(fakes) == [["kexec", "-u"]]
     assert cgpt_field(boot_disk, 4, "T") == 2
@@ -555,16 +560,12 @@ def test_updater_kexec_after_prepare_counts_once(
     boot_disk: Path, fakes: Path, run_dir: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str], cgpt_field: CgptField,
 ) -> None:  # fmt: skip
-    use(monkeypatch, OK)
-    d = str(boot_disk)
-    on_trial(d, capsys)
-    assert run_cli(["--disk", d, "--booted", "A", "kexec", "--prepare"], capsys)[0] == 0
+    d = prepare_b(boot_disk, monkeypatch, capsys)
     assert run_cli(["--disk", d, "--booted", "A", "kexec"], capsys)[0] == 0
     assert cgpt_field(boot_disk, 4, "T") == 1
     assert not (run_dir / "kexec-prepared.json").exists()  # the shutdown unit is skipped
     loaded(run_dir, True)
-    code, out, _ = run_cli(["--disk", d, "kexec", "--consume-prepared", "--json"], capsys)
-    assert json.loads(out)["action"] == "none" and cgpt_field(boot_disk, 4, "T") == 1
+    assert consume_json(d, capsys)["action"] == "none" and cgpt_field(boot_disk, 4, "T") == 1
 
 
 def test_prepare_refuses_dry_run_and_force(
