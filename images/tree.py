@@ -217,7 +217,7 @@ ExecStart=-/sbin/agetty --autologin root --noclear --keep-baud 115200,57600,3840
 # it is what counts the prepared kernel's try: enabled, as a package would enable it.
 ENABLED_UNITS = {
     "updater-sync.service": ("sysinit.target.wants",),
-    "updater-kexec-prepared.service": ("reboot.target.wants", "kexec.target.wants"),
+    "updater-kexec-prepared.service": ("kexec.target.wants",),
 }
 
 

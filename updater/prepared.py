@@ -6,9 +6,11 @@ the slot, the hashes of the staged kernel and initrd, the command line, and a fi
 the A/B state it planned from. It consumes no try: the machine keeps running as before.
 
 The try is consumed at shutdown instead, by ``consume`` (``updater kexec --consume-prepared``,
-run by systemd/updater-kexec-prepared.service, which kexec.target and reboot.target pull in
-and which finishes before filesystems are unmounted). Current systemd turns a plain
-``systemctl reboot`` into a kexec when a kernel is loaded, so both targets run it:
+run by systemd/updater-kexec-prepared.service, which kexec.target pulls in and which finishes
+before filesystems are unmounted). Every systemd path into a loaded kernel goes through
+kexec.target: ``systemctl kexec``; ``reboot`` and ``shutdown -r`` with a kernel loaded; and,
+since systemd 255, a plain ``systemctl reboot`` with a kernel loaded. A reboot through
+reboot.target is a firmware reboot, in which GRUB counts the try; nothing runs then.
 
 - the record is there and the kernel is still loaded, and the A/B state is the one planned
   from: consume the slot's try durably (GPT, then grubenv), exactly as ``updater kexec`` does
@@ -19,9 +21,9 @@ and which finishes before filesystems are unmounted). Current systemd turns a pl
 - the kernel is no longer loaded: nothing to count; the firmware reboot lets GRUB count.
 
 Any later ``updater kexec`` drops the record first (``forget``): it loads and counts its own.
-A jump that skips the shutdown units (``systemctl kexec --force``, ``kexec -e`` by hand)
-bypasses the consumption too; the updater's own ``--force`` path does not use a prepared
-kernel. This module does not decide slots or build command lines, and does not jump.
+A jump that skips the shutdown units (``systemctl kexec --force``, ``reboot -f`` with a kernel
+loaded, ``kexec -e`` by hand) bypasses the consumption too; the updater's own ``--force`` path
+loads its own kernel and counts its try. This module does not decide slots or build command lines, and does not jump.
 """
 
 from __future__ import annotations
