@@ -23,7 +23,8 @@ reboot.target is a firmware reboot, in which GRUB counts the try; nothing runs t
 Any later ``updater kexec`` drops the record first (``forget``): it loads and counts its own.
 A jump that skips the shutdown units (``systemctl kexec --force``, ``reboot -f`` with a kernel
 loaded, ``kexec -e`` by hand) bypasses the consumption too; the updater's own ``--force`` path
-loads its own kernel and counts its try. This module does not decide slots or build command lines, and does not jump.
+loads its own kernel and counts its try. This module does not decide slots or build command
+lines, and does not jump.
 """
 
 from __future__ import annotations
