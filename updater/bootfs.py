@@ -4,7 +4,8 @@ Three ways in, one small interface (``BootFiles``):
 - a mounted directory (the partition's mount point, or ``--esp DIR`` / ``--oem DIR``);
 - the ESP partition of a disk or image file, in place (nothing mounted: works on image files and
   on a running system whose ESP is not mounted): read by ``updater.fat``, written through mtools;
-- the OEM partition (ext4) of a disk or image file, through debugfs at a byte offset (read-only).
+- the OEM partition (ext4) of a disk or image file, in place, read-only: by ``updater.ext4``
+  (debugfs for features that reader does not implement).
 
 One rule finds them (``esp_of``, ``oem_of``), for the boot plan and the grubenv alike: the
 directory given on the command line, else the disk's own partition (by label, then by type),
@@ -26,6 +27,7 @@ from __future__ import annotations
 import os
 import stat
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -94,20 +96,10 @@ class FatPartitionFiles:
         from updater import fat  # only the commands that read an ESP in place need it
 
         try:
-            fd = os.open(self.disk, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise DeviceError(f"{self.description}: {exc.strerror or exc}") from exc
-        try:
-            end = os.lseek(fd, 0, os.SEEK_END)
-            size = end - self.offset if self.size is None else min(self.size, end - self.offset)
-            if size < 512:
-                raise DataError(f"{self.description}: no FAT filesystem (the partition is empty)")
-            volume = fat.FatVolume(fat.file_reader(fd, self.offset, size))
-            return volume.read(rel, MAX_FILE)
+            with _RangeReader(self.disk, self.offset, self.size, self.description) as reader:
+                return fat.FatVolume(reader).read(rel, MAX_FILE)
         except DataError as exc:
             raise DataError(f"{self.description}: {exc.message}") from exc
-        finally:
-            os.close(fd)
 
     def write(self, rel: str, data: bytes) -> None:
         """mcopy to ``NAME.new`` (from stdin: no scratch file, so this works with / read-only),
@@ -123,13 +115,28 @@ class FatPartitionFiles:
 
 
 class Ext4PartitionFiles:
-    """An ext4 filesystem inside a disk or image file, read-only, through debugfs."""
+    """An ext4 filesystem inside a disk or image file, read-only: by ``updater.ext4`` (a few
+    preads), or through debugfs for what that reader does not implement."""
 
-    def __init__(self, disk: str, offset: int) -> None:
+    def __init__(self, disk: str, offset: int, size: int | None = None) -> None:
+        self.disk = disk
+        self.offset = offset
+        self.size = size
         self.device = f"{disk}?offset={offset}" if offset else disk
         self.description = f"{disk} (ext4 at byte {offset})" if offset else disk
 
     def read(self, rel: str) -> bytes | None:
+        from updater import ext4  # only the commands that read an OEM partition need it
+
+        try:
+            with _RangeReader(self.disk, self.offset, self.size, self.description) as reader:
+                return ext4.Ext4Volume(reader).read(rel, MAX_FILE)
+        except ext4.Unsupported:
+            return self._debugfs(rel)
+        except DataError as exc:
+            raise DataError(f"{self.description}: {exc.message}") from exc
+
+    def _debugfs(self, rel: str) -> bytes | None:
         require_tool("debugfs", "e2fsprogs")
         proc = run(["debugfs", "-R", f"cat /{rel}", self.device], check=False)
         err = proc.stderr.decode(errors="replace")
@@ -139,6 +146,39 @@ class Ext4PartitionFiles:
 
     def write(self, rel: str, data: bytes) -> None:
         raise DeviceError(f"{self.description} is opened read-only")
+
+
+class _RangeReader:
+    """Reads of one partition's byte range of a disk or image file, each checked to stay in it:
+    ``with _RangeReader(...) as read: read(offset, length)``."""
+
+    def __init__(self, path: str, offset: int, size: int | None, description: str) -> None:
+        self.path, self.offset, self.size, self.description = path, offset, size, description
+        self.fd = -1
+
+    def __enter__(self) -> Callable[[int, int], bytes]:
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise DeviceError(f"{self.description}: {exc.strerror or exc}") from exc
+        end = os.lseek(self.fd, 0, os.SEEK_END) - self.offset
+        size = end if self.size is None else min(self.size, end)
+        if size < 2048:
+            raise DataError("the partition is empty or too small for a filesystem")
+        self.size = size
+        return self.read
+
+    def read(self, offset: int, length: int) -> bytes:
+        assert self.size is not None
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise DataError(f"a read at {offset}+{length} leaves the {self.size}-byte partition")
+        data = os.pread(self.fd, length, self.offset + offset)
+        if len(data) != length:
+            raise DataError(f"short read at byte {self.offset + offset}")
+        return data
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
 
 
 def _fsync(path: str) -> None:
@@ -228,4 +268,4 @@ def oem_of(disk: str, table: gptformat.GptTable, override: str | None = None) ->
     if where is None:
         return None
     mounted = mount_point(where[0]) if where[1] == 0 else None
-    return DirFiles(mounted) if mounted else Ext4PartitionFiles(where[0], where[1])
+    return DirFiles(mounted) if mounted else Ext4PartitionFiles(*where)

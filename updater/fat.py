@@ -17,7 +17,6 @@ to allocate clusters and update both FATs; a ``FatVolume`` must be opened again 
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -61,7 +60,7 @@ class Entry:
 def parse_boot_sector(sector: bytes) -> Geometry:
     """The geometry in the first 512 bytes; DataError on any field outside the specification.
     A filesystem larger than its partition is not refused here (mformat without a size makes
-    one, and mtools reads it): ``file_reader`` refuses any read past the partition's end."""
+    one, and mtools reads it): the reader refuses any read past the partition's end."""
     if len(sector) < 512:
         raise DataError("FAT: the boot sector is shorter than 512 bytes")
     if sector[510:512] != b"\x55\xaa":
@@ -270,17 +269,3 @@ class FatVolume:
         if len(clusters) * self.geo.cluster_size < entry.size:
             raise DataError(f"FAT: {rel} is {entry.size} bytes, its clusters hold less")
         return self._cluster_bytes(clusters, entry.size)
-
-
-def file_reader(fd: int, base: int, size: int) -> Reader:
-    """Reads of the byte range [base, base + size) of an open file or block device."""
-
-    def read(offset: int, length: int) -> bytes:
-        if offset < 0 or length < 0 or offset + length > size:
-            raise DataError(f"FAT: a read at {offset}+{length} leaves the {size}-byte partition")
-        data = os.pread(fd, length, base + offset)
-        if len(data) != length:
-            raise DataError(f"FAT: short read at byte {base + offset}")
-        return data
-
-    return read

@@ -41,8 +41,7 @@ def mtools_read(image: Path, rel: str) -> bytes:
 
 def open_volume(image: Path) -> tuple[fat.FatVolume, int]:
     fd = os.open(image, os.O_RDONLY)
-    size = image.stat().st_size
-    return fat.FatVolume(fat.file_reader(fd, 0, size)), fd
+    return fat.FatVolume(lambda offset, length: os.pread(fd, length, offset)), fd
 
 
 def fill(image: Path) -> dict[str, bytes]:
@@ -173,5 +172,5 @@ def test_truncated_partition(tmp_path: Path) -> None:
         bootfs.FatPartitionFiles(str(image), 0, 4 << 20).read("late")
     empty = tmp_path / "empty.img"
     empty.write_bytes(b"")
-    with pytest.raises(DataError, match="no FAT"):
+    with pytest.raises(DataError, match="empty"):
         bootfs.FatPartitionFiles(str(empty), 0).read("late")
