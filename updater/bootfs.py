@@ -27,9 +27,8 @@ from __future__ import annotations
 import os
 import stat
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from updater import atomicfile, gptformat
 from updater.errors import DataError, DeviceError
@@ -85,6 +84,7 @@ class FatPartitionFiles:
         # mtools refuses filesystems whose geometry it doubts unless told not to check
         self.env = {"MTOOLS_SKIP_CHECK": "1"}
         self._cache: dict[str, bytes | None] = {}
+        self._volume: Any = None  # the parsed filesystem (fat.FatVolume), until a write
 
     def read(self, rel: str) -> bytes | None:
         # Kernels are read more than once per command (hash, then staging): keep what was read.
@@ -96,8 +96,11 @@ class FatPartitionFiles:
         from updater import fat  # only the commands that read an ESP in place need it
 
         try:
-            with _RangeReader(self.disk, self.offset, self.size, self.description) as reader:
-                return fat.FatVolume(reader).read(rel, MAX_FILE)
+            if self._volume is None:
+                reader = _RangeReader(self.disk, self.offset, self.size, self.description)
+                self._volume = fat.FatVolume(reader.read)
+            data: bytes | None = self._volume.read(rel, MAX_FILE)
+            return data
         except DataError as exc:
             raise DataError(f"{self.description}: {exc.message}") from exc
 
@@ -106,6 +109,7 @@ class FatPartitionFiles:
         make it durable, rename it over ``NAME`` (``-D o``: replace), make that durable."""
         require_tool("mcopy", "mtools")
         self._cache.pop(rel, None)
+        self._volume = None  # mtools changes the FAT and the directories
         tmp = f"::/{rel}.new"
         run(["mcopy", "-D", "o", "-i", self.image, "-", tmp], input=data, env=self.env)
         _fsync(self.disk)
@@ -129,8 +133,8 @@ class Ext4PartitionFiles:
         from updater import ext4  # only the commands that read an OEM partition need it
 
         try:
-            with _RangeReader(self.disk, self.offset, self.size, self.description) as reader:
-                return ext4.Ext4Volume(reader).read(rel, MAX_FILE)
+            reader = _RangeReader(self.disk, self.offset, self.size, self.description)
+            return ext4.Ext4Volume(reader.read).read(rel, MAX_FILE)
         except ext4.Unsupported:
             return self._debugfs(rel)
         except DataError as exc:
@@ -149,36 +153,34 @@ class Ext4PartitionFiles:
 
 
 class _RangeReader:
-    """Reads of one partition's byte range of a disk or image file, each checked to stay in it:
-    ``with _RangeReader(...) as read: read(offset, length)``."""
+    """Reads of one partition's byte range of a disk or image file, each checked to stay in it.
+    Each read opens the file anew: a parsed filesystem may outlive the command's other work."""
 
-    def __init__(self, path: str, offset: int, size: int | None, description: str) -> None:
-        self.path, self.offset, self.size, self.description = path, offset, size, description
-        self.fd = -1
-
-    def __enter__(self) -> Callable[[int, int], bytes]:
-        try:
-            self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise DeviceError(f"{self.description}: {exc.strerror or exc}") from exc
-        end = os.lseek(self.fd, 0, os.SEEK_END) - self.offset
-        size = end if self.size is None else min(self.size, end)
-        if size < 2048:
-            raise DataError("the partition is empty or too small for a filesystem")
-        self.size = size
-        return self.read
+    def __init__(self, path: str, offset: int, limit: int | None, description: str) -> None:
+        self.path, self.offset, self.limit, self.description = path, offset, limit, description
+        self.size: int | None = None  # the readable bytes: the limit, within the file's end
 
     def read(self, offset: int, length: int) -> bytes:
-        assert self.size is not None
-        if offset < 0 or length < 0 or offset + length > self.size:
-            raise DataError(f"a read at {offset}+{length} leaves the {self.size}-byte partition")
-        data = os.pread(self.fd, length, self.offset + offset)
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise DeviceError(f"{self.description}: {exc.strerror or exc}") from exc
+        try:
+            if self.size is None:
+                end = os.lseek(fd, 0, os.SEEK_END) - self.offset
+                self.size = end if self.limit is None else min(self.limit, end)
+            if self.size < 2048:
+                raise DataError("the partition is empty or too small for a filesystem")
+            if offset < 0 or length < 0 or offset + length > self.size:
+                raise DataError(
+                    f"a read at {offset}+{length} leaves the {self.size}-byte partition"
+                )
+            data = os.pread(fd, length, self.offset + offset)
+        finally:
+            os.close(fd)
         if len(data) != length:
             raise DataError(f"short read at byte {self.offset + offset}")
         return data
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)
 
 
 def _fsync(path: str) -> None:

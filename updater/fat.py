@@ -17,7 +17,9 @@ to allocate clusters and update both FATs; a ``FatVolume`` must be opened again 
 
 from __future__ import annotations
 
+import array
 import struct
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -112,28 +114,66 @@ def fat_entry(fat: bytes, bits: int, cluster: int) -> int:
     return int.from_bytes(fat[cluster * 4 : cluster * 4 + 4], "little") & 0x0FFFFFFF
 
 
-def chain(fat: bytes, geo: Geometry, first: int, limit: int) -> list[int]:
-    """The clusters of a chain starting at ``first``, at most ``limit`` of them; DataError on a
-    cluster out of range, a bad-cluster mark, a loop, or a chain longer than ``limit``."""
+def decode_fat(fat: bytes, geo: Geometry) -> list[int]:
+    """Every entry of the FAT, decoded once."""
+    count = geo.clusters + 2
+    if geo.bits == 12:
+        return [fat_entry(fat, 12, c) for c in range(count)]
+    table = array.array("H" if geo.bits == 16 else "I")
+    table.frombytes(fat[: count * table.itemsize])
+    if sys.byteorder == "big":
+        table.byteswap()
+    if geo.bits == 32 and max(table, default=0) > 0x0FFFFFFF:  # the top 4 bits are reserved
+        return [entry & 0x0FFFFFFF for entry in table]
+    return table.tolist()
+
+
+def _run(table: list[int], start: int, most: int) -> int:
+    """How many clusters from ``start`` on follow each other (``table[c] == c + 1``), at most
+    ``most``: found by comparing ever longer slices, so a contiguous kernel of tens of thousands
+    of clusters costs a few list comparisons instead of a Python step per cluster."""
+    length, step = 1, 1
+    while length < most:
+        n = min(step, most - length)
+        at = start + length - 1
+        if table[at : at + n] == list(range(at + 1, at + n + 1)):
+            length += n
+            step *= 2
+        elif step == 1:
+            break
+        else:
+            step = 1
+    return length
+
+
+def chain(table: list[int], geo: Geometry, first: int, limit: int) -> list[tuple[int, int]]:
+    """The chain starting at ``first`` as runs of contiguous clusters (start, count), at most
+    ``limit`` clusters in all (never more than the cluster count, so a loop always ends as a
+    chain too long); DataError on a cluster out of range, a bad-cluster mark, or a chain longer
+    than ``limit``."""
     end = {12: 0xFF8, 16: 0xFFF8, 32: 0x0FFFFFF8}[geo.bits]
-    bad = end - 1
-    out: list[int] = []
-    seen: set[int] = set()
+    top = geo.clusters + 2
+    limit = min(limit, geo.clusters)
+    runs: list[tuple[int, int]] = []
+    total = 0
     cluster = first
     while True:
-        if not 2 <= cluster < geo.clusters + 2:
+        if not 2 <= cluster < top:
             raise DataError(f"FAT: cluster {cluster} is outside the data region")
-        if cluster in seen:
-            raise DataError(f"FAT: the cluster chain from {first} loops at {cluster}")
-        if len(out) >= limit:
-            raise DataError(f"FAT: the cluster chain from {first} is longer than {limit}")
-        seen.add(cluster)
-        out.append(cluster)
-        nxt = fat_entry(fat, geo.bits, cluster)
+        count = _run(table, cluster, min(limit - total, top - cluster))
+        runs.append((cluster, count))
+        total += count
+        last = cluster + count - 1
+        nxt = table[last]
         if nxt >= end:
-            return out
-        if nxt == bad:
-            raise DataError(f"FAT: cluster {cluster} is followed by a bad-cluster mark")
+            return runs
+        if nxt == end - 1:
+            raise DataError(f"FAT: cluster {last} is followed by a bad-cluster mark")
+        if total >= limit:
+            raise DataError(
+                f"FAT: the cluster chain from {first} is longer than {limit} (a loop, or a "
+                "size that does not match)"
+            )
         cluster = nxt
 
 
@@ -200,33 +240,36 @@ class FatVolume:
     def __init__(self, reader: Reader) -> None:
         self._read = reader
         self.geo = parse_boot_sector(reader(0, 512))
-        self._fat = reader(self.geo.fat_offset, self.geo.fat_bytes)
+        self._table = decode_fat(reader(self.geo.fat_offset, self.geo.fat_bytes), self.geo)
+        self._dirs: dict[int | None, list[Entry]] = {}
 
-    def _clusters(self, first: int, max_bytes: int) -> list[int]:
-        limit = min(self.geo.clusters, max_bytes // self.geo.cluster_size + 1)
-        return chain(self._fat, self.geo, first, limit)
+    def _clusters(self, first: int, max_bytes: int) -> list[tuple[int, int]]:
+        return chain(self._table, self.geo, first, max_bytes // self.geo.cluster_size + 1)
 
-    def _cluster_bytes(self, clusters: list[int], length: int) -> bytes:
-        """``length`` bytes from ``clusters``, contiguous runs read with one call each."""
-        geo, out, i = self.geo, bytearray(), 0
-        while i < len(clusters) and len(out) < length:
-            j = i + 1
-            while j < len(clusters) and clusters[j] == clusters[j - 1] + 1:
-                j += 1
-            start = geo.data_offset + (clusters[i] - 2) * geo.cluster_size
-            want = min((j - i) * geo.cluster_size, length - len(out))
-            out += self._read(start, want)
-            i = j
-        return bytes(out)
+    def _cluster_bytes(self, runs: list[tuple[int, int]], length: int) -> bytes:
+        """``length`` bytes from the runs of clusters, one read per run."""
+        geo, parts, got = self.geo, [], 0
+        for start, count in runs:
+            if got >= length:
+                break
+            want = min(count * geo.cluster_size, length - got)
+            parts.append(self._read(geo.data_offset + (start - 2) * geo.cluster_size, want))
+            got += want
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _directory(self, cluster: int | None) -> list[Entry]:
-        """The entries of the directory at ``cluster`` (None: the root)."""
+        """The entries of the directory at ``cluster`` (None: the root), each parsed once."""
+        if cluster not in self._dirs:
+            self._dirs[cluster] = self._parse_directory(cluster)
+        return self._dirs[cluster]
+
+    def _parse_directory(self, cluster: int | None) -> list[Entry]:
         geo = self.geo
         if cluster is None and geo.bits != 32:
             data = self._read(geo.root_offset, geo.root_bytes)
         else:
-            clusters = self._clusters(cluster or geo.root_cluster, MAX_DIR_BYTES)
-            data = self._cluster_bytes(clusters, len(clusters) * geo.cluster_size)
+            runs = self._clusters(cluster or geo.root_cluster, MAX_DIR_BYTES)
+            data = self._cluster_bytes(runs, sum(n for _, n in runs) * geo.cluster_size)
         return list(parse_directory(data))
 
     def lookup(self, rel: str) -> Entry | None:
@@ -265,7 +308,7 @@ class FatVolume:
             raise DataError(f"FAT: {rel} is {entry.size} bytes, more than {max_bytes}")
         if entry.size == 0:
             return b""
-        clusters = self._clusters(entry.cluster, entry.size)
-        if len(clusters) * self.geo.cluster_size < entry.size:
+        runs = self._clusters(entry.cluster, entry.size)
+        if sum(n for _, n in runs) * self.geo.cluster_size < entry.size:
             raise DataError(f"FAT: {rel} is {entry.size} bytes, its clusters hold less")
-        return self._cluster_bytes(clusters, entry.size)
+        return self._cluster_bytes(runs, entry.size)

@@ -59,18 +59,29 @@ def test_chains_end_and_fail_cleanly() -> None:
 
     for a, b in ((2, 3), (3, 7), (7, 0xFFFF)):
         link(a, b)
-    assert fat.chain(bytes(table), geo, 2, 10) == [2, 3, 7]
+
+    def chain(limit: int) -> list[tuple[int, int]]:
+        return fat.chain(fat.decode_fat(bytes(table), geo), geo, 2, limit)
+
+    assert chain(10) == [(2, 2), (7, 1)]  # clusters 2, 3 (one run), then 7
     with pytest.raises(DataError, match="longer than 2"):
-        fat.chain(bytes(table), geo, 2, 2)
+        chain(2)
+    for c in range(7, 1007):  # a long contiguous run, found in a few comparisons
+        link(c, c + 1)
+    link(1007, 0xFFF8)
+    assert chain(2000) == [(2, 2), (7, 1001)]
+    with pytest.raises(DataError, match="longer than 1000"):
+        chain(1000)
+    link(7, 0xFFFF)
     link(7, 3)
-    with pytest.raises(DataError, match="loops at 3"):
-        fat.chain(bytes(table), geo, 2, 100)
+    with pytest.raises(DataError, match="a loop"):  # even with no limit but the cluster count
+        chain(10**9)
     link(7, 0xFFF7)
     with pytest.raises(DataError, match="bad-cluster"):
-        fat.chain(bytes(table), geo, 2, 100)
+        chain(100)
     link(7, 1)
     with pytest.raises(DataError, match="outside the data region"):
-        fat.chain(bytes(table), geo, 2, 100)
+        chain(100)
 
 
 def test_fat12_entries_share_bytes() -> None:
