@@ -214,10 +214,13 @@ ExecStart=-/sbin/agetty --autologin root --noclear --keep-baud 115200,57600,3840
 # enabled: the agent and the health-gated mark-good would change the A/B state by themselves,
 # which the VM tests drive step by step (test_kexec relies on a trial slot NOT being marked good
 # by itself); a test that wants them enables them (systemctl enable, or a symlink in the tree).
-# updater-restore.service only acts on a checkpoint that `updater kexec` wrote.
+# updater-restore.service only acts on a checkpoint that `updater kexec` wrote;
+# updater-kexec-prepared.service changes nothing unless `updater kexec --prepare` ran, and then
+# it is what counts the prepared kernel's try: enabled, as a package would enable them.
 ENABLED_UNITS = {
-    "updater-sync.service": "sysinit.target.wants",
-    "updater-restore.service": "multi-user.target.wants",
+    "updater-sync.service": ("sysinit.target.wants",),
+    "updater-restore.service": ("multi-user.target.wants",),
+    "updater-kexec-prepared.service": ("kexec.target.wants",),
 }
 
 
@@ -227,11 +230,12 @@ def install_units(tree: Path) -> None:
     for unit in sorted((REPO / "systemd").glob("*.service")):
         shutil.copyfile(unit, dest / unit.name)
         (dest / unit.name).chmod(0o644)
-    for name, wants in ENABLED_UNITS.items():
-        link = tree / "etc/systemd/system" / wants / name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.unlink(missing_ok=True)
-        link.symlink_to(f"/usr/lib/systemd/system/{name}")
+    for name, targets in ENABLED_UNITS.items():
+        for wants in targets:
+            link = tree / "etc/systemd/system" / wants / name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.unlink(missing_ok=True)
+            link.symlink_to(f"/usr/lib/systemd/system/{name}")
 
 
 def runtime_requirements() -> list[str]:

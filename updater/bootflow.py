@@ -41,7 +41,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from updater import bootplan, kexec, signals, slots, state
+from updater import bootplan, kexec, prepared, signals, slots, state
 from updater.bootplan import BootPlan
 from updater.config import CheckpointSettings, QuiesceSettings, RebootVia
 from updater.errors import SlotError, UpdaterError
@@ -115,6 +115,7 @@ def reboot(target: Target, request: Request, support: KexecSupport, announce: An
         jump, quiesce = _jump_steps(request, support)
         steps = [kexec.UNLOAD, plan.staged.image.load_step(Method.FILE), *jump]
         return Report(Method.FILE, tuple(steps), plan.slot, plan, quiesce=quiesce)
+    prepared.forget()  # this flow loads and counts its own kernel (updater.prepared)
     report = _take(target, plan, request, support, announce)
     if isinstance(report, kexec.LoadFailed):
         return _firmware(target, request, support, report.message)
@@ -253,7 +254,8 @@ def _firmware(target: Target, request: Request, support: KexecSupport, why: str)
     log(f"rebooting through the firmware into {chosen.label if chosen else 'no bootable slot'}: "
         f"{why}")  # fmt: skip
     # The grubenv is refreshed from the GPT first, so that stock GRUB picks exactly what the
-    # GPT says; any loaded kexec kernel is dropped by the first step.
+    # GPT says; any loaded kexec kernel is dropped by the first step, a prepared one with it.
+    prepared.forget()
     state.change(target, state.sync_only)
     kexec.run_steps(report.steps)
     return report

@@ -2,9 +2,10 @@
 
 Three ways in, one small interface (``BootFiles``):
 - a mounted directory (the partition's mount point, or ``--esp DIR`` / ``--oem DIR``);
-- the ESP partition of a disk or image file, through mtools at a byte offset (read and write,
-  nothing mounted: works on image files and on a running system whose ESP is not mounted);
-- the OEM partition (ext4) of a disk or image file, through debugfs at a byte offset (read-only).
+- the ESP partition of a disk or image file, in place (nothing mounted: works on image files and
+  on a running system whose ESP is not mounted): read by ``updater.fat``, written through mtools;
+- the OEM partition (ext4) of a disk or image file, in place, read-only: by ``updater.ext4``
+  (debugfs for features that reader does not implement).
 
 One rule finds them (``esp_of``, ``oem_of``; both at once: ``locate``), for the boot plan and
 the grubenv alike: the
@@ -33,13 +34,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from updater import atomicfile, gptformat
-from updater.errors import DeviceError, UpdaterError
+from updater.errors import DataError, DeviceError, UpdaterError
 from updater.run import require_tool, run
 
 ESP_TYPE = uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
+MAX_FILE = 512 << 20  # a kernel or initrd on an ESP; nothing read from it is larger
 
 
 class BootFiles(Protocol):
@@ -75,31 +77,45 @@ class DirFiles:
 
 
 class FatPartitionFiles:
-    """A FAT filesystem inside a disk or image file, at ``offset`` bytes (mtools' ``@@``)."""
+    """A FAT filesystem inside a disk or image file, at ``offset`` bytes and ``size`` bytes long
+    (None: to the end of the file). Read by ``updater.fat`` (a few preads, no process), written
+    through mtools (``@@`` offset)."""
 
-    def __init__(self, disk: str, offset: int) -> None:
+    def __init__(self, disk: str, offset: int, size: int | None = None) -> None:
         self.disk = disk
+        self.offset = offset
+        self.size = size
         self.image = f"{disk}@@{offset}" if offset else disk
         self.description = f"{disk} (ESP at byte {offset})" if offset else disk
         # mtools refuses filesystems whose geometry it doubts unless told not to check
         self.env = {"MTOOLS_SKIP_CHECK": "1"}
         self._cache: dict[str, bytes | None] = {}
+        self._volume: Any = None  # the parsed filesystem (fat.FatVolume), until a write
 
     def read(self, rel: str) -> bytes | None:
         # Kernels are read more than once per command (hash, then staging): keep what was read.
         if rel not in self._cache:
-            require_tool("mcopy", "mtools")
-            proc = run(
-                ["mcopy", "-n", "-i", self.image, f"::/{rel}", "-"], check=False, env=self.env
-            )
-            self._cache[rel] = proc.stdout if proc.returncode == 0 else None
+            self._cache[rel] = self._read(rel)
         return self._cache[rel]
+
+    def _read(self, rel: str) -> bytes | None:
+        from updater import fat  # only the commands that read an ESP in place need it
+
+        try:
+            if self._volume is None:
+                reader = _RangeReader(self.disk, self.offset, self.size, self.description)
+                self._volume = fat.FatVolume(reader.read)
+            data: bytes | None = self._volume.read(rel, MAX_FILE)
+            return data
+        except DataError as exc:
+            raise DataError(f"{self.description}: {exc.message}") from exc
 
     def write(self, rel: str, data: bytes) -> None:
         """mcopy to ``NAME.new`` (from stdin: no scratch file, so this works with / read-only),
         make it durable, rename it over ``NAME`` (``-D o``: replace), make that durable."""
         require_tool("mcopy", "mtools")
         self._cache.pop(rel, None)
+        self._volume = None  # mtools changes the FAT and the directories
         tmp = f"::/{rel}.new"
         run(["mcopy", "-D", "o", "-i", self.image, "-", tmp], input=data, env=self.env)
         _fsync(self.disk)
@@ -109,13 +125,28 @@ class FatPartitionFiles:
 
 
 class Ext4PartitionFiles:
-    """An ext4 filesystem inside a disk or image file, read-only, through debugfs."""
+    """An ext4 filesystem inside a disk or image file, read-only: by ``updater.ext4`` (a few
+    preads), or through debugfs for what that reader does not implement."""
 
-    def __init__(self, disk: str, offset: int) -> None:
+    def __init__(self, disk: str, offset: int, size: int | None = None) -> None:
+        self.disk = disk
+        self.offset = offset
+        self.size = size
         self.device = f"{disk}?offset={offset}" if offset else disk
         self.description = f"{disk} (ext4 at byte {offset})" if offset else disk
 
     def read(self, rel: str) -> bytes | None:
+        from updater import ext4  # only the commands that read an OEM partition need it
+
+        try:
+            reader = _RangeReader(self.disk, self.offset, self.size, self.description)
+            return ext4.Ext4Volume(reader.read).read(rel, MAX_FILE)
+        except ext4.Unsupported:
+            return self._debugfs(rel)
+        except DataError as exc:
+            raise DataError(f"{self.description}: {exc.message}") from exc
+
+    def _debugfs(self, rel: str) -> bytes | None:
         require_tool("debugfs", "e2fsprogs")
         proc = run(["debugfs", "-R", f"cat /{rel}", self.device], check=False)
         err = proc.stderr.decode(errors="replace")
@@ -125,6 +156,37 @@ class Ext4PartitionFiles:
 
     def write(self, rel: str, data: bytes) -> None:
         raise DeviceError(f"{self.description} is opened read-only")
+
+
+class _RangeReader:
+    """Reads of one partition's byte range of a disk or image file, each checked to stay in it.
+    Each read opens the file anew: a parsed filesystem may outlive the command's other work."""
+
+    def __init__(self, path: str, offset: int, limit: int | None, description: str) -> None:
+        self.path, self.offset, self.limit, self.description = path, offset, limit, description
+        self.size: int | None = None  # the readable bytes: the limit, within the file's end
+
+    def read(self, offset: int, length: int) -> bytes:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise DeviceError(f"{self.description}: {exc.strerror or exc}") from exc
+        try:
+            if self.size is None:
+                end = os.lseek(fd, 0, os.SEEK_END) - self.offset
+                self.size = end if self.limit is None else min(self.limit, end)
+            if self.size < 2048:
+                raise DataError("the partition is empty or too small for a filesystem")
+            if offset < 0 or length < 0 or offset + length > self.size:
+                raise DataError(
+                    f"a read at {offset}+{length} leaves the {self.size}-byte partition"
+                )
+            data = os.pread(fd, length, self.offset + offset)
+        finally:
+            os.close(fd)
+        if len(data) != length:
+            raise DataError(f"short read at byte {self.offset + offset}")
+        return data
 
 
 def _fsync(path: str) -> None:
@@ -139,20 +201,22 @@ def _fsync(path: str) -> None:
 
 def _partition(
     disk: str, table: gptformat.GptTable, label: str, type_guid: uuid.UUID | None
-) -> tuple[str, int] | None:
+) -> tuple[str, int, int] | None:
     """Where the partition labelled ``label`` (or, failing that, of type ``type_guid``) is read:
-    (path, byte offset). On a block device that is the kernel's partition node at offset 0:
-    the whole disk and its partition nodes have separate page caches, so reading a partition
-    through the disk node can return stale data that another tool wrote through the partition
-    node (and the other way round)."""
+    (path, byte offset, size in bytes). On a block device that is the kernel's partition node
+    at offset 0: the whole disk and its partition nodes have separate page caches, so reading a
+    partition through the disk node can return stale data that another tool wrote through the
+    partition node (and the other way round)."""
     used = table.used_entries()
     found = [e for e in used if e.name == label] or [e for e in used if e.type_guid == type_guid]
     if not found:
         return None
-    node = partition_node(disk, found[0].number)
+    entry = found[0]
+    size = (entry.last_lba - entry.first_lba + 1) * table.sector_size
+    node = partition_node(disk, entry.number)
     if node is not None:
-        return node, 0
-    return disk, found[0].first_lba * table.sector_size
+        return node, 0, size
+    return disk, entry.first_lba * table.sector_size, size
 
 
 def partition_node(disk: str, number: int, sys: str = "/sys") -> str | None:

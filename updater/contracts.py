@@ -12,6 +12,7 @@ from typing import Any
 from updater import slots
 from updater.bootflow import Report
 from updater.kexec import argvs
+from updater.prepared import Consumed, Record
 from updater.state import DiskState, Outcome
 
 
@@ -100,4 +101,29 @@ def reboot(report: Report) -> dict[str, Any]:
     }
     if report.tries_left is not None:
         doc["tries_left"] = report.tries_left
+    return doc
+
+
+def prepared_record(record: Record) -> dict[str, Any]:
+    """``kexec --prepare --json`` (with ``"prepared": true``): what was loaded, and from which
+    A/B state."""
+    return {
+        "slot": record.label,
+        "partition": record.partition,
+        "kernel_sha256": record.kernel_sha256,
+        "initrd_sha256": record.initrd_sha256,
+        "cmdline": record.cmdline,
+        "method": record.method,
+    }
+
+
+def prepared_consumed(done: Consumed) -> dict[str, Any]:
+    """``kexec --consume-prepared --json``: ``action`` is consumed, unloaded, not-loaded or
+    none (nothing was prepared)."""
+    doc: dict[str, Any] = {"action": done.action, "reason": done.reason}
+    if done.record is not None:
+        doc["slot"] = done.record.label
+        doc["partition"] = done.record.partition
+    if done.tries_left is not None:
+        doc["tries_left"] = done.tries_left
     return doc

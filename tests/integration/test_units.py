@@ -55,8 +55,9 @@ def _unit(name: str) -> configparser.ConfigParser:
 
 def test_what_the_agent_relies_on() -> None:
     assert [u.name for u in UNITS] == [
-        "updater-agent.service", "updater-mark-good.service", "updater-restore.service",
-        "updater-sync.service"]  # fmt: skip
+        "updater-agent.service", "updater-kexec-prepared.service", "updater-mark-good.service",
+        "updater-restore.service", "updater-sync.service",
+    ]  # fmt: skip
     agent = _unit("updater-agent.service")
     assert agent["Service"]["Type"] == "notify" and agent["Service"]["WatchdogSec"]
     assert agent["Service"]["ExecStart"] == "/usr/bin/updater agent"
@@ -94,11 +95,28 @@ def test_units_are_installed_in_the_test_image_tree(tmp_path: Path) -> None:
         assert (tmp_path / "usr/lib/systemd/system" / unit.name).read_bytes() == unit.read_bytes()
     enabled = sorted(p.relative_to(tmp_path / "etc/systemd/system").as_posix()
                      for p in (tmp_path / "etc/systemd/system").rglob("*.service"))  # fmt: skip
-    # The restore acts only on a checkpoint that updater kexec wrote.
-    assert enabled == ["multi-user.target.wants/updater-restore.service",
+    # The restore acts only on a checkpoint that updater kexec wrote; the prepared unit only on
+    # a kernel that updater kexec --prepare loaded.
+    assert enabled == ["kexec.target.wants/updater-kexec-prepared.service",
+                       "multi-user.target.wants/updater-restore.service",
                        "sysinit.target.wants/updater-sync.service"], (
         "the agent and mark-good are not enabled in the test image"
     )  # fmt: skip
     link = tmp_path / "etc/systemd/system/sysinit.target.wants/updater-sync.service"
     assert str(link.readlink()) == "/usr/lib/systemd/system/updater-sync.service"
     shutil.rmtree(tmp_path / "usr")
+
+
+def test_the_prepared_kexec_unit_runs_before_the_kexec_only() -> None:
+    prepared = _unit("updater-kexec-prepared.service")
+    assert prepared["Service"]["ExecStart"] == "/usr/bin/updater kexec --consume-prepared"
+    assert prepared["Unit"]["DefaultDependencies"] == "no"
+    before = prepared["Unit"]["Before"].split()
+    for unit in ("umount.target", "systemd-kexec.service"):
+        assert unit in before
+    # a firmware reboot (reboot.target) lets GRUB count the try: counting here too would count
+    # it twice
+    assert prepared["Install"]["WantedBy"].split() == ["kexec.target"]
+    from updater import prepared as flow
+
+    assert prepared["Unit"]["ConditionPathExists"] == flow.RECORD

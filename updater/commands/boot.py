@@ -12,11 +12,45 @@ from updater import bootflow, config, contracts, kexec
 from updater.commands import INDEX, files
 from updater.commands.common import emit, out, resolve_target
 from updater.config import RebootVia
+from updater.errors import UsageError
 from updater.log import log
 
 
 def cmd_kexec(args: argparse.Namespace) -> int:
+    if args.prepare or args.consume_prepared:
+        if args.dry_run or args.force:
+            raise UsageError("--prepare and --consume-prepared take no --dry-run or --force")
+        return _prepare(args) if args.prepare else _consume_prepared(args)
     return _reboot(args, RebootVia.KEXEC)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from updater import prepared
+
+    plan, record = prepared.prepare(resolve_target(args), args.slot, kexec.probe_support())
+    for note in plan.notes:
+        log(note)
+    if args.json:
+        emit({"prepared": True, **contracts.prepared_record(record)})
+    else:
+        out(f"prepared {record.label} ({record.method}); the next reboot or systemctl kexec "
+            f"enters it and counts its try\ncmdline {record.cmdline}\n")  # fmt: skip
+    return 0
+
+
+def _consume_prepared(args: argparse.Namespace) -> int:
+    from updater import prepared
+
+    done = prepared.consume(resolve_target(args))
+    if args.json:
+        emit(contracts.prepared_consumed(done))
+    elif done.action == "consumed":
+        assert done.record is not None
+        log(f"counted the boot try of the prepared {done.record.label} "
+            f"(tries left {done.tries_left})")  # fmt: skip
+    elif done.action == "unloaded":
+        log(f"unloaded the prepared kexec kernel: {done.reason}; rebooting through the firmware")
+    return 0
 
 
 def cmd_reboot(args: argparse.Namespace) -> int:
@@ -113,6 +147,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument(
             "--config", metavar="FILE", default=argparse.SUPPRESS, help=argparse.SUPPRESS
         )
+        if name == "kexec":
+            p.add_argument(
+                "--prepare",
+                action="store_true",
+                help="plan, stage and load the kernel now and consume nothing; the next reboot "
+                "(systemctl reboot or kexec) enters it, and updater-kexec-prepared.service "
+                "counts its try at shutdown (or unloads it if the A/B state changed since)",
+            )
+            p.add_argument(
+                "--consume-prepared",
+                action="store_true",
+                help="at shutdown (the service runs it): count the prepared kernel's try, or "
+                "unload it when the A/B state changed since it was prepared",
+            )
         if name == "reboot":
             p.add_argument(
                 "--via",

@@ -49,7 +49,8 @@ Exit status: 0 updated (written, verified, activated; rebooted if asked) or, wit
 update is available; 3 nothing to do; 1 failed or refused (one line on stderr; the booted slot
 is never written and the other slot is left unbootable until a rerun completes); 2 bad usage.
 --json prints one JSON object per line: {"event": "checking"|"available"|"nothing"|"hooks"|
-"downloading"|"verifying"|"boot-files"|"activated"|"rebooting"|"result", ...} (README).
+"downloading"|"verifying"|"boot-files"|"activated"|"rebooting"|"prepared"|"result", ...}
+(README).
 Examples:
   updater update --check
   updater update --reboot kexec
@@ -87,6 +88,8 @@ class Display:
                 f"rebooting into {data.get('image') or 'USR-' + str(data['slot'])} "
                 f"({data['method']})"
             ),
+            "prepared": lambda: f"prepared the kexec into USR-{data['slot']} ({data['method']}): "
+            "the next reboot enters it",
         }.get(kind)
         if text is not None:
             out(text() + "\n")
@@ -164,7 +167,25 @@ def cmd_update(args: argparse.Namespace) -> int:
                                checkpoint=cfg.checkpoint)  # fmt: skip
         stages.before_reboot(cfg.hooks, target, request.settings.state_dir)
         bootflow.reboot(target, req, kexec.probe_support(), announce)
+    elif outcome.status == "updated" and args.prepare_kexec:
+        _prepare_kexec(args, emit)
     return outcome.exit_code
+
+
+def _prepare_kexec(args: argparse.Namespace, emit: Any) -> None:
+    """Load the activated slot's kernel now (updater.prepared): the update stands either way,
+    so a failed preparation is one line, and the next reboot goes through the firmware."""
+    from updater import kexec, prepared, update
+
+    try:
+        plan, record = prepared.prepare(resolve_target(args), "auto", kexec.probe_support())
+    except UpdaterError as exc:
+        log(f"could not prepare the kexec reboot ({exc.message}); the next reboot goes "
+            "through the firmware")  # fmt: skip
+        return
+    for note in plan.notes:
+        log(note)
+    emit(update.Event("prepared", {"slot": plan.slot.letter, "method": record.method}))
 
 
 def _reboot_files(cfg: config.Config, via: RebootVia, emit: Any) -> None:
@@ -203,6 +224,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=config.option("update", "reboot"),
         metavar="kexec|firmware|none",
         help="after activating ([update] reboot)",
+    )
+    p.add_argument(
+        "--prepare-kexec",
+        action="store_true",
+        help="with --reboot none: load the new slot's kernel right away (kexec --prepare), so "
+        "that the next reboot only counts its try and jumps",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per line (README)")
     p.set_defaults(func=cmd_update)
