@@ -16,7 +16,8 @@ from one file of the ``updater`` package to another is a step of the walk:
 Two views: every module of the package, and the corridor alone, that is without the pure
 modules and leaf helpers a call only passes through (``slots``, ``cmdline``, ``grubenv``,
 ``gptformat``, ``initrdcpio``, ``config``, ``contracts``, ``jsonout``, ``errors``, ``run``,
-``debug``, ``log``):
+``debug``, ``log``, and the filesystem readers ``fat`` and ``ext4``, which parse what the
+``bootfs`` adapter reads for them, as ``gptformat`` does for ``gpt``):
 calls into those count as part of the caller's stay. Works on any version of the package that
 has ``updater.cli.main``, so that a change can be measured before and after.
 """
@@ -36,7 +37,7 @@ from typing import Any
 
 PURE = {
     "slots", "cmdline", "grubenv", "gptformat", "initrdcpio", "config", "contracts", "jsonout",
-    "errors", "run", "debug", "log", "__init__",
+    "errors", "run", "debug", "log", "__init__", "fat", "ext4",
 }  # fmt: skip
 FAKE = """#!/bin/sh
 echo "$(basename "$0") $*" >> "$(dirname "$0")/log"
