@@ -79,9 +79,10 @@ def load(target: Target) -> DiskState:
 def as_resolved(target: Target) -> DiskState:
     """``load``, from the table and grubenv copies the Target read when it was resolved (its
     ``snapshot``), without reading the disk again: for a flow handed a Target resolved for it
-    (after a ``change`` through the same Target, ``load`` sees the change, this does not)."""
+    (after a ``change`` through the same Target the snapshot is no longer current, and this
+    reads the disk again, as ``load`` does)."""
     snap = target.snapshot
-    if snap is None:
+    if snap is None or not snap.current:
         return load(target)
     if snap.grubenv is None:  # not readable while resolving: read (and meet the error) now
         env = EspEnv.find(target.esp)
@@ -136,6 +137,9 @@ def change(
     updates the block's hashes, for a slot that received a new image. When the grubenv cannot be
     written after the GPT was, ``GrubenvNotWritten`` says so.
     """
+
+    if target.snapshot is not None:
+        target.snapshot.current = False  # what this changes, the snapshot does not show
 
     def under_lock(d: gpt.Disk, table: gptformat.GptTable) -> Outcome:
         current = _state(target, table)

@@ -27,13 +27,16 @@ from updater.espenv import COPIES
 from updater.gptformat import GptTable
 
 
-@dataclass(frozen=True)
+@dataclass
 class Snapshot:
-    """The disk as it was read while resolving, under one shared lock: what ``state.load``
-    reads the A/B state from (``state.change`` reads both again under its exclusive lock)."""
+    """The disk as it was read while resolving, under one shared lock: what ``state.as_resolved``
+    reads the A/B state from (``state.change`` reads both again under its exclusive lock).
+    ``current`` turns False for good at the first ``state.change`` through the Target: from then
+    on the snapshot is history, and ``as_resolved`` reads the disk again."""
 
     table: GptTable
     grubenv: tuple[bytes | None, ...] | None  # the ESP's copies (espenv.COPIES); None: not read
+    current: bool = True
 
 
 @dataclass(frozen=True)

@@ -141,13 +141,31 @@ def test_the_update_flow_makes_the_other_slot_unbootable_through_state(tmp_path:
         state.change(t, state.by_slots(slots.make_unbootable, 4, booted=t.booted, force=True))
 
 
-def test_the_target_keeps_what_it_read_and_load_reads_again(tmp_path: Path) -> None:
+def test_the_target_keeps_what_it_read_until_it_changes_the_disk(tmp_path: Path) -> None:
     """``as_resolved`` is the state the Target read while resolving (no second read of the
-    disk); ``load`` reads now, so it sees a change made since."""
+    disk) until a change goes through the same Target: then it reads again, so a flow handed
+    that Target (``update --reboot``: activate, then reboot) plans from what it wrote."""
     paths = machine(tmp_path, INITRD_CMDLINE)
     t = target.resolve(**paths)
     assert t.snapshot is not None and state.as_resolved(t) == state.load(t)
     state.change(t, state.by_slots(slots.mark_good, 4))
     assert state.load(t).slot(4).successful
-    assert not state.as_resolved(t).slot(4).successful
+    assert state.as_resolved(t).slot(4).successful
     assert state.as_resolved(target.resolve(**paths)).slot(4).successful
+
+
+def test_as_resolved_follows_every_change_through_the_target(tmp_path: Path) -> None:
+    """The family of the stale-snapshot defect: after any sequence of changes through a
+    resolved Target, what the reboot flow plans from equals a fresh read."""
+    paths = machine(tmp_path, INITRD_CMDLINE)
+    t = target.resolve(**paths)
+    steps = [
+        state.by_slots(slots.mark_good, 4),
+        state.by_slots(slots.set_active, 3, booted=4),
+        lambda st: slots.consume_try(st.slots, st.slot(3)),
+        state.by_slots(slots.prioritize_transition, 4),
+    ]
+    for decide in steps:
+        state.change(t, decide)
+        assert state.as_resolved(t) == state.load(t)
+        assert state.as_resolved(t).next == state.load(t).next
