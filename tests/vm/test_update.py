@@ -93,8 +93,18 @@ def agent_state(m: harness.Machine) -> dict[str, Any]:
 
 def settled(doc: dict[str, Any], state: str) -> bool:
     """In ``state`` with the reboot lock given back (the agent reaches a final state first and
-    releases the lock in its next step)."""
-    return doc.get("state") == state and doc.get("lock") is None
+    releases the lock in its next step). A final state stays visible only until the agent's
+    next check (15 s here), so it is also recognised after it, back in ``idle``: a commit by
+    the committed version it left, a rollback by its count and the blocked release (the callers
+    check which version)."""
+    if doc.get("lock") is not None:
+        return False
+    if doc.get("state") == "idle":
+        if state == "committed":
+            return doc.get("committed_version") is not None
+        if state == "rolled-back":
+            return bool(doc.get("rollbacks")) and bool(doc.get("blocked"))
+    return doc.get("state") == state
 
 
 def wait_agent(m: harness.Machine, state: str, timeout: float = 300) -> dict[str, Any]:
