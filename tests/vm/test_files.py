@@ -19,11 +19,9 @@ repository is served from the host's 127.0.0.1 and reached through QEMU's guestf
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import shutil
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ from tests.integration.httprepo import RepoServer
 from tests.vm import harness
 from tests.vm.conftest import MachineFactory
 from tests.vm.test_kexec import BOOT_TIMEOUT, GRUB_MARK, USR_A, ready, shell
-from tests.vm.test_update import publish
+from tests.vm.test_update import files_tar, publish
 
 pytestmark = pytest.mark.vm
 
@@ -71,18 +69,6 @@ fb.fsync_dir("{IMAGES}")
 """
 
 
-def guest_tar(files: dict[str, bytes], dest: Path) -> Path:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    raw = buf.getvalue()
-    dest.write_bytes(raw + bytes(-len(raw) % 4096))
-    return dest
-
-
 def files_status(m: harness.Machine) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(m.run("updater status --json", timeout=120).check().output)
     assert doc["backend"] == "files", doc
@@ -106,7 +92,7 @@ def test_file_backend_update_kexec_revert_and_a_cut_between_renames(
 ) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(built_image.repo, repo)
-    drive = guest_tar({
+    drive = files_tar({
         "etc/updater/updater.toml": CONFIG.encode(),
         "root/files/seed.py": SEED.encode(),
         "root/files/manifest-v1.json": Path(built_image.manifest_v1).read_bytes(),

@@ -25,6 +25,7 @@ import re
 import shutil
 import tarfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +62,12 @@ interval = 5
 """
 
 
-def files_tar(files: dict[str, str], dest: Path) -> Path:
+def files_tar(files: Mapping[str, str | bytes], dest: Path) -> Path:
     """Files for the guest as a tar on a read-only drive (``tar -xf /dev/vdb -C /``)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for name, text in files.items():
-            data = text.encode()
+            data = text.encode() if isinstance(text, str) else text
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))
