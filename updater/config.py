@@ -475,7 +475,8 @@ SETTINGS: tuple[Setting, ...] = (
             "backend\")."),
     Setting("boot", "images_dir", _images_dir,
             "The `files` backend's directory of image files, on the root filesystem (the "
-            "initrd finds it there as `updater.images=` on the kernel command line)."),
+            "initrd finds it there as `updater.images=` on the kernel command line): an "
+            "absolute path of at most 128 characters, A-Z a-z 0-9 . _ - and /, no `..`."),
     Setting("boot", "tries", _Count(1, 9),
             "The `files` backend's boot tries for a new image: boots the initrd allows it "
             "before it reverts to `root-old.img` by itself, unless `mark-good` ran."),

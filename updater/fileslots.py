@@ -191,5 +191,4 @@ def boots_next(state: FileState) -> str | None:
             origin[step.dst] = origin.pop(step.src, step.src)
         elif step.kind == "remove":
             origin.pop(step.src, None)
-        state = apply(state, step)
     return origin.get(ROOT)

@@ -42,6 +42,8 @@ def value_of(section: str, key: str, toml: str) -> Any:
         ("boot", "backend", '"files"', SlotBackend.FILES),
         ("boot", "backend", '"gpt"', SlotBackend.GPT),
         ("boot", "images_dir", '"/var/lib/os-images"', "/var/lib/os-images"),
+        ("boot", "images_dir", '"/srv/X"', "/srv/X"),
+        ("boot", "images_dir", '"/' + "d" * 127 + '"', "/" + "d" * 127),  # 128 characters
         ("boot", "tries", "1", 1),
         ("boot", "tries", "9", 9),
         ("update", "repo", '"https://h.example/p/"', "https://h.example/p"),
@@ -97,6 +99,10 @@ def value_of(section: str, key: str, toml: str) -> Any:
         ("health", "deadline", "86400", 86400.0),
         ("health", "interval", "0.1", 0.1),
         ("health", "interval", "600", 600.0),
+        ("checkpoint", "pidfiles", "[]", ()),
+        ("checkpoint", "pidfiles", '["/run/a.pid", "/b"]', ("/run/a.pid", "/b")),
+        ("checkpoint", "pidfiles", str([f"/p{i}" for i in range(64)]).replace("'", '"'),
+         tuple(f"/p{i}" for i in range(64))),
     ],
 )  # fmt: skip
 def test_accepted_values(section: str, key: str, toml: str, expected: object) -> None:
@@ -128,6 +134,8 @@ def test_accepted_values(section: str, key: str, toml: str, expected: object) ->
          "not '/a b'"),
         ("boot", "images_dir", '"/a/../etc"', "must be an absolute directory of A-Z a-z 0-9 . _ "
          "- /, not '/a/../etc'"),
+        ("boot", "images_dir", '"/' + "d" * 128 + '"', "must be an absolute directory of A-Z "
+         f"a-z 0-9 . _ - /, not '/{'d' * 128}'"),  # 129 characters
         ("boot", "tries", "0", "must be a whole number from 1 to 9, not 0"),
         ("boot", "tries", "10", "must be a whole number from 1 to 9, not 10"),
         ("update", "repo", '"ftp://h/p"', "must be an http:// or https:// URL or an absolute "
@@ -211,6 +219,11 @@ def test_accepted_values(section: str, key: str, toml: str, expected: object) ->
         ("health", "units", '["a b.service"]', "'a b.service' is not a unit name such as "
          "sshd.service"),
         ("health", "units", '[5]', "5 is not a unit name such as sshd.service"),
+        ("checkpoint", "pidfiles", '"/run/a.pid"', "must be a list of at most 64 absolute paths"),
+        ("checkpoint", "pidfiles", str([f"/p{i}" for i in range(65)]).replace("'", '"'),
+         "must be a list of at most 64 absolute paths"),
+        ("checkpoint", "pidfiles", '["/a", "rel"]', "must be an absolute path, not 'rel'"),
+        ("checkpoint", "pidfiles", "[5]", "must be an absolute path, not 5"),
         ("health", "deadline", "0", "must be a number of seconds from 1 to 86400, not 0"),
         ("health", "interval", "601", "must be a number of seconds from 0.1 to 600, not 601"),
     ],

@@ -178,3 +178,48 @@ def test_boots_next_names_the_file_that_ends_as_root(start: FileState) -> None:
     for cut in range(1, len(fs.plan(start))):
         mid, mid_origin = _origin_after(start, fs.plan(start)[:cut])
         assert mid_origin[fs.boots_next(mid) or ""] == origin[ROOT]
+
+
+# Exact step lists, written from the docstrings' order: the old image goes first, then a
+# staged one, then the counter, then the rename that makes the new image the staged one.
+@pytest.mark.parametrize(
+    ("start", "steps"),
+    [
+        (st(ROOT), [fs.Step("set-tries", value=3), fs.Step("rename", PART, NEW)]),
+        (st(ROOT, OLD), [fs.Step("remove", OLD), fs.Step("set-tries", value=3),
+                         fs.Step("rename", PART, NEW)]),
+        (st(ROOT, NEW, tries=3), [fs.Step("remove", NEW), fs.Step("set-tries", value=3),
+                                  fs.Step("rename", PART, NEW)]),
+        (st(ROOT, NEW, OLD, tries=1), [fs.Step("remove", OLD), fs.Step("remove", NEW),
+                                       fs.Step("set-tries", value=3),
+                                       fs.Step("rename", PART, NEW)]),
+    ],
+)  # fmt: skip
+def test_staging_takes_exactly_these_steps(start: FileState, steps: list[fs.Step]) -> None:
+    assert fs.stage(start, 3) == steps
+
+
+def test_mark_good_is_refused_while_a_revert_is_pending() -> None:
+    with pytest.raises(fs.Refused) as info:
+        fs.mark_good(st(ROOT, OLD, revert=True))
+    assert str(info.value) == (
+        "a revert is pending (system-revert): the booted image is on its way out"
+    )
+
+
+def test_rollback_of_a_staged_image_without_a_counter_removes_only_the_image() -> None:
+    assert fs.rollback(st(ROOT, NEW)) == [fs.Step("remove", NEW)]
+    assert fs.rollback(st(ROOT, NEW, OLD, tries=2)) == [
+        fs.Step("remove", NEW), fs.Step("remove", fs.TRIES)
+    ]
+
+
+def test_boots_next_follows_a_removal_of_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer follows the plan's removals as well as its renames: a plan (none of today's
+    rules) that removed ``root.img`` would boot nothing."""
+    monkeypatch.setattr(fs, "plan", lambda state: [fs.Step("remove", ROOT)])
+    assert fs.boots_next(st(ROOT, OLD)) is None
+    monkeypatch.setattr(
+        fs, "plan", lambda state: [fs.Step("remove", ROOT), fs.Step("rename", OLD, ROOT)]
+    )
+    assert fs.boots_next(st(ROOT, OLD)) == OLD

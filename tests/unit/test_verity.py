@@ -184,7 +184,12 @@ def test_uuids_parse_and_generate_as_the_uuid_module_does() -> None:
         made = uuid.UUID(bytes=uuid4_bytes(raw))
         assert made == uuid.UUID(bytes=raw, version=4)
         assert (made.version, made.variant) == (4, uuid.RFC_4122)
-    for bad in ["", "nope", "0" * 31, "0" * 33, "g" * 32, "0" * 16 + " " + "0" * 16]:
+    # X at either end (braces are the only characters stripped) and X among 32 characters
+    # (not a hex digit): the uuid module refuses each, and so must parse_uuid, with its error.
+    for bad in ["", "nope", "0" * 31, "0" * 33, "g" * 32, "0" * 16 + " " + "0" * 16,
+                "X" + "0" * 32, "0" * 32 + "X", "0" * 31 + "X", "X" + "0" * 31]:
+        with pytest.raises(ValueError):
+            uuid.UUID(bad)
         with pytest.raises(UsageError):
             parse_uuid(bad)
 
@@ -418,6 +423,9 @@ def _sb(offset: int, value: bytes) -> bytes:
          ("got 1 data digests for 2 blocks", None)),
         (lambda: digest_blocks(salted_hash(b""), bytes(100)),
          ("100 bytes is not a whole number of 4096-byte blocks", None)),
+        (lambda: parse_uuid("0" * 31 + "X"), ("'0000000000000000000000000000000X' is not a UUID",
+                                              None)),
+        (lambda: Superblock(VerityParams(8, b""), b"short"), ("a UUID has 16 bytes, not 5", None)),
     ],
 )  # fmt: skip
 def test_refusal_texts(call: object, expected: tuple[str, str | None]) -> None:
@@ -471,6 +479,8 @@ def test_superblock_of_exactly_512_bytes_decodes() -> None:
         (68, struct.pack("<I", 1024), "superblock hash block size is 1024, expected 4096"),
         (32, b"\xff\xfe".ljust(32, b"\0"),
          "superblock algorithm is '\ufffd\ufffd', expected 'sha256'"),
+        # only the NUL padding is taken off the name: "sha256X" is another algorithm
+        (32, b"sha256X\0", "superblock algorithm is 'sha256X', expected 'sha256'"),
     ],
 )  # fmt: skip
 def test_superblock_field_refusal_texts(offset: int, value: bytes, message: str) -> None:
