@@ -195,18 +195,19 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         return files.cmd_rollback(args, cfg)
     status = _transition_command(_decide_rollback)(args)
     if args.reboot != "none" and not args.dry_run:
-        from updater import bootflow, kexec
+        from updater import bootflow, config, kexec
         from updater.config import RebootVia
+        from updater.hooks.stages import PreReboot
         from updater.log import log
 
         def announce(report: bootflow.Report) -> None:
             log(f"rebooting into {report.slot.label if report.slot else '?'} ({report.method})")
 
-        from updater import config
-
         cfg = config.load(args.config)
-        request = bootflow.Request(slot="auto", via=RebootVia(args.reboot),
-                                   quiesce=cfg.quiesce, checkpoint=cfg.checkpoint)  # fmt: skip
+        # The flow decides whether the pre-reboot hooks run, by the rule of every reboot: back
+        # to a good slot, none; into a slot never proven good (--force), they do.
+        request = bootflow.Request(slot="auto", via=RebootVia(args.reboot), quiesce=cfg.quiesce,
+                                   checkpoint=cfg.checkpoint, hooks=PreReboot.of(cfg))  # fmt: skip
         bootflow.reboot(resolve_target(args), request, kexec.probe_support(), announce)
     return status
 
@@ -315,7 +316,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "Prioritize the slot that is not booted. Refused when it holds no image or never\n"
         "booted successfully, unless --force (which gives a never-good slot one try).\n"
         "--reboot kexec|firmware then reboots into it (kexec falls back to the firmware);\n"
-        "default none. The fleet agent notices the rollback and does not offer the release\n"
+        "default none. A reboot back to a slot marked good runs no pre-reboot hooks; into a\n"
+        "never-good slot (--force) they run as before any reboot into a new slot, and a\n"
+        "failing one reboots nothing and puts the booted slot back on top (the switch is\n"
+        "undone). The fleet agent notices the rollback and does not offer the release\n"
         "rolled back from again until `updater agent forget VERSION`.",
     )
     p.add_argument("--force", action="store_true", help="skip the checks on the other slot")
