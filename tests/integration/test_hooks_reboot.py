@@ -217,3 +217,18 @@ def test_reboot_after_a_preparation_runs_the_hook_once(
     m.b_on_trial(tries=3)
     assert m.cli("reboot")[0] == 0
     assert m.hook_runs() == 3
+
+
+def test_a_rollback_dry_run_says_whether_hooks_would_run(m: Machine) -> None:
+    m.record_hook()
+    before = sha(Path(m.disk))
+    code, out, _ = m.cli("rollback", "--force", "--reboot", "kexec", "--dry-run")
+    assert code == 0  # from USR-A into USR-B, which never booted
+    assert out.splitlines()[-1] == ("would reboot into USR-B; would run the pre-reboot hooks "
+                                    "10-drain")  # fmt: skip
+    assert sha(Path(m.disk)) == before
+    assert m.cli("set-active", "B")[0] == 0 and m.cli("mark-good", booted="B")[0] == 0
+    before = sha(Path(m.disk))
+    code, out, _ = m.cli("rollback", "--force", "--reboot", "kexec", "--dry-run", booted="B")
+    assert code == 0 and out.splitlines()[-1] == "would reboot into USR-A"  # a good slot
+    assert kc.logged(m.log) == [] and not m.env.exists() and sha(Path(m.disk)) == before

@@ -193,23 +193,36 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     cfg = files.backend(args)
     if cfg is not None:
         return files.cmd_rollback(args, cfg)
-    status = _transition_command(_decide_rollback)(args)
-    if args.reboot != "none" and not args.dry_run:
-        from updater import bootflow, config, kexec
-        from updater.config import RebootVia
-        from updater.hooks.stages import PreReboot
-        from updater.log import log
+    t = resolve_target(args)
+    outcome = state.change(t, lambda st: _decide_rollback(args, st), dry_run=args.dry_run)
+    _report(args, outcome)
+    if args.reboot == "none":
+        return 0
+    from updater import bootflow, config, kexec
+    from updater.config import RebootVia
+    from updater.hooks import stages
+    from updater.log import log
 
-        def announce(report: bootflow.Report) -> None:
-            log(f"rebooting into {report.slot.label if report.slot else '?'} ({report.method})")
+    cfg = config.load(args.config)
+    # The flow decides whether the pre-reboot hooks run, by the rule of every reboot: back to a
+    # good slot, none; into a slot never proven good (--force), they do.
+    hooks = stages.PreReboot.of(cfg)
+    if args.dry_run:
+        into = slots.choose_next(outcome.after)
+        names = stages.before_reboot(hooks, t, outcome.before, into, dry_run=True)
+        if not args.json:
+            _out(f"would reboot into {into.label if into else 'no bootable slot'}"
+                 + (f"; would run the pre-reboot hooks {', '.join(names)}" if names else "")
+                 + "\n")  # fmt: skip
+        return 0
 
-        cfg = config.load(args.config)
-        # The flow decides whether the pre-reboot hooks run, by the rule of every reboot: back
-        # to a good slot, none; into a slot never proven good (--force), they do.
-        request = bootflow.Request(slot="auto", via=RebootVia(args.reboot), quiesce=cfg.quiesce,
-                                   checkpoint=cfg.checkpoint, hooks=PreReboot.of(cfg))  # fmt: skip
-        bootflow.reboot(resolve_target(args), request, kexec.probe_support(), announce)
-    return status
+    def announce(report: bootflow.Report) -> None:
+        log(f"rebooting into {report.slot.label if report.slot else '?'} ({report.method})")
+
+    request = bootflow.Request(slot="auto", via=RebootVia(args.reboot), quiesce=cfg.quiesce,
+                               checkpoint=cfg.checkpoint, hooks=hooks)  # fmt: skip
+    bootflow.reboot(resolve_target(args), request, kexec.probe_support(), announce)
+    return 0
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
