@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.integration import test_kexec_commands as kc
-from tests.integration.conftest import CgptField, sha
+from tests.integration.conftest import CgptField, need_tools, sha
+from tests.integration.repos import Site
 from tests.integration.test_hooks_runner import hook
+from tests.integration.test_hooks_update import HookedMachine
 from updater import inventory, state, target
 from updater.hooks.rules import Stage
 from updater.release import parse_version
@@ -232,3 +234,29 @@ def test_a_rollback_dry_run_says_whether_hooks_would_run(m: Machine) -> None:
     code, out, _ = m.cli("rollback", "--force", "--reboot", "kexec", "--dry-run", booted="B")
     assert code == 0 and out.splitlines()[-1] == "would reboot into USR-A"  # a good slot
     assert kc.logged(m.log) == [] and not m.env.exists() and sha(Path(m.disk)) == before
+
+
+def test_update_prepare_kexec_then_reboot_runs_the_hook_once(
+    site: Site, fakes: Path, run_dir: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], cgpt_field: CgptField,
+) -> None:  # fmt: skip
+    """The update activates release 2 in USR-B and prepares its kexec, which runs the hook;
+    the operator's ``updater reboot`` later enters it without running the hook again."""
+    need_tools("mkfs.ext4", "debugfs")
+    kc.use(monkeypatch, kc.OK)
+    u = HookedMachine(site)
+    kc.make_oem(u.disk, site.tmp, b'set oem_id="qemu"\n')  # what the boot plan reads
+    hook(u.hooks, Stage.PRE_REBOOT, "10-drain",
+         f'echo "hook $UPDATER_SLOT $UPDATER_VERSION" >> {fakes}')  # fmt: skip
+    base = ["--config", str(u.config), "--disk", str(u.disk), "--booted", "A", "--esp",
+            str(u.esp)]  # fmt: skip
+    code, _, err = kc.run_cli([*base, "update", "--repo", site.proxy.url, "--trusted-root",
+                               str(site.trusted_root), "--prepare-kexec"], capsys)  # fmt: skip
+    assert code == 0, err
+    calls = kc.logged(fakes)
+    assert [c[:2] for c in calls] == [["hook", "B"], ["kexec", "-u"], ["kexec", "-s"]], err
+    assert calls[0] == ["hook", "B", "2"] and (run_dir / "kexec-prepared.json").is_file()
+    code, _, err = kc.run_cli([*base, "reboot"], capsys)
+    assert code == 0, err
+    assert [c for c in kc.logged(fakes) if c[0] == "hook"] == [["hook", "B", "2"]]
+    assert kc.logged(fakes)[-1] == ["systemctl", "kexec"] and cgpt_field(u.disk, B, "T") == 0
