@@ -113,6 +113,9 @@ def prepare(target: Target, spec: str, support: KexecSupport,
     with ``hooks``, the pre-reboot hooks run between the plan and the load (module docstring).
     Raises ``kexec.LoadFailed`` when no kernel can be loaded, HookFailed when a hook failed
     (nothing is loaded or recorded then)."""
+    # Where no kexec can work, nothing is prepared and no hook runs: the reboot itself (through
+    # the firmware) runs them, once.
+    kexec.require_possible(support)
     st = state.load(target)
     plan = bootplan.plan_boot(st, spec, target, STAGE_DIR, copy=True)
     # The hooks run before the old record goes: if one fails, the state it changed makes the

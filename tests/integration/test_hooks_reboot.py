@@ -18,6 +18,7 @@ from tests.integration.test_hooks_runner import hook
 from tests.integration.test_hooks_update import HookedMachine
 from updater import inventory, state, target
 from updater.hooks.rules import Stage
+from updater.kexec import KexecSupport
 from updater.release import parse_version
 
 pytestmark = pytest.mark.integration
@@ -260,3 +261,17 @@ def test_update_prepare_kexec_then_reboot_runs_the_hook_once(
     assert code == 0, err
     assert [c for c in kc.logged(fakes) if c[0] == "hook"] == [["hook", "B", "2"]]
     assert kc.logged(fakes)[-1] == ["systemctl", "kexec"] and cgpt_field(u.disk, B, "T") == 0
+
+
+def test_where_kexec_is_impossible_the_preparation_runs_no_hook_and_the_reboot_does(
+    m: Machine, run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kc.use(monkeypatch, KexecSupport(tool=True, load_disabled=True, lockdown="none",
+                                     systemd=True))  # fmt: skip
+    m.b_on_trial()
+    m.record_hook()
+    code, _, err = m.cli("kexec", "--prepare")
+    assert code == 1 and "kernel.kexec_load_disabled=1" in err.splitlines()[-1]
+    assert m.hook_runs() == 0 and not (run_dir / "kexec-prepared.json").exists()
+    assert m.cli("reboot")[0] == 0
+    assert kc.logged(m.log) == [["hook", "B"], ["kexec", "-u"], ["systemctl", "reboot"]]
