@@ -162,7 +162,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             p.add_argument(
                 "--prepare",
                 action="store_true",
-                help="plan, stage and load the kernel now and consume nothing; the next reboot "
+                help="plan, run the pre-reboot hooks (a new slot), stage and load the kernel "
+                "now and consume nothing; the next reboot "
                 "(systemctl reboot or kexec) enters it, and updater-kexec-prepared.service "
                 "counts its try at shutdown (or unloads it if the A/B state changed since)",
             )

@@ -332,7 +332,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "default none. A reboot back to a slot marked good runs no pre-reboot hooks; into a\n"
         "never-good slot (--force) they run as before any reboot into a new slot, and a\n"
         "failing one reboots nothing and puts the booted slot back on top (the switch is\n"
-        "undone). The fleet agent notices the rollback and does not offer the release\n"
+        "undone). --dry-run --reboot says where it would reboot and which hooks would run\n"
+        "(it runs none). The fleet agent notices the rollback and does not offer the release\n"
         "rolled back from again until `updater agent forget VERSION`.",
     )
     p.add_argument("--force", action="store_true", help="skip the checks on the other slot")
