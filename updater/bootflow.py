@@ -1,8 +1,12 @@
 """The reboot flow: the whole sequence of ``updater kexec`` and ``updater reboot`` in one place.
 
-kexec: plan (``updater.bootplan``) -> stage -> load -> consume the try -> jump.
+kexec: plan (``updater.bootplan``) -> stage -> hooks -> load -> consume the try -> jump.
 
-1. plan the boot as GRUB would and stage the kernel and initrd in /run;
+1. plan the boot as GRUB would and stage the kernel and initrd in /run; then, when the request
+   carries hooks and the planned slot is a new one, run the pre-reboot hooks
+   (``prepared.pre_reboot``: not again when the preparation of this boot ran them); a failing
+   one stops the flow before anything is loaded, with the booted slot back on top
+   (``updater.hooks.stages``); a dry run only names them;
 2. unload any stale kernel and load the new one (``kexec_file_load``, else ``kexec_load`` where
    allowed); a failed load falls back to the firmware path below, with one log line;
 3. consume the boot try durably in the GPT (and the grubenv) only now, right before the jump,
@@ -25,7 +29,8 @@ flow always knows whether the try was consumed. During the jump they have their 
 effect again: ``systemctl kexec`` shuts the machine down, and the SIGTERM that shutdown sends
 this process must not unload the kernel it is about to enter.
 
-Firmware path (``reboot --via firmware``, kexec impossible, or a failed load): refresh the
+Firmware path (``reboot --via firmware``, kexec impossible, or a failed load): run the
+pre-reboot hooks for GRUB's choice (unless the kexec path ran them already), refresh the
 grubenv from the GPT so that GRUB picks exactly what the GPT says, drop any loaded kernel, and
 reboot. GRUB chooses by priority: when a slot was named (``--slot A``) that GRUB would not
 boot, the flow refuses rather than boot another one.
@@ -40,6 +45,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from updater import bootplan, kexec, prepared, signals, slots, state
 from updater.bootplan import BootPlan
@@ -51,6 +57,9 @@ from updater.quiesce import checkpoint, criu, runner
 from updater.quiesce.checkpoint import Manifest
 from updater.quiesce.plan import QuiescePlan, plan_quiesce
 from updater.target import Target
+
+if TYPE_CHECKING:
+    from updater.hooks.stages import PreReboot
 
 STAGE_DIR = "/run/updater/kexec"
 
@@ -65,6 +74,7 @@ class Request:
     dry_run: bool = False
     quiesce: QuiesceSettings = field(default_factory=QuiesceSettings)
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
+    hooks: PreReboot | None = None  # the pre-reboot hooks to run; None: none (an installer)
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,7 @@ class Report:
     consumed: slots.Slot | None = None  # the slot as written when the kexec took its try
     quiesce: QuiescePlan | None = None  # the jump without systemd: ``steps`` are its commands
     saved: Manifest | None = None  # the checkpoint taken before the jump
+    hooks: tuple[str, ...] = ()  # the pre-reboot hooks that ran (a dry run: that would run)
 
     @property
     def tries_left(self) -> int | None:
@@ -103,22 +114,24 @@ def reboot(target: Target, request: Request, support: KexecSupport, announce: An
     assert plan.staged is not None
     for note in plan.notes:
         log(note)
+    hooks = prepared.pre_reboot(request.hooks, target, st, plan.slot, dry_run=request.dry_run)
     if request.dry_run:
         blocker = support.blocker()
         if blocker:
             _check_firmware_slot(st, request, blocker)
             steps = kexec.firmware_steps(force=request.force, systemd=support.systemd)
-            return Report(Method.FIRMWARE, tuple(steps), plan.slot, plan, reason=blocker)
+            return Report(Method.FIRMWARE, tuple(steps), plan.slot, plan, reason=blocker,
+                          hooks=hooks)  # fmt: skip
         names = checkpoint.wanted(request.checkpoint)
         if names:
             log(f"would checkpoint {', '.join(names)} into {request.checkpoint.dir}")
         jump, quiesce = _jump_steps(request, support)
         steps = [kexec.UNLOAD, plan.staged.image.load_step(Method.FILE), *jump]
-        return Report(Method.FILE, tuple(steps), plan.slot, plan, quiesce=quiesce)
+        return Report(Method.FILE, tuple(steps), plan.slot, plan, quiesce=quiesce, hooks=hooks)
     prepared.forget()  # this flow loads and counts its own kernel (updater.prepared)
-    report = _take(target, plan, request, support, announce)
+    report = _take(target, plan, request, support, announce, hooks)
     if isinstance(report, kexec.LoadFailed):
-        return _firmware(target, request, support, report.message)
+        return _firmware(target, request, support, report.message, hooks)
     _jump(target, report, request.checkpoint)
     return report
 
@@ -132,7 +145,8 @@ def _jump_steps(request: Request, support: KexecSupport) -> tuple[list[Step], Qu
 
 
 def _take(
-    target: Target, plan: BootPlan, request: Request, support: KexecSupport, announce: Announce
+    target: Target, plan: BootPlan, request: Request, support: KexecSupport, announce: Announce,
+    hooks: tuple[str, ...],
 ) -> Report | kexec.LoadFailed:
     """Load the kernel, dump the checkpointed trees, consume the planned slot's try durably,
     and announce the jump, with signals counting as failures (one guard; held from the
@@ -160,7 +174,7 @@ def _take(
             taken = next(s for s in consume.after if s.partition == plan.slot.partition)
             steps, quiesce = _jump_steps(request, support)
             report = Report(method, tuple(steps), plan.slot, plan, consumed=taken,
-                            quiesce=quiesce, saved=saved)  # fmt: skip
+                            quiesce=quiesce, saved=saved, hooks=hooks)  # fmt: skip
             announce(report)
     except criu.CheckpointFailed as exc:
         for line in _undo(target, None):
@@ -242,13 +256,17 @@ def _check_firmware_slot(st: state.DiskState, request: Request, why: str) -> Non
         )
 
 
-def _firmware(target: Target, request: Request, support: KexecSupport, why: str) -> Report:
-    """Reboot through the firmware into GRUB's choice (module docstring)."""
+def _firmware(target: Target, request: Request, support: KexecSupport, why: str,
+              hooks: tuple[str, ...] | None = None) -> Report:  # fmt: skip
+    """Reboot through the firmware into GRUB's choice (module docstring). ``hooks``: the
+    pre-reboot hooks the kexec path ran already (None: they are this path's to run)."""
     st = state.load(target)
     _check_firmware_slot(st, request, why)
     chosen = st.next
+    if hooks is None:
+        hooks = prepared.pre_reboot(request.hooks, target, st, chosen, dry_run=request.dry_run)
     steps = kexec.firmware_steps(force=request.force, systemd=support.systemd)
-    report = Report(Method.FIRMWARE, tuple(steps), chosen, reason=why)
+    report = Report(Method.FIRMWARE, tuple(steps), chosen, reason=why, hooks=hooks)
     if request.dry_run:
         return report
     log(f"rebooting through the firmware into {chosen.label if chosen else 'no bootable slot'}: "

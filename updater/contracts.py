@@ -87,6 +87,7 @@ def reboot(report: Report) -> dict[str, Any]:
             "partition": chosen.partition if chosen else None,
             "method": str(report.method),
             "commands": commands,
+            "pre_reboot_hooks": list(report.hooks),
         }
     staged = plan.staged
     doc: dict[str, Any] = {
@@ -98,6 +99,7 @@ def reboot(report: Report) -> dict[str, Any]:
         "delivery": str(plan.delivery),
         "method": str(report.method),
         "commands": commands,
+        "pre_reboot_hooks": list(report.hooks),
     }
     if report.tries_left is not None:
         doc["tries_left"] = report.tries_left
@@ -114,6 +116,7 @@ def prepared_record(record: Record) -> dict[str, Any]:
         "initrd_sha256": record.initrd_sha256,
         "cmdline": record.cmdline,
         "method": record.method,
+        "pre_reboot_hooks": list(record.pre_reboot_hooks or ()),
     }
 
 

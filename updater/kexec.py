@@ -102,6 +102,13 @@ class LoadFailed(UpdaterError):
         self.cause = cause
 
 
+def require_possible(support: KexecSupport) -> None:
+    """LoadFailed when no kexec can work here at all (``KexecSupport.blocker``)."""
+    blocker = support.blocker()
+    if blocker:
+        raise LoadFailed(f"kexec is not possible: {blocker}", "disabled")
+
+
 @dataclass(frozen=True)
 class KexecImage:
     kernel: str
@@ -202,9 +209,7 @@ def load(image: KexecImage, support: KexecSupport) -> Method:
 
     Raises LoadFailed when neither syscall can load it (the caller reboots via the firmware).
     """
-    blocker = support.blocker()
-    if blocker:
-        raise LoadFailed(f"kexec is not possible: {blocker}", "disabled")
+    require_possible(support)
     UNLOAD.run()
     method = Method.FILE
     while True:

@@ -5,6 +5,13 @@ boot, read the slot's files, stage them, load the kernel) and records in /run wh
 the slot, the hashes of the staged kernel and initrd, the command line, and a fingerprint of
 the A/B state it planned from. It consumes no try: the machine keeps running as before.
 
+Preparing is the moment the reboot is decided, so ``prepare`` runs the pre-reboot hooks
+(``updater.hooks.stages``) after planning and before the load, when asked to and the planned
+slot is a new one; a failing hook loads nothing and puts the booted slot back on top. The
+record says that they ran, so that a later ``updater reboot`` or ``kexec`` of the same boot
+from the same A/B state does not run them again (``hooks_ran``); nothing runs them inside the
+shutdown.
+
 The try is consumed at shutdown instead, by ``consume`` (``updater kexec --consume-prepared``,
 run by systemd/updater-kexec-prepared.service, which kexec.target pulls in and which finishes
 before filesystems are unmounted). Every systemd path into a loaded kernel goes through
@@ -29,11 +36,12 @@ lines, and does not jump.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from updater import atomicfile, bootplan, kexec, signals, slots, state
 from updater.bootplan import BootPlan
@@ -41,6 +49,9 @@ from updater.errors import DataError, UpdaterError
 from updater.kexec import KexecSupport
 from updater.log import log
 from updater.target import Target
+
+if TYPE_CHECKING:
+    from updater.hooks.stages import PreReboot
 
 RECORD = "/run/updater/kexec-prepared.json"
 STAGE_DIR = "/run/updater/kexec-prepared"
@@ -61,6 +72,9 @@ class Record:
     cmdline: str
     method: str
     fingerprint: str  # of the A/B state the boot was planned from (``fingerprint``)
+    # The pre-reboot hooks that ran and passed before the load (empty: none were due); None:
+    # the preparation ran none (it was not asked to).
+    pre_reboot_hooks: tuple[str, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, **self.__dict__}
@@ -93,12 +107,21 @@ def _sha256(path: str | None) -> str | None:
     return digest.hexdigest()
 
 
-def prepare(target: Target, spec: str, support: KexecSupport) -> tuple[BootPlan, Record]:
-    """Plan, stage and load the boot of ``spec`` (``auto``: GRUB's choice), and record it.
-    Raises ``kexec.LoadFailed`` when no kernel can be loaded (nothing is recorded then)."""
-    forget()
+def prepare(target: Target, spec: str, support: KexecSupport,
+            hooks: PreReboot | None = None) -> tuple[BootPlan, Record]:  # fmt: skip
+    """Plan, stage and load the boot of ``spec`` (``auto``: GRUB's choice), and record it;
+    with ``hooks``, the pre-reboot hooks run between the plan and the load (module docstring).
+    Raises ``kexec.LoadFailed`` when no kernel can be loaded, HookFailed when a hook failed
+    (nothing is loaded or recorded then)."""
+    # Where no kexec can work, nothing is prepared and no hook runs: the reboot itself (through
+    # the firmware) runs them, once.
+    kexec.require_possible(support)
     st = state.load(target)
     plan = bootplan.plan_boot(st, spec, target, STAGE_DIR, copy=True)
+    # The hooks run before the old record goes: if one fails, the state it changed makes the
+    # shutdown unload a kernel prepared earlier instead of entering it uncounted.
+    ran = None if hooks is None else pre_reboot(hooks, target, st, plan.slot)
+    forget()
     image = plan.image()
     method = kexec.load(image, support)
     try:
@@ -106,6 +129,7 @@ def prepare(target: Target, spec: str, support: KexecSupport) -> tuple[BootPlan,
             disk=st.disk, partition=plan.slot.partition, label=plan.slot.label,
             kernel_sha256=_sha256(image.kernel) or "", initrd_sha256=_sha256(image.initrd),
             cmdline=image.cmdline, method=str(method), fingerprint=fingerprint(st),
+            pre_reboot_hooks=ran,
         )  # fmt: skip
         Path(RECORD).parent.mkdir(parents=True, exist_ok=True)
         atomicfile.write(RECORD, json.dumps(record.to_json(), sort_keys=True).encode())
@@ -118,6 +142,34 @@ def prepare(target: Target, spec: str, support: KexecSupport) -> tuple[BootPlan,
 def forget() -> None:
     """Drop the record (the kernel itself is unloaded by whoever loads the next one)."""
     Path(RECORD).unlink(missing_ok=True)
+
+
+def pre_reboot(hooks: PreReboot | None, target: Target, st: state.DiskState,
+               into: slots.Slot | None, *, dry_run: bool = False) -> tuple[str, ...]:  # fmt: skip
+    """The pre-reboot hooks of a reboot into ``into`` (``stages.before_reboot``: the names of
+    those that ran, or in a dry run would run), unless the preparation of that very boot ran
+    them already (``hooks_ran``). The one way every reboot flow runs them."""
+    if hooks is None:
+        return ()
+    if into is not None and hooks_ran(st, into):
+        log(f"the pre-reboot hooks ran when the boot of {into.label} was prepared: not again")
+        return ()
+    from updater.hooks import stages  # only a reboot that runs hooks pays for the import
+
+    return stages.before_reboot(hooks, target, st, into, dry_run=dry_run)
+
+
+def hooks_ran(st: state.DiskState, into: slots.Slot) -> bool:
+    """Whether the preparation of the boot of ``into`` from the A/B state ``st`` ran the
+    pre-reboot hooks (passed, or none were due): a reboot of that boot runs them no second
+    time. A damaged record counts as not."""
+    try:
+        record = read_record()
+    except DataError:
+        return False
+    if record is None or record.pre_reboot_hooks is None:
+        return False
+    return record.partition == into.partition and record.fingerprint == fingerprint(st)
 
 
 def read_record() -> Record | None:
@@ -137,9 +189,12 @@ def read_record() -> Record | None:
         record = Record(**doc)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise DataError(f"{record_path} is not a prepared-kexec record ({exc})") from exc
-    if not isinstance(record.partition, int) or not isinstance(record.fingerprint, str):
+    hooks = record.pre_reboot_hooks
+    if (not isinstance(record.partition, int) or not isinstance(record.fingerprint, str)
+            or not (hooks is None or (isinstance(hooks, list)
+                                      and all(isinstance(h, str) for h in hooks)))):  # fmt: skip
         raise DataError(f"{record_path} is not a prepared-kexec record (field types)")
-    return record
+    return dataclasses.replace(record, pre_reboot_hooks=None if hooks is None else tuple(hooks))
 
 
 def kernel_loaded() -> bool:

@@ -171,15 +171,17 @@ def test_a_failing_pre_reboot_hook_puts_the_booted_slot_back_on_top(site: Site) 
     t = booted_target(m, "A")
     assert state.load(t).next.partition == B  # type: ignore[union-attr]
     hook(m.hooks, Stage.PRE_REBOOT, "10-drain", 'test "$UPDATER_SLOT" = B && exit 4')
+    hooks = stages.PreReboot(HooksSettings(str(m.hooks)), str(m.state))
+    st = state.load(t)
     with pytest.raises(HookFailed, match="^pre-reboot hook 10-drain exited 4; not rebooted, and "
                        "USR-A boots next again$"):  # fmt: skip
-        stages.before_reboot(HooksSettings(str(m.hooks)), t, str(m.state))
+        stages.before_reboot(hooks, t, st, st.next)
     after = state.load(t)
     assert after.next.partition == A  # type: ignore[union-attr]
     b = after.slot(B)
     assert (b.tries, b.successful) == (1, False), "the new slot keeps its image and its try"
     # a reboot back to a good slot (here: A is next) runs no pre-reboot hook
-    stages.before_reboot(HooksSettings(str(m.hooks)), t, str(m.state))
+    assert stages.before_reboot(hooks, t, after, after.next) == ()
 
 
 def on_trial_in_b(m: Machine) -> target.Target:

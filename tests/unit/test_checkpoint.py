@@ -231,14 +231,15 @@ def test_the_agent_reboots_with_the_quiesce_and_checkpoint_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from updater.agent.system import UpdateFlowSystem
-    from updater.config import Config, QuiesceSettings
+    from updater.config import Config, HooksSettings, QuiesceSettings
     from updater.hooks import stages
 
     seen: list[bootflow.Request] = []
     monkeypatch.setattr(bootflow, "reboot", lambda t, request, s, a: seen.append(request))
-    monkeypatch.setattr(stages, "before_reboot", lambda *args: None)  # no hooks in this test
-    cfg = Config(quiesce=QuiesceSettings(grace=7),
+    cfg = Config(quiesce=QuiesceSettings(grace=7), hooks=HooksSettings(dir="/x/hooks"),
                  checkpoint=CheckpointSettings(units=("a.service",)))  # fmt: skip
     system = UpdateFlowSystem(cfg, target=lambda: None)  # type: ignore[arg-type,return-value]
     system.reboot("kexec")
     assert seen[0].quiesce.grace == 7 and seen[0].checkpoint.units == ("a.service",)
+    # the flow runs the pre-reboot hooks, with the agent's settings
+    assert seen[0].hooks == stages.PreReboot(cfg.hooks, cfg.update.state_dir)

@@ -43,6 +43,22 @@ def test_every_variable_is_set_and_unknown_ones_are_empty() -> None:
     }  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("into", "booted", "good", "due"),
+    [
+        (4, 3, False, True),  # a new slot: just activated, or given a try by a forced rollback
+        (3, 4, True, False),  # back to a good slot: a rollback
+        (3, 3, False, False),  # the booted slot itself (a first boot asking one more reboot)
+        (4, None, False, False),  # the booted slot is unknown: an installer booting its disk
+        (None, 3, False, False),  # nothing can boot
+    ],
+)  # fmt: skip
+def test_only_a_reboot_into_a_new_slot_runs_pre_reboot_hooks(
+    into: int | None, booted: int | None, good: bool, due: bool
+) -> None:
+    assert rules.pre_reboot_due(into, booted, good) is due
+
+
 def test_the_first_failure_is_the_verdict() -> None:
     results = [HookResult("10-a", 0), HookResult("20-b", 3)]
     assert rules.judge(Stage.PRE_INSTALL, results) == Verdict(

@@ -8,8 +8,8 @@ update flow, the slot rules and the reboot flow.
   picks among the releases that are not blocked (a pin may be older: the operator asked);
 - ``stage``: ``updater.update.run`` for exactly that version (it recognises a release already
   staged, and resumes an interrupted write);
-- ``reboot``: the pre-reboot hooks when the slot that boots next is a new one
-  (``updater.hooks.stages``), then ``updater.bootflow.reboot`` into it;
+- ``reboot``: ``updater.bootflow.reboot`` into the slot that boots next, with the pre-reboot
+  hooks (which the flow runs when that slot is a new one, ``updater.hooks.stages``);
 - ``mark_good`` / ``mark_bad``: ``state.change`` with ``slots.mark_good`` / ``slots.mark_bad``;
   after ``mark_good``, the post-commit hooks.
 
@@ -132,14 +132,13 @@ class UpdateFlowSystem:
     def reboot(self, via: str) -> None:
         from updater.hooks import stages
 
-        stages.before_reboot(self.cfg.hooks, self.target(), self.cfg.update.state_dir)
-
         def announce(report: bootflow.Report) -> None:
             slot = report.slot.label if report.slot else "no slot"
             log(f"rebooting into {slot} ({report.method})")
 
         request = bootflow.Request(slot="auto", via=RebootVia(via), quiesce=self.cfg.quiesce,
-                                   checkpoint=self.cfg.checkpoint)  # fmt: skip
+                                   checkpoint=self.cfg.checkpoint,
+                                   hooks=stages.PreReboot.of(self.cfg))  # fmt: skip
         bootflow.reboot(self.target(), request, kexec.probe_support(), announce)
 
     def mark_good(self) -> None:

@@ -26,8 +26,10 @@ def cmd_kexec(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace) -> int:
     from updater import prepared
+    from updater.hooks.stages import PreReboot
 
-    plan, record = prepared.prepare(resolve_target(args), args.slot, kexec.probe_support())
+    hooks = PreReboot.of(config.load(args.config))
+    plan, record = prepared.prepare(resolve_target(args), args.slot, kexec.probe_support(), hooks)
     for note in plan.notes:
         log(note)
     if args.json:
@@ -58,6 +60,8 @@ def cmd_reboot(args: argparse.Namespace) -> int:
 
 
 def _reboot(args: argparse.Namespace, via: RebootVia) -> int:
+    from updater.hooks.stages import PreReboot  # not at start-up: a plain kexec may run none
+
     cfg = files.backend(args)
     if cfg is not None:
         return files.reboot(args, cfg, via)
@@ -69,6 +73,7 @@ def _reboot(args: argparse.Namespace, via: RebootVia) -> int:
         dry_run=args.dry_run,
         quiesce=settings.quiesce,
         checkpoint=settings.checkpoint,
+        hooks=PreReboot.of(settings),
     )
     support = kexec.probe_support()
 
@@ -93,9 +98,10 @@ def _reboot(args: argparse.Namespace, via: RebootVia) -> int:
 def _describe(report: bootflow.Report) -> str:
     """The dry run, for humans."""
     name = report.slot.label if report.slot else "no bootable slot"
+    hooks = f"would run the pre-reboot hooks {', '.join(report.hooks)}\n" if report.hooks else ""
     plan = report.plan
     if plan is None:
-        return f"would reboot through the firmware into {name} ({report.reason})\n"
+        return f"{hooks}would reboot through the firmware into {name} ({report.reason})\n"
     via = f"the firmware: {report.reason}" if report.reason else "kexec"
     staged = plan.staged
     initrd = " + ".join(staged.initrd_parts) if staged else ""
@@ -106,7 +112,7 @@ def _describe(report: bootflow.Report) -> str:
         f"cmdline {plan.cmdline}",
         *("  " + " ".join(argv) for argv in kexec.argvs(list(report.steps))),
     ]
-    return "\n".join(lines) + "\n"
+    return hooks + "\n".join(lines) + "\n"
 
 
 DESCRIPTION = (
@@ -122,6 +128,11 @@ DESCRIPTION = (
     "If kexec is impossible (lockdown, kexec_load_disabled, no kexec tool, a failed\n"
     "load) the machine reboots through the firmware into the same slot instead; a\n"
     "failed jump unloads the kernel and gives the try back.\n"
+    "Before a reboot into a new slot (not yet marked good), after the plan and before\n"
+    "the load, the pre-reboot hooks run ([hooks] dir, pre-reboot.d; once: not again\n"
+    "when --prepare ran them for this boot); a failing one reboots nothing and puts\n"
+    "the booted slot back on top. A reboot back to a good slot runs none; --dry-run\n"
+    "runs none and names those that would run.\n"
     f"Settings: the [boot] section of {config.CONFIG_PATH} (updater config --help)."
 )
 
@@ -151,7 +162,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             p.add_argument(
                 "--prepare",
                 action="store_true",
-                help="plan, stage and load the kernel now and consume nothing; the next reboot "
+                help="plan, run the pre-reboot hooks (a new slot), stage and load the kernel "
+                "now and consume nothing; the next reboot "
                 "(systemctl reboot or kexec) enters it, and updater-kexec-prepared.service "
                 "counts its try at shutdown (or unloads it if the A/B state changed since)",
             )

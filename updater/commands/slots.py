@@ -193,22 +193,36 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     cfg = files.backend(args)
     if cfg is not None:
         return files.cmd_rollback(args, cfg)
-    status = _transition_command(_decide_rollback)(args)
-    if args.reboot != "none" and not args.dry_run:
-        from updater import bootflow, kexec
-        from updater.config import RebootVia
-        from updater.log import log
+    t = resolve_target(args)
+    outcome = state.change(t, lambda st: _decide_rollback(args, st), dry_run=args.dry_run)
+    _report(args, outcome)
+    if args.reboot == "none":
+        return 0
+    from updater import bootflow, config, kexec
+    from updater.config import RebootVia
+    from updater.hooks import stages
+    from updater.log import log
 
-        def announce(report: bootflow.Report) -> None:
-            log(f"rebooting into {report.slot.label if report.slot else '?'} ({report.method})")
+    cfg = config.load(args.config)
+    # The flow decides whether the pre-reboot hooks run, by the rule of every reboot: back to a
+    # good slot, none; into a slot never proven good (--force), they do.
+    hooks = stages.PreReboot.of(cfg)
+    if args.dry_run:
+        into = slots.choose_next(outcome.after)
+        names = stages.before_reboot(hooks, t, outcome.before, into, dry_run=True)
+        if not args.json:
+            _out(f"would reboot into {into.label if into else 'no bootable slot'}"
+                 + (f"; would run the pre-reboot hooks {', '.join(names)}" if names else "")
+                 + "\n")  # fmt: skip
+        return 0
 
-        from updater import config
+    def announce(report: bootflow.Report) -> None:
+        log(f"rebooting into {report.slot.label if report.slot else '?'} ({report.method})")
 
-        cfg = config.load(args.config)
-        request = bootflow.Request(slot="auto", via=RebootVia(args.reboot),
-                                   quiesce=cfg.quiesce, checkpoint=cfg.checkpoint)  # fmt: skip
-        bootflow.reboot(resolve_target(args), request, kexec.probe_support(), announce)
-    return status
+    request = bootflow.Request(slot="auto", via=RebootVia(args.reboot), quiesce=cfg.quiesce,
+                               checkpoint=cfg.checkpoint, hooks=hooks)  # fmt: skip
+    bootflow.reboot(resolve_target(args), request, kexec.probe_support(), announce)
+    return 0
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
@@ -315,7 +329,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "Prioritize the slot that is not booted. Refused when it holds no image or never\n"
         "booted successfully, unless --force (which gives a never-good slot one try).\n"
         "--reboot kexec|firmware then reboots into it (kexec falls back to the firmware);\n"
-        "default none. The fleet agent notices the rollback and does not offer the release\n"
+        "default none. A reboot back to a slot marked good runs no pre-reboot hooks; into a\n"
+        "never-good slot (--force) they run as before any reboot into a new slot, and a\n"
+        "failing one reboots nothing and puts the booted slot back on top (the switch is\n"
+        "undone). --dry-run --reboot says where it would reboot and which hooks would run\n"
+        "(it runs none). The fleet agent notices the rollback and does not offer the release\n"
         "rolled back from again until `updater agent forget VERSION`.",
     )
     p.add_argument("--force", action="store_true", help="skip the checks on the other slot")

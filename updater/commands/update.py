@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from updater import config, jsonout, pin
 from updater.commands.common import (
@@ -23,6 +23,9 @@ from updater.commands.common import (
 from updater.config import RebootVia, SlotBackend
 from updater.errors import UpdaterError
 from updater.log import log
+
+if TYPE_CHECKING:
+    from updater.hooks.stages import PreReboot
 
 DESCRIPTION = f"""\
 Refresh the release repository's signed metadata (TUF: signatures, thresholds, expiry, rollback,
@@ -38,8 +41,10 @@ another only with --override-pin), then, unless --check:
   3. put its kernel (which must carry that root hash) and initrd on the ESP, atomically, then
      run the post-install hooks with the new slot mounted read-only (a failure: not activated);
   4. set it active (top priority, one boot try): the only step that makes it bootable;
-  5. with --reboot kexec|firmware, run the pre-reboot hooks (a failure: no reboot), then
-     reboot into it (kexec falls back to the firmware).
+  5. with --reboot kexec|firmware, run the pre-reboot hooks (a failure: no reboot, the booted
+     slot back on top), then reboot into it (kexec falls back to the firmware); with
+     --prepare-kexec, run them and load its kernel now (updater kexec --prepare): the reboot
+     that follows runs them no second time.
 An interrupted run (killed, power cut) resumes the write where it stopped when rerun.
 Defaults: the [update] section of {config.CONFIG_PATH} (updater config --help).
 """
@@ -164,21 +169,27 @@ def cmd_update(args: argparse.Namespace) -> int:
             emit(update.Event("rebooting", {"slot": slot, "method": str(report.method)}))
 
         req = bootflow.Request(slot="auto", via=request.reboot, quiesce=cfg.quiesce,
-                               checkpoint=cfg.checkpoint)  # fmt: skip
-        stages.before_reboot(cfg.hooks, target, request.settings.state_dir)
+                               checkpoint=cfg.checkpoint,
+                               hooks=stages.PreReboot.of(cfg))  # fmt: skip
         bootflow.reboot(target, req, kexec.probe_support(), announce)
     elif outcome.status == "updated" and args.prepare_kexec:
-        _prepare_kexec(args, emit)
+        _prepare_kexec(args, stages.PreReboot.of(cfg), emit)
     return outcome.exit_code
 
 
-def _prepare_kexec(args: argparse.Namespace, emit: Any) -> None:
-    """Load the activated slot's kernel now (updater.prepared): the update stands either way,
-    so a failed preparation is one line, and the next reboot goes through the firmware."""
+def _prepare_kexec(args: argparse.Namespace, hooks: PreReboot, emit: Any) -> None:
+    """Run the pre-reboot hooks and load the activated slot's kernel now (updater.prepared).
+    A failing hook is the update's error, as before a reboot (the booted slot is back on top);
+    otherwise the update stands, so a failed load is one line, and the next reboot goes through
+    the firmware."""
     from updater import kexec, prepared, update
+    from updater.hooks.runner import HookFailed
 
     try:
-        plan, record = prepared.prepare(resolve_target(args), "auto", kexec.probe_support())
+        plan, record = prepared.prepare(resolve_target(args), "auto", kexec.probe_support(),
+                                        hooks)  # fmt: skip
+    except HookFailed:
+        raise
     except UpdaterError as exc:
         log(f"could not prepare the kexec reboot ({exc.message}); the next reboot goes "
             "through the firmware")  # fmt: skip

@@ -3,6 +3,12 @@ into a new slot, ``first-boot-of-slot`` once per newly activated slot (for the h
 ``post-commit`` after a slot was marked good. The update flow runs ``pre-install`` and
 ``post-install`` itself (``updater.update``).
 
+``pre-reboot`` is run by the reboot flows (``updater.bootflow``, and ``updater.prepared`` when
+a kexec is prepared ahead of time), which take a ``PreReboot`` in their request: every command
+that reboots (``update --reboot``, ``reboot``, ``kexec``, ``rollback --reboot``, the agent)
+goes through them, so the hooks run once per reboot, after the boot was planned and before
+anything irreversible (the kernel loaded, a try consumed, the firmware reboot).
+
 What each failure means is decided here, once for the command line and the agent:
 - pre-reboot: nothing is rebooted, and the booted slot is put back on top, so that no later
   reboot boots the new slot unasked (the new slot keeps its verified image; the next update
@@ -20,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from updater import inventory, slots, state
-from updater.config import HooksSettings
+from updater.config import Config, HooksSettings
 from updater.errors import DataError, UpdaterError
 from updater.hooks import ledger, rules
 from updater.hooks.rules import Context, FirstBootStatus, Next, Stage
-from updater.hooks.runner import HookFailed, run_stage
+from updater.hooks.runner import HookFailed, discover, run_stage, stage_dir
 from updater.log import log
 from updater.target import Target
 
@@ -48,16 +54,40 @@ def _context(stage: Stage, target: Target, st: state.DiskState, slot: slots.Slot
                    state_dir=state_dir, **extra)  # fmt: skip
 
 
-def before_reboot(settings: HooksSettings, target: Target, state_dir: str) -> None:
-    """The pre-reboot hooks, when the slot that boots next is a new one (not yet proven good);
-    a reboot back to a good slot (a rollback) runs none."""
-    st = state.load(target)
-    nxt = st.next
-    if nxt is None or st.booted is None or nxt.partition == st.booted or nxt.successful:
-        return
-    verdict = run_stage(settings, _context(Stage.PRE_REBOOT, target, st, nxt, state_dir))
+@dataclass(frozen=True)
+class PreReboot:
+    """What a reboot flow needs to run the pre-reboot hooks (``before_reboot``); the flows take
+    it in their request, so that every command that reboots runs them the same way."""
+
+    settings: HooksSettings
+    state_dir: str
+
+    @classmethod
+    def of(cls, cfg: Config) -> PreReboot:
+        return cls(cfg.hooks, cfg.update.state_dir)
+
+
+def before_reboot(
+    hooks: PreReboot,
+    target: Target,
+    st: state.DiskState,
+    into: slots.Slot | None,
+    *,
+    dry_run: bool = False,
+) -> tuple[str, ...]:
+    """The pre-reboot hooks of a reboot from the A/B state ``st`` into ``into``, when it is a
+    new slot (``rules.pre_reboot_due``; a reboot back to a good slot runs none): the names of
+    the hooks that ran. A dry run runs none and returns the names of those that would run. A
+    failure puts the booted slot back on top and raises HookFailed (the module docstring)."""
+    if into is None or not rules.pre_reboot_due(into.partition, st.booted, into.successful):
+        return ()
+    if dry_run:
+        return tuple(p.name for p in discover(stage_dir(hooks.settings, Stage.PRE_REBOOT)))
+    ctx = _context(Stage.PRE_REBOOT, target, st, into, hooks.state_dir)
+    verdict = run_stage(hooks.settings, ctx)
     if verdict.failure is None:
-        return
+        return verdict.ran
+    assert st.booted is not None  # pre_reboot_due
     booted = st.slot(st.booted)
     state.change(target, state.by_slots(slots.prioritize_transition, st.booted))
     raise HookFailed(f"{verdict.failure}; not rebooted, and {booted.label} boots next again")
