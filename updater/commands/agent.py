@@ -47,6 +47,10 @@ def _system(args: argparse.Namespace, cfg: config.Config) -> tuple[System, bool]
         from updater.agent.simulator import Simulator
 
         return Simulator(args.simulate, cfg.update.repo), True
+    if cfg.boot.backend is config.SlotBackend.FILES:
+        from updater.agent.fileseam import FileBackendSystem
+
+        return FileBackendSystem(cfg), False
     return update_flow_system(args, cfg), False
 
 
@@ -62,6 +66,8 @@ def _run(args: argparse.Namespace, mode: Mode) -> int:
 
         stop = threading.Event()
         return build.agent(cfg, system, SimClock(stop), stop).run(mode)
+    if cfg.boot.backend is config.SlotBackend.FILES:  # no hooks on the file backend yet
+        return build.agent(cfg, system).run(mode)
     return build.agent(cfg, system, first_boot=first_boot(args, cfg, system)).run(mode)
 
 
