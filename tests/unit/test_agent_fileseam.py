@@ -1,0 +1,189 @@
+"""The agent on the file backend, killed or cut off from power right after each state was
+persisted: the real runner and state machine over the real file seam
+(``updater.agent.fileseam``) on a directory in ``tmp_path``. Only the download is replaced (an
+image file of a few blocks, staged by the rules' own steps) and the reboot (the initrd's
+renames, ``fileslots.plan``, carried out as the next boot does). It must end where an
+uninterrupted run ends or, where the rules say so (a trial boot that used up its tries), roll
+back with the release blocked."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.unit.agentfakes import Crash, FakeClock, FakeHealth, FakeLock, FakeSemaphore, policy
+from tests.unit.test_agent_runner import HAPPY, WINDOW, CrashingStore
+from updater import config, filebackend, fileslots, fileupdate
+from updater.agent.fileseam import FileBackendSystem
+from updater.agent.machine import Policy
+from updater.agent.notify import Notifier
+from updater.agent.record import RESTING, Reason, Record, State
+from updater.agent.runner import Agent, Mode, Verifier
+from updater.agent.seam import Offer
+from updater.config import RebootVia
+from updater.fileslots import BROKEN, NEW, OLD, PART, ROOT
+from updater.update import Outcome
+
+
+class Rebooted(BaseException):
+    """The agent's process ends with the reboot."""
+
+
+def put(directory: Path, name: str, version: str) -> None:
+    h = hashlib.sha256(f"release {version}".encode()).hexdigest()
+    trailer = filebackend.Trailer(h, 4096, 8192, version)
+    (directory / name).write_bytes(b"\x5a" * 8192 + trailer.encode())
+
+
+class Machine:
+    """An image directory booted from ``root.img`` (version 1); release 2 is offered."""
+
+    def __init__(self, tmp: Path, tries: int, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.images = tmp / "images"
+        self.images.mkdir()
+        put(self.images, ROOT, "1")
+        self.cfg = config.parse(
+            f'[boot]\nbackend = "files"\nimages_dir = "{self.images}"\ntries = {tries}\n'
+            f'[update]\nstate_dir = "{tmp / "state"}"\n', "test.toml",
+        )  # fmt: skip
+        self.boot = 1
+        self.reboots: list[tuple[str, str | None]] = []
+        self.system = FileBackendSystem(self.cfg, boot_id=self.boot_id, reboot_flow=self.reboot)
+        monkeypatch.setattr(self.system, "_client", lambda: None)
+        monkeypatch.setattr(self.system, "available", self.available)
+        monkeypatch.setattr(fileupdate, "run", self.write)
+
+    def boot_id(self) -> str:
+        return f"00000000-0000-4000-8000-{self.boot:012x}"
+
+    def available(self, channel: str, pin: str | None, blocked: frozenset[str]) -> Offer | None:
+        root = fileupdate.image_version(self.read().images.get(ROOT))
+        return Offer("2") if "2" not in blocked and str(root) != "2" else None
+
+    def write(self, images_dir: str, tries: int, request: Any, client: Any,
+              emit: Any) -> Outcome:  # fmt: skip
+        """The download replaced; the staging steps are the rules' own."""
+        assert request.pin is not None
+        d = self.read()
+        steps = fileslots.stage(d.state, tries)
+        put(self.images, PART, str(request.pin))
+        filebackend.apply_steps(images_dir, steps)
+        return Outcome("updated", "test", None)
+
+    def reboot(self, d: filebackend.Directory, via: RebootVia) -> None:
+        image = d.next_image
+        self.reboots.append((str(via), image.name if image else None))
+        raise Rebooted()
+
+    def power_on(self) -> None:
+        filebackend.apply_steps(str(self.images), fileslots.plan(self.read().state))
+        self.boot += 1
+
+    def read(self) -> filebackend.Directory:
+        return filebackend.read(str(self.images))
+
+    def version(self, name: str) -> str | None:
+        image = self.read().images.get(name)
+        return image.trailer.version if image and image.trailer else None
+
+
+def drive(tmp: Path, m: Machine, lock: FakeLock, health: Verifier, *,
+          crash: State | None = None, power_cut: bool = False,
+          pol: Policy | None = None) -> Record:  # fmt: skip
+    clock = FakeClock()
+    pending = [crash] if crash else []
+    store = CrashingStore(str(tmp / "state"), pending)
+    for _ in range(30):
+        a = Agent(system=m.system, store=store, policy=pol or policy(), channel="stable", pin=None,
+                  lock=lock, health=health, clock=clock, stop=threading.Event(),
+                  notifier=Notifier(env={}), reboot_required_file=str(tmp / "reboot-required"),
+                  draw=lambda: 0.5)  # fmt: skip
+        try:
+            a.run(Mode.ONCE)
+        except Rebooted:
+            m.power_on()
+            continue
+        except Crash:
+            if power_cut:
+                m.power_on()
+            continue
+        rec = store.load()
+        if rec.state in RESTING and rec.lock is None and not rec.returning:
+            assert not pending, f"the run never reached {crash}"
+            return rec
+        clock.t += 3600
+    raise AssertionError("the agent did not settle")
+
+
+def _committed(m: Machine, rec: Record) -> None:
+    assert (m.version(ROOT), m.version(OLD)) == ("2", "1")
+    assert m.read().state == fileslots.FileState(frozenset({ROOT, OLD}))
+    assert (rec.committed_slot, rec.committed_version, rec.blocked) == ("B", "2", ())
+
+
+def _reverted(m: Machine, rec: Record, reason: Reason) -> None:
+    d = m.read()
+    assert set(d.images) == {ROOT, BROKEN} and not d.state.revert and d.state.tries is None
+    assert (m.version(ROOT), m.version(BROKEN)) == ("1", "2")
+    assert [(b.version, b.reason) for b in rec.blocked] == [("2", reason)]
+    assert rec.rollbacks == 1 and rec.committed_slot == "A"
+    assert not m.system.booted().other.bootable, "the reverted release never boots again"
+
+
+@pytest.mark.parametrize("tries", [1, 2])
+@pytest.mark.parametrize("power_cut", [False, True], ids=["killed", "power-cut"])
+@pytest.mark.parametrize("state", HAPPY, ids=str)
+def test_crash_in_each_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: State,
+                             power_cut: bool, tries: int) -> None:  # fmt: skip
+    m, sem = Machine(tmp_path, tries, monkeypatch), FakeSemaphore()
+    rec = drive(tmp_path, m, FakeLock(sem), FakeHealth(), crash=state, power_cut=power_cut,
+                pol=WINDOW)  # fmt: skip
+    assert sem.holders == {}, "the lock is never left held"
+    if power_cut and state is State.VERIFYING and tries == 1:
+        # The trial boot ended before it was verified and its one try is spent: the initrd
+        # put root-old.img back; the agent counts that as a failed boot.
+        _reverted(m, rec, Reason.BOOT)
+        return
+    _committed(m, rec)
+    before_reboot = (State.STAGED, State.WAITING_FOR_WINDOW, State.WAITING_FOR_LOCK,
+                     State.REBOOTING)  # fmt: skip
+    if power_cut and state in before_reboot:  # the cut booted the staged image for the agent
+        assert m.reboots == []
+    else:
+        assert m.reboots == [("kexec", NEW)], "exactly one reboot, into the staged image"
+
+
+@pytest.mark.parametrize("tries", [1, 2])
+@pytest.mark.parametrize("power_cut", [False, True], ids=["killed", "power-cut"])
+@pytest.mark.parametrize("state", [State.VERIFYING, State.ROLLED_BACK], ids=str)
+def test_unhealthy_release_reverts_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        state: State, power_cut: bool,
+                                        tries: int) -> None:  # fmt: skip
+    m, sem = Machine(tmp_path, tries, monkeypatch), FakeSemaphore()
+    rec = drive(tmp_path, m, FakeLock(sem), FakeHealth("curl exited 22"), crash=state,
+                power_cut=power_cut)  # fmt: skip
+    boot_failed = power_cut and state is State.VERIFYING and tries == 1
+    _reverted(m, rec, Reason.BOOT if boot_failed else Reason.HEALTH)
+    assert sem.holders == {}
+    if not power_cut:
+        assert m.reboots == [("kexec", NEW), ("kexec", OLD)]
+    # not offered again
+    again = drive(tmp_path, m, FakeLock(sem), FakeHealth())
+    assert again.state is State.IDLE and m.version(ROOT) == "1" and NEW not in m.read().images
+
+
+def test_a_manual_rollback_blocks_the_release(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """``updater rollback`` after the agent committed: the release it left is not taken again."""
+    m, sem = Machine(tmp_path, 2, monkeypatch), FakeSemaphore()
+    _committed(m, drive(tmp_path, m, FakeLock(sem), FakeHealth()))
+    filebackend.apply_steps(str(m.images), fileslots.rollback(m.read().state))
+    m.power_on()
+    rec = drive(tmp_path, m, FakeLock(sem), FakeHealth())
+    assert m.version(ROOT) == "1" and rec.committed_slot == "A"
+    assert [(b.version, b.reason) for b in rec.blocked] == [("2", Reason.MANUAL)]
+    assert m.reboots == [("kexec", NEW)]
