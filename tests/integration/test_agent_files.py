@@ -7,18 +7,24 @@ are carried out on the directory, as the next boot's initrd does."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 
 import pytest
 
-from tests.integration.conftest import ROOT as ROOT_DIR
 from tests.integration.repos import Site
+from tests.integration.test_agent_system import agent_once
 from tests.integration.test_filebackend import put_image, tag_hash
-from tests.unit.agentfakes import FakeClock, FakeHealth, FakeLock, FakeSemaphore, policy
+from tests.unit.agentfakes import (
+    FakeClock,
+    FakeHealth,
+    FakeLock,
+    FakeReboot,
+    FakeSemaphore,
+    FileMachine,
+    policy,
+)
 from updater import config, filebackend, fileboot, fileslots
-from updater.agent.fileseam import LETTERS_FILE, FileBackendSystem
+from updater.agent.fileseam import LETTERS_FILE
 from updater.agent.notify import Notifier
 from updater.agent.record import RESTING, Reason, Record, State
 from updater.agent.runner import Agent, Mode, Verifier
@@ -29,46 +35,23 @@ from updater.fileslots import BROKEN, NEW, OLD, ROOT
 pytestmark = pytest.mark.integration
 
 
-class Rebooted(BaseException):
-    """The agent's process ends with the reboot."""
-
-
-class Machine:
-    """An image directory booted from ``root.img`` (version 1), whose reboots are simulated."""
+class Machine(FileMachine):
+    """Booted from ``root.img`` (version 1, with a kernel); the repository offers 2."""
 
     def __init__(self, site: Site) -> None:
-        self.images = site.tmp / "images"
-        self.images.mkdir()
-        put_image(self.images, ROOT)  # version 1, as its trailer says
-        filebackend.write_boot_files(str(self.images), tag_hash(ROOT), b"kernel 1", None)
-        self.cfg = config.parse(
-            f'[boot]\nbackend = "files"\nimages_dir = "{self.images}"\ntries = 2\n'
+        images = site.tmp / "images"
+        images.mkdir()
+        put_image(images, ROOT)  # version 1, as its trailer says
+        filebackend.write_boot_files(str(images), tag_hash(ROOT), b"kernel 1", None)
+        super().__init__(images, config.parse(
+            f'[boot]\nbackend = "files"\nimages_dir = "{images}"\ntries = 2\n'
             f'[update]\nrepo = "{site.proxy.url}"\ntrusted_root = "{site.trusted_root}"\n'
             f'state_dir = "{site.state}"\ntimeout = 1\nretries = 1\n', "test.toml",
-        )  # fmt: skip
-        self.boot = 1
-        self.reboots: list[tuple[str, str, str]] = []  # (via, image, version)
-        self.system = FileBackendSystem(self.cfg, boot_id=self.boot_id, reboot_flow=self.reboot)
-
-    def boot_id(self) -> str:
-        return f"00000000-0000-4000-8000-{self.boot:012x}"
+        ))  # fmt: skip
 
     def reboot(self, d: filebackend.Directory, via: RebootVia) -> None:
-        chosen = fileboot.plan(d, self.cfg.boot, "console=ttyS0")  # the kernel kexec would load
-        self.reboots.append((str(via), chosen.image, chosen.version))
-        raise Rebooted()
-
-    def power_on(self) -> None:
-        """The initrd's part of a boot: the renames and the try counted."""
-        filebackend.apply_steps(str(self.images), fileslots.plan(self.read().state))
-        self.boot += 1
-
-    def read(self) -> filebackend.Directory:
-        return filebackend.read(str(self.images))
-
-    def version(self, name: str) -> str | None:
-        image = self.read().images.get(name)
-        return image.trailer.version if image and image.trailer else None
+        fileboot.plan(d, self.cfg.boot, "console=ttyS0")  # the kernel kexec would load is there
+        super().reboot(d, via)
 
 
 def agent(site: Site, m: Machine, lock: FakeLock, health: Verifier, clock: FakeClock) -> Agent:
@@ -86,7 +69,7 @@ def drive(site: Site, m: Machine, lock: FakeLock, health: Verifier) -> Record:
     for _ in range(12):
         try:
             agent(site, m, lock, health, clock).run(Mode.ONCE)
-        except Rebooted:
+        except FakeReboot:
             m.power_on()
             continue
         rec = Store(str(site.state)).load()
@@ -121,7 +104,7 @@ def test_seam_reads_offers_stages_and_marks(site: Site) -> None:
     assert m.read().state == fileslots.FileState(frozenset({ROOT}))
     assert s.booted().next_slot == "A"
     s.stage(offer, lambda done, total: None)
-    with pytest.raises(Rebooted):
+    with pytest.raises(FakeReboot):
         s.reboot("kexec")
     assert m.reboots == [("kexec", NEW, "2")]
     m.power_on()
@@ -174,22 +157,12 @@ def test_failed_health_check_reverts_and_blocks_the_release(site: Site) -> None:
 def test_agent_once_on_the_file_backend_stages_and_asks_for_a_reboot(site: Site) -> None:
     """``updater agent --once`` picks the file seam from ``[boot] backend``."""
     m = Machine(site)
-    required = site.tmp / "reboot-required"
-    machine_id = site.tmp / "machine-id"
-    machine_id.write_text("0123456789abcdef0123456789abcdef\n")
-    conf = site.tmp / "agent.toml"
-    conf.write_text(
+    required = agent_once(
+        site,
         f'[boot]\nbackend = "files"\nimages_dir = "{m.images}"\ntries = 2\n'
         f'[update]\nrepo = "{site.proxy.url}"\ntrusted_root = "{site.trusted_root}"\n'
-        f'state_dir = "{site.state}"\ntimeout = 1\nretries = 1\n'
-        f'[agent]\nreboot = "off"\nreboot_required_file = "{required}"\n'
-        f'machine_id_file = "{machine_id}"\n'
-    )
-    exe = ROOT_DIR / ".venv" / "bin" / "updater"
-    argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "updater"]
-    proc = subprocess.run([*argv, "--config", str(conf), "agent", "--once"], capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+        f'state_dir = "{site.state}"\ntimeout = 1\nretries = 1\n',
+    )  # fmt: skip
     assert required.exists()
     assert m.read().state == fileslots.FileState(frozenset({ROOT, NEW}), tries=2)
     assert m.version(NEW) == "2"

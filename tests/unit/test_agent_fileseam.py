@@ -15,22 +15,25 @@ from typing import Any
 
 import pytest
 
-from tests.unit.agentfakes import Crash, FakeClock, FakeHealth, FakeLock, FakeSemaphore, policy
+from tests.unit.agentfakes import (
+    Crash,
+    FakeClock,
+    FakeHealth,
+    FakeLock,
+    FakeReboot,
+    FakeSemaphore,
+    FileMachine,
+    policy,
+)
 from tests.unit.test_agent_runner import HAPPY, WINDOW, CrashingStore
 from updater import config, filebackend, fileslots, fileupdate
-from updater.agent.fileseam import FileBackendSystem
 from updater.agent.machine import Policy
 from updater.agent.notify import Notifier
 from updater.agent.record import RESTING, Reason, Record, State
 from updater.agent.runner import Agent, Mode, Verifier
 from updater.agent.seam import Offer
-from updater.config import RebootVia
 from updater.fileslots import BROKEN, NEW, OLD, PART, ROOT
 from updater.update import Outcome
-
-
-class Rebooted(BaseException):
-    """The agent's process ends with the reboot."""
 
 
 def put(directory: Path, name: str, version: str) -> None:
@@ -39,26 +42,20 @@ def put(directory: Path, name: str, version: str) -> None:
     (directory / name).write_bytes(b"\x5a" * 8192 + trailer.encode())
 
 
-class Machine:
-    """An image directory booted from ``root.img`` (version 1); release 2 is offered."""
+class Machine(FileMachine):
+    """Booted from ``root.img`` (version 1); release 2 is offered."""
 
     def __init__(self, tmp: Path, tries: int, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.images = tmp / "images"
-        self.images.mkdir()
-        put(self.images, ROOT, "1")
-        self.cfg = config.parse(
-            f'[boot]\nbackend = "files"\nimages_dir = "{self.images}"\ntries = {tries}\n'
+        images = tmp / "images"
+        images.mkdir()
+        put(images, ROOT, "1")
+        super().__init__(images, config.parse(
+            f'[boot]\nbackend = "files"\nimages_dir = "{images}"\ntries = {tries}\n'
             f'[update]\nstate_dir = "{tmp / "state"}"\n', "test.toml",
-        )  # fmt: skip
-        self.boot = 1
-        self.reboots: list[tuple[str, str | None]] = []
-        self.system = FileBackendSystem(self.cfg, boot_id=self.boot_id, reboot_flow=self.reboot)
+        ))  # fmt: skip
         monkeypatch.setattr(self.system, "_client", lambda: None)
         monkeypatch.setattr(self.system, "available", self.available)
         monkeypatch.setattr(fileupdate, "run", self.write)
-
-    def boot_id(self) -> str:
-        return f"00000000-0000-4000-8000-{self.boot:012x}"
 
     def available(self, channel: str, pin: str | None, blocked: frozenset[str]) -> Offer | None:
         root = fileupdate.image_version(self.read().images.get(ROOT))
@@ -68,27 +65,10 @@ class Machine:
               emit: Any) -> Outcome:  # fmt: skip
         """The download replaced; the staging steps are the rules' own."""
         assert request.pin is not None
-        d = self.read()
-        steps = fileslots.stage(d.state, tries)
+        steps = fileslots.stage(self.read().state, tries)
         put(self.images, PART, str(request.pin))
         filebackend.apply_steps(images_dir, steps)
         return Outcome("updated", "test", None)
-
-    def reboot(self, d: filebackend.Directory, via: RebootVia) -> None:
-        image = d.next_image
-        self.reboots.append((str(via), image.name if image else None))
-        raise Rebooted()
-
-    def power_on(self) -> None:
-        filebackend.apply_steps(str(self.images), fileslots.plan(self.read().state))
-        self.boot += 1
-
-    def read(self) -> filebackend.Directory:
-        return filebackend.read(str(self.images))
-
-    def version(self, name: str) -> str | None:
-        image = self.read().images.get(name)
-        return image.trailer.version if image and image.trailer else None
 
 
 def drive(tmp: Path, m: Machine, lock: FakeLock, health: Verifier, *,
@@ -104,7 +84,7 @@ def drive(tmp: Path, m: Machine, lock: FakeLock, health: Verifier, *,
                   draw=lambda: 0.5)  # fmt: skip
         try:
             a.run(Mode.ONCE)
-        except Rebooted:
+        except FakeReboot:
             m.power_on()
             continue
         except Crash:
@@ -154,7 +134,7 @@ def test_crash_in_each_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, st
     if power_cut and state in before_reboot:  # the cut booted the staged image for the agent
         assert m.reboots == []
     else:
-        assert m.reboots == [("kexec", NEW)], "exactly one reboot, into the staged image"
+        assert m.reboots == [("kexec", NEW, "2")], "exactly one reboot, into the staged image"
 
 
 @pytest.mark.parametrize("tries", [1, 2])
@@ -170,7 +150,7 @@ def test_unhealthy_release_reverts_once(tmp_path: Path, monkeypatch: pytest.Monk
     _reverted(m, rec, Reason.BOOT if boot_failed else Reason.HEALTH)
     assert sem.holders == {}
     if not power_cut:
-        assert m.reboots == [("kexec", NEW), ("kexec", OLD)]
+        assert m.reboots == [("kexec", NEW, "2"), ("kexec", OLD, "1")]
     # not offered again
     again = drive(tmp_path, m, FakeLock(sem), FakeHealth())
     assert again.state is State.IDLE and m.version(ROOT) == "1" and NEW not in m.read().images
@@ -186,4 +166,4 @@ def test_a_manual_rollback_blocks_the_release(tmp_path: Path,
     rec = drive(tmp_path, m, FakeLock(sem), FakeHealth())
     assert m.version(ROOT) == "1" and rec.committed_slot == "A"
     assert [(b.version, b.reason) for b in rec.blocked] == [("2", Reason.MANUAL)]
-    assert m.reboots == [("kexec", NEW)]
+    assert m.reboots == [("kexec", NEW, "2")]

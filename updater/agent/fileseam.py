@@ -31,9 +31,8 @@ from typing import TYPE_CHECKING
 
 from updater import atomicfile, bootdisk, filebackend, fileboot, fileslots, kexec, release
 from updater.agent import fileview
-from updater.agent.schedule import parse_waves
 from updater.agent.seam import Booted, Offer, Progress
-from updater.agent.system import read_boot_id
+from updater.agent.system import choose_offer, read_boot_id, release_client
 from updater.config import Config, RebootVia, with_overrides
 from updater.errors import SlotError
 from updater.fileslots import NEW, ROOT
@@ -100,31 +99,14 @@ class FileBackendSystem:
         return fileview.booted(d, self._remember(d), self.boot_id())
 
     def _client(self) -> ReleaseClient:
-        from updater.fetch.client import open_client
-        from updater.fetch.http import HttpPolicy
-
-        u = self.cfg.update
-        policy = HttpPolicy(timeout=u.timeout, retries=u.retries)
-        return open_client(u.repo, u.trusted_root, u.state_dir, policy)
+        return release_client(self.cfg)
 
     def available(self, channel: str, pin: str | None, blocked: frozenset[str]) -> Offer | None:
-        from updater.fetch.client import offered
         from updater.fileupdate import image_version
 
-        arch = self.cfg.boot.arch
         booted_version = image_version(filebackend.read(self.images_dir).images.get(ROOT))
-        client = self._client()
-        client.refresh()
-        wanted = release.parse_version(pin) if pin else None
-        found = offered(client.releases, channel, arch, wanted)
-        if wanted is None:
-            found = [r for r in found if str(r.version) not in blocked]
-        choice = release.choose(found, arch=arch, booted=booted_version, pin=wanted,
-                                allow_downgrade=wanted is not None)  # fmt: skip
-        if choice.release is None:
-            return None
-        waves = parse_waves([list(w) for w in choice.release.image.waves])
-        return Offer(str(choice.release.version), waves)
+        return choose_offer(self._client(), channel, self.cfg.boot.arch, booted_version, pin,
+                            blocked)  # fmt: skip
 
     # ------------------------------------------------------------------------------ acting
     def stage(self, offer: Offer, progress: Progress) -> None:
