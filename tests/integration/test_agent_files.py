@@ -157,12 +157,18 @@ def test_failed_health_check_reverts_and_blocks_the_release(site: Site) -> None:
 def test_agent_once_on_the_file_backend_stages_and_asks_for_a_reboot(site: Site) -> None:
     """``updater agent --once`` picks the file seam from ``[boot] backend``."""
     m = Machine(site)
-    required = agent_once(
+    hook = site.tmp / "hooks" / "pre-reboot.d" / "10-drain"
+    hook.parent.mkdir(parents=True)
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    hook.chmod(0o755)
+    required, proc = agent_once(
         site,
         f'[boot]\nbackend = "files"\nimages_dir = "{m.images}"\ntries = 2\n'
         f'[update]\nrepo = "{site.proxy.url}"\ntrusted_root = "{site.trusted_root}"\n'
-        f'state_dir = "{site.state}"\ntimeout = 1\nretries = 1\n',
+        f'state_dir = "{site.state}"\ntimeout = 1\nretries = 1\n'
+        f'[hooks]\ndir = "{site.tmp / "hooks"}"\n',
     )  # fmt: skip
+    assert f"runs no hooks yet; not run: {hook.parent}" in proc.stderr
     assert required.exists()
     assert m.read().state == fileslots.FileState(frozenset({ROOT, NEW}), tries=2)
     assert m.version(NEW) == "2"

@@ -55,9 +55,11 @@ def test_seam_reads_offers_stages_and_marks(site: Site, cgpt_field: CgptField) -
     assert prio_tries_good(cgpt_field, m.disk, A)[2] == 1
 
 
-def agent_once(site: Site, settings: str, *global_options: str) -> Path:
+def agent_once(site: Site, settings: str,
+               *global_options: str) -> tuple[Path, subprocess.CompletedProcess[str]]:  # fmt: skip
     """``updater agent --once`` with reboots off, ``settings`` ([boot], [update]) and the
-    agent's files in the test's directory; returns the reboot-required file it was given."""
+    agent's files in the test's directory; returns the reboot-required file it was given, and
+    the finished process."""
     required = site.tmp / "reboot-required"
     machine_id = site.tmp / "machine-id"
     machine_id.write_text("0123456789abcdef0123456789abcdef\n")
@@ -71,12 +73,12 @@ def agent_once(site: Site, settings: str, *global_options: str) -> Path:
     proc = subprocess.run([*argv, "--config", str(conf), *global_options, "agent", "--once"],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    return required
+    return required, proc
 
 
 def test_agent_once_stages_and_asks_for_a_reboot(site: Site, cgpt_field: CgptField) -> None:
     m = Machine(site)
-    required = agent_once(
+    required, _ = agent_once(
         site,
         f'[update]\nrepo = "{site.proxy.url}"\ntrusted_root = "{site.trusted_root}"\n'
         f'state_dir = "{m.state}"\ntimeout = 1\nretries = 1\n',

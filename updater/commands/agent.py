@@ -66,9 +66,21 @@ def _run(args: argparse.Namespace, mode: Mode) -> int:
 
         stop = threading.Event()
         return build.agent(cfg, system, SimClock(stop), stop).run(mode)
-    if cfg.boot.backend is config.SlotBackend.FILES:  # no hooks on the file backend yet
+    if cfg.boot.backend is config.SlotBackend.FILES:
+        _say_hooks_ignored(cfg)
         return build.agent(cfg, system).run(mode)
     return build.agent(cfg, system, first_boot=first_boot(args, cfg, system)).run(mode)
+
+
+def _say_hooks_ignored(cfg: config.Config) -> None:
+    """The file backend's flows run no hooks yet: say so when the operator installed some."""
+    from updater.hooks.rules import Stage
+    from updater.hooks.runner import has_hooks, stage_dir
+    from updater.log import log
+
+    ignored = [str(stage_dir(cfg.hooks, s)) for s in Stage if has_hooks(cfg.hooks, s)]
+    if ignored:
+        log(f"the file backend runs no hooks yet; not run: {', '.join(ignored)}")
 
 
 def first_boot(args: argparse.Namespace, cfg: config.Config, system: System) -> FirstBoot:
