@@ -155,19 +155,29 @@ def test_failed_health_check_reverts_and_blocks_the_release(site: Site) -> None:
 
 
 def test_agent_once_on_the_file_backend_stages_and_asks_for_a_reboot(site: Site) -> None:
-    """``updater agent --once`` picks the file seam from ``[boot] backend``."""
+    """``updater agent --once`` picks the file seam from ``[boot] backend``; ``--booted root.img``
+    stands for a kernel started from the directory."""
     m = Machine(site)
     hook = site.tmp / "hooks" / "pre-reboot.d" / "10-drain"
     hook.parent.mkdir(parents=True)
     hook.write_text("#!/bin/sh\nexit 0\n")
     hook.chmod(0o755)
-    required, proc = agent_once(
-        site,
+    settings = (
         f'[boot]\nbackend = "files"\nimages_dir = "{m.images}"\ntries = 2\n'
         f'[update]\nrepo = "{site.proxy.url}"\ntrusted_root = "{site.trusted_root}"\n'
         f'state_dir = "{site.state}"\ntimeout = 1\nretries = 1\n'
-        f'[hooks]\ndir = "{site.tmp / "hooks"}"\n',
-    )  # fmt: skip
+        f'[hooks]\ndir = "{site.tmp / "hooks"}"\n'
+    )
+    # this host did not boot from the directory: one line, nothing written
+    _, proc = agent_once(site, settings, exit=1)
+    assert proc.stderr.splitlines()[-1] == (
+        f"updater: error: this system was not booted from {m.images}/root.img (no "
+        f"updater.images={m.images} on the kernel command line): the agent runs on the system "
+        "it updates")  # fmt: skip
+    _, proc = agent_once(site, settings, "--booted", "B", exit=2)
+    assert "only root.img can be the booted image" in proc.stderr
+    assert sorted(p.name for p in m.images.iterdir()) == ["boot", ROOT]
+    required, proc = agent_once(site, settings, "--booted", ROOT)
     assert f"runs no hooks yet; not run: {hook.parent}" in proc.stderr
     assert required.exists()
     assert m.read().state == fileslots.FileState(frozenset({ROOT, NEW}), tries=2)

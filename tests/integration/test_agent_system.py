@@ -55,11 +55,11 @@ def test_seam_reads_offers_stages_and_marks(site: Site, cgpt_field: CgptField) -
     assert prio_tries_good(cgpt_field, m.disk, A)[2] == 1
 
 
-def agent_once(site: Site, settings: str,
-               *global_options: str) -> tuple[Path, subprocess.CompletedProcess[str]]:  # fmt: skip
+def agent_once(site: Site, settings: str, *global_options: str,
+               exit: int = 0) -> tuple[Path, subprocess.CompletedProcess[str]]:  # fmt: skip
     """``updater agent --once`` with reboots off, ``settings`` ([boot], [update]) and the
-    agent's files in the test's directory; returns the reboot-required file it was given, and
-    the finished process."""
+    agent's files in the test's directory, expected to end with ``exit``; returns the
+    reboot-required file it was given, and the finished process."""
     required = site.tmp / "reboot-required"
     machine_id = site.tmp / "machine-id"
     machine_id.write_text("0123456789abcdef0123456789abcdef\n")
@@ -72,7 +72,7 @@ def agent_once(site: Site, settings: str,
     argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "updater"]
     proc = subprocess.run([*argv, "--config", str(conf), *global_options, "agent", "--once"],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == exit, proc.stderr
     return required, proc
 
 

@@ -239,7 +239,12 @@ class FileMachine:
         self.cfg = cfg
         self.boot = 1
         self.reboots: list[tuple[str, str | None, str | None]] = []  # (via, image, version)
-        self.system = FileBackendSystem(cfg, boot_id=self.boot_id, reboot_flow=self.reboot)
+        self.system = FileBackendSystem(cfg, boot_id=self.boot_id, reboot_flow=self.reboot,
+                                        cmdline=self.cmdline)  # fmt: skip
+
+    def cmdline(self) -> str:
+        """Booted from the directory, as the file backend's kexec starts its kernels."""
+        return f"console=ttyS0 updater.images={self.images}"
 
     def boot_id(self) -> str:
         return f"00000000-0000-4000-8000-{self.boot:012x}"

@@ -2,7 +2,8 @@
 (``updater.agent.seam``) carried out by the file backend's flows, so that the agent's state
 machine runs unchanged on a machine whose OS lives in image files.
 
-- ``booted``: the image directory (``updater.filebackend.read``) as two slots
+- ``booted``: refused unless the running kernel was started for this directory
+  (``updater.images=DIR``); the image directory (``updater.filebackend.read``) as two slots
   (``updater.agent.fileview``): ``root.img`` booted, the other slot the file that boots next or
   the one to go back to; versions from the images' trailers; the kernel's boot id;
 - ``available``: the TUF client, the channel index and ``release.choose``, as on partitions,
@@ -74,12 +75,14 @@ def save_letters(state_dir: str, table: dict[str, str]) -> None:
 
 class FileBackendSystem:
     def __init__(self, cfg: Config, boot_id: Callable[[], str] = read_boot_id,
-                 reboot_flow: Reboot | None = None) -> None:  # fmt: skip
+                 reboot_flow: Reboot | None = None,
+                 cmdline: Callable[[], str] = bootdisk.read_cmdline) -> None:  # fmt: skip
         self.cfg = cfg
         self.images_dir = cfg.boot.images_dir
         self.state_dir = cfg.update.state_dir
         self.boot_id = boot_id
         self.reboot_flow = reboot_flow or self._fileboot
+        self.cmdline = cmdline  # the running kernel's command line
 
     # ------------------------------------------------------------------------------ reading
     def _remember(self, d: filebackend.Directory) -> dict[str, str]:
@@ -96,6 +99,12 @@ class FileBackendSystem:
 
     def booted(self) -> Booted:
         d = filebackend.read(self.images_dir)
+        if not fileboot.booted_from(d.path, self.cmdline()):
+            # The health checks judge the running system: they say nothing about root.img
+            # unless it is what runs.
+            raise SlotError(f"this system was not booted from {d.file(ROOT)} (no "
+                            f"updater.images={d.path} on the kernel command line): the agent "
+                            "runs on the system it updates")  # fmt: skip
         return fileview.booted(d, self._remember(d), self.boot_id())
 
     def _client(self) -> ReleaseClient:
@@ -138,8 +147,8 @@ class FileBackendSystem:
             log(f"rebooting into {report.plan.image} (version {report.plan.version}, "
                 f"{report.method})")  # fmt: skip
 
-        fileboot.reboot(d, self.cfg.boot, bootdisk.read_cmdline("/proc/cmdline"), via,
-                        kexec.probe_support(), announce)  # fmt: skip
+        fileboot.reboot(d, self.cfg.boot, self.cmdline(), via, kexec.probe_support(),
+                        announce)  # fmt: skip
 
     def reboot(self, via: str) -> None:
         d = filebackend.read(self.images_dir)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from updater import config, jsonout
 from updater.agent import report
 from updater.agent.store import Store
-from updater.errors import UpdaterError
+from updater.errors import UpdaterError, UsageError
 
 if TYPE_CHECKING:
     from updater.agent.runner import Mode
@@ -32,6 +32,22 @@ def update_flow_system(args: argparse.Namespace, cfg: config.Config) -> System:
     return UpdateFlowSystem(cfg, _resolver(args, cfg))
 
 
+def file_backend_system(args: argparse.Namespace, cfg: config.Config) -> System:
+    """The seam on the file backend's flows. ``--booted root.img`` treats the directory's
+    ``root.img`` as the running system (image files in tests), as ``--booted`` names the booted
+    slot of a disk image; otherwise the kernel's command line must say it booted from there."""
+    from updater import bootdisk
+    from updater.agent.fileseam import FileBackendSystem
+    from updater.fileslots import ROOT
+
+    if args.booted not in (None, ROOT):
+        raise UsageError(f"--booted {args.booted}: on the file backend only {ROOT} can be "
+                         "the booted image")  # fmt: skip
+    word = f"updater.images={cfg.boot.images_dir}"
+    cmdline = (lambda: word) if args.booted else bootdisk.read_cmdline
+    return FileBackendSystem(cfg, cmdline=cmdline)
+
+
 def _resolver(args: argparse.Namespace, cfg: config.Config) -> Callable[[], Target]:
     from updater import target
 
@@ -48,9 +64,7 @@ def _system(args: argparse.Namespace, cfg: config.Config) -> tuple[System, bool]
 
         return Simulator(args.simulate, cfg.update.repo), True
     if cfg.boot.backend is config.SlotBackend.FILES:
-        from updater.agent.fileseam import FileBackendSystem
-
-        return FileBackendSystem(cfg), False
+        return file_backend_system(args, cfg), False
     return update_flow_system(args, cfg), False
 
 
