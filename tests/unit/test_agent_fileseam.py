@@ -27,11 +27,14 @@ from tests.unit.agentfakes import (
 )
 from tests.unit.test_agent_runner import HAPPY, WINDOW, CrashingStore
 from updater import config, filebackend, fileslots, fileupdate
+from updater.agent.fileseam import LETTERS_FILE, load_letters, save_letters
 from updater.agent.machine import Policy
 from updater.agent.notify import Notifier
 from updater.agent.record import RESTING, Reason, Record, State
 from updater.agent.runner import Agent, Mode, Verifier
 from updater.agent.seam import Offer
+from updater.agent.store import Store
+from updater.errors import SlotError
 from updater.fileslots import BROKEN, NEW, OLD, PART, ROOT
 from updater.update import Outcome
 
@@ -73,7 +76,7 @@ class Machine(FileMachine):
 
 def drive(tmp: Path, m: Machine, lock: FakeLock, health: Verifier, *,
           crash: State | None = None, power_cut: bool = False,
-          pol: Policy | None = None) -> Record:  # fmt: skip
+          pol: Policy | None = None, stop_at_crash: bool = False) -> Record:  # fmt: skip
     clock = FakeClock()
     pending = [crash] if crash else []
     store = CrashingStore(str(tmp / "state"), pending)
@@ -88,6 +91,8 @@ def drive(tmp: Path, m: Machine, lock: FakeLock, health: Verifier, *,
             m.power_on()
             continue
         except Crash:
+            if stop_at_crash:
+                return store.load()
             if power_cut:
                 m.power_on()
             continue
@@ -167,3 +172,53 @@ def test_a_manual_rollback_blocks_the_release(tmp_path: Path,
     assert m.version(ROOT) == "1" and rec.committed_slot == "A"
     assert [(b.version, b.reason) for b in rec.blocked] == [("2", Reason.MANUAL)]
     assert m.reboots == [("kexec", NEW, "2")]
+
+
+@pytest.mark.parametrize("data", [b"{", b"[1]", b'{"Z": "x", "A": 5}', b"\xff" * 5000])
+def test_a_damaged_letters_file_is_forgotten(tmp_path: Path, data: bytes) -> None:
+    (tmp_path / LETTERS_FILE).write_bytes(data)
+    assert load_letters(str(tmp_path)) == {}
+    save_letters(str(tmp_path), {"A": "1" * 64})
+    assert load_letters(str(tmp_path)) == {"A": "1" * 64}
+
+
+def test_letters_lost_during_the_trial_stop_the_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the module says of a lost ``file-slots.json``: the release is blocked, mark-bad of
+    the image to go back to is refused, and the directory is left as it is."""
+    m, sem = Machine(tmp_path, 2, monkeypatch), FakeSemaphore()
+    rec = drive(tmp_path, m, FakeLock(sem), FakeHealth(), crash=State.VERIFYING,
+                stop_at_crash=True)  # fmt: skip
+    assert rec.state is State.VERIFYING and rec.target_slot == "B" and m.version(ROOT) == "2"
+    (tmp_path / "state" / LETTERS_FILE).unlink()
+    before = m.read()
+    a = Agent(system=m.system, store=Store(str(tmp_path / "state")), policy=policy(),
+              channel="stable", pin=None, lock=FakeLock(sem), health=FakeHealth(),
+              clock=FakeClock(), stop=threading.Event(), notifier=Notifier(env={}),
+              reboot_required_file=str(tmp_path / "reboot-required"),
+              draw=lambda: 0.5)  # fmt: skip
+    assert a.run(Mode.ONCE) == 0
+    rec = Store(str(tmp_path / "state")).load()
+    assert [(b.version, b.reason) for b in rec.blocked] == [("2", Reason.BOOT)]
+    assert "root-old.img, the image to go back to; it is kept" in (rec.last_error or "")
+    assert m.read() == before and m.reboots == [("kexec", NEW, "2")]
+
+
+def test_mark_bad_changes_something_or_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every mark-bad the agent may ask for either leaves the slot unbootable or fails with a
+    reason (the agent retries a failure later; a silent no-op would be asked again at once)."""
+    m = Machine(tmp_path, 2, monkeypatch)
+    with pytest.raises(SlotError, match="no root-old.img to go back to"):
+        m.system.mark_bad("A")  # nothing to go back to
+    (m.images / fileslots.MARKER).write_bytes(b"")  # a marker alone changes nothing either
+    with pytest.raises(SlotError, match="no root-old.img to go back to"):
+        m.system.mark_bad("A")
+    (m.images / fileslots.MARKER).unlink()
+    put(m.images, OLD, "0")
+    m.system.mark_bad("A")
+    assert not m.system.booted().slot.bootable and m.system.booted().next_slot == "B"
+    m.system.mark_bad("A")  # again: already asked for
+    assert m.read().state.revert

@@ -18,9 +18,14 @@ machine runs unchanged on a machine whose OS lives in image files.
   puts ``root-old.img`` back); of a staged image that never booted, the same rule drops it.
 
 The letters the agent sees are remembered in the state directory (``file-slots.json``, see
-``fileview``); losing that file costs nothing but a renaming of the slots, which the agent
-treats as an outside change. It runs no hooks: the file backend's flows run none yet (README,
-"The file backend"). This module decides nothing; the agent's state machine does.
+``fileview``), beside the agent's own record. Lost between updates, the slots are named afresh
+at no cost; lost during a trial boot, the booted image may come back under the other letter,
+which the agent takes for a trial that ended: it blocks the release and then asks to mark
+``root-old.img`` bad, which is refused (the reason in its ``last_error``), so it changes nothing
+and waits for an operator (``updater rollback`` or ``mark-good``).
+
+It runs no hooks: the file backend's flows run none yet (README, "The file backend"). This
+module decides nothing; the agent's state machine does.
 """
 
 from __future__ import annotations
@@ -174,10 +179,19 @@ class FileBackendSystem:
         if slot == mine and NEW in d.images:
             raise SlotError(f"mark-bad: {ROOT} is booted with {NEW} staged: drop the staged "
                             "image first (updater rollback)")  # fmt: skip
+        if slot != mine and other == fileslots.OLD:
+            # The image to go back to is never given up: a request for it means the letters
+            # were lost (see the module docstring). Refused, so that the agent retries slowly
+            # with the reason in its last_error instead of changing the directory.
+            raise SlotError(f"mark-bad: slot {slot} is {fileslots.OLD}, the image to go back "
+                            f"to; it is kept (were the slot letters, {LETTERS_FILE}, lost?)")
         if slot != mine and other != NEW:
-            log(f"mark-bad: slot {slot} ({other or 'no image'}) boots only when a revert asks "
-                "for it: nothing to change")  # fmt: skip
+            log(f"mark-bad: slot {slot} ({other or 'no image'}) never boots again: nothing to "
+                "change")  # fmt: skip
             return
+        if slot == mine and fileslots.OLD not in d.images:
+            # A revert marker alone would be dropped by the next boot (nothing to go back to).
+            raise SlotError(f"mark-bad: no {fileslots.OLD} to go back to: {ROOT} stays")
         try:
             steps = fileslots.rollback(d.state)
         except fileslots.Refused as exc:
