@@ -41,6 +41,13 @@ def build_cmdline(settings: BootSettings, images_dir: str, running: str) -> str:
     return " ".join(words)
 
 
+def booted_from(images_dir: str, running: str) -> bool:
+    """Whether the running kernel was started for this directory's ``root.img`` (the
+    ``updater.images=DIR`` word ``build_cmdline`` puts on its command line), rather than
+    through a USR partition."""
+    return f"updater.images={images_dir}" in split_cmdline(running)
+
+
 @dataclass(frozen=True)
 class FilePlan:
     image: str  # the file that becomes root.img at the next boot

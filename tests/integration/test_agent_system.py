@@ -55,26 +55,35 @@ def test_seam_reads_offers_stages_and_marks(site: Site, cgpt_field: CgptField) -
     assert prio_tries_good(cgpt_field, m.disk, A)[2] == 1
 
 
-def test_agent_once_stages_and_asks_for_a_reboot(site: Site, cgpt_field: CgptField) -> None:
-    m = Machine(site)
+def agent_once(site: Site, settings: str, *global_options: str,
+               exit: int = 0) -> tuple[Path, subprocess.CompletedProcess[str]]:  # fmt: skip
+    """``updater agent --once`` with reboots off, ``settings`` ([boot], [update]) and the
+    agent's files in the test's directory, expected to end with ``exit``; returns the
+    reboot-required file it was given, and the finished process."""
     required = site.tmp / "reboot-required"
     machine_id = site.tmp / "machine-id"
     machine_id.write_text("0123456789abcdef0123456789abcdef\n")
     conf = site.tmp / "agent.toml"
     conf.write_text(
-        f'[update]\nrepo = "{site.proxy.url}"\ntrusted_root = "{site.trusted_root}"\n'
-        f'state_dir = "{m.state}"\ntimeout = 1\nretries = 1\n'
-        f'[agent]\nreboot = "off"\nreboot_required_file = "{required}"\n'
+        f'{settings}[agent]\nreboot = "off"\nreboot_required_file = "{required}"\n'
         f'machine_id_file = "{machine_id}"\nmetrics_file = "{site.tmp / "updater.prom"}"\n'
     )
     exe = ROOT / ".venv" / "bin" / "updater"
     argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "updater"]
-    proc = subprocess.run(
-        [*argv, "--config", str(conf), "--disk", str(m.disk), "--booted", "A",
-         "--esp", str(m.esp), "agent", "--once"],
-        capture_output=True, text=True, timeout=300,
+    proc = subprocess.run([*argv, "--config", str(conf), *global_options, "agent", "--once"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == exit, proc.stderr
+    return required, proc
+
+
+def test_agent_once_stages_and_asks_for_a_reboot(site: Site, cgpt_field: CgptField) -> None:
+    m = Machine(site)
+    required, _ = agent_once(
+        site,
+        f'[update]\nrepo = "{site.proxy.url}"\ntrusted_root = "{site.trusted_root}"\n'
+        f'state_dir = "{m.state}"\ntimeout = 1\nretries = 1\n',
+        "--disk", str(m.disk), "--booted", "A", "--esp", str(m.esp),
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
     assert required.exists()
     assert prio_tries_good(cgpt_field, m.disk, B) == (2, 1, 0)
     metrics = (site.tmp / "updater.prom").read_text()

@@ -11,14 +11,15 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
 
-from updater import slots
+from updater import config, filebackend, fileslots, slots
+from updater.agent.fileseam import FileBackendSystem
 from updater.agent.machine import Policy
 from updater.agent.notify import Notifier
 from updater.agent.record import LockTicket
 from updater.agent.runner import Agent, Verifier
 from updater.agent.seam import Booted, Offer, Progress, SlotView
 from updater.agent.store import Store
-from updater.config import RebootStrategy
+from updater.config import RebootStrategy, RebootVia
 from updater.errors import TransportError, VerificationError
 from updater.hooks import rules
 from updater.hooks.rules import LedgerEntry, Next, Verdict
@@ -225,3 +226,42 @@ class FakeFirstBoot:
                                        force=True))  # fmt: skip
         self.m.reboot("kexec")
         raise AssertionError("the reboot returned")
+
+
+class FileMachine:
+    """A machine on the file backend: an image directory booted from ``root.img``, the real
+    file seam on it, and its reboots simulated: ``reboot`` ends the agent's process
+    (FakeReboot), ``power_on`` does the initrd's part of the next boot (the renames of
+    ``fileslots.plan``, the try counted) under a new boot id."""
+
+    def __init__(self, images: Path, cfg: config.Config) -> None:
+        self.images = images
+        self.cfg = cfg
+        self.boot = 1
+        self.reboots: list[tuple[str, str | None, str | None]] = []  # (via, image, version)
+        self.system = FileBackendSystem(cfg, boot_id=self.boot_id, reboot_flow=self.reboot,
+                                        cmdline=self.cmdline)  # fmt: skip
+
+    def cmdline(self) -> str:
+        """Booted from the directory, as the file backend's kexec starts its kernels."""
+        return f"console=ttyS0 updater.images={self.images}"
+
+    def boot_id(self) -> str:
+        return f"00000000-0000-4000-8000-{self.boot:012x}"
+
+    def reboot(self, d: filebackend.Directory, via: RebootVia) -> None:
+        image = d.next_image
+        version = image.trailer.version if image and image.trailer else None
+        self.reboots.append((str(via), image.name if image else None, version))
+        raise FakeReboot(str(via))
+
+    def power_on(self) -> None:
+        filebackend.apply_steps(str(self.images), fileslots.plan(self.read().state))
+        self.boot += 1
+
+    def read(self) -> filebackend.Directory:
+        return filebackend.read(str(self.images))
+
+    def version(self, name: str) -> str | None:
+        image = self.read().images.get(name)
+        return image.trailer.version if image and image.trailer else None

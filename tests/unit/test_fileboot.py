@@ -97,3 +97,10 @@ def test_no_kernel_for_the_image_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SlotError, match="no kernel for root.img"):
         fileboot.plan(fb.read(str(tmp_path)), BootSettings(), "")
     assert d.next_image is not None
+
+
+def test_booted_from_reads_the_word_the_file_kexec_writes() -> None:
+    line = fileboot.build_cmdline(BootSettings(), "/var/lib/updater/images", "console=ttyS0")
+    assert fileboot.booted_from("/var/lib/updater/images", line)
+    assert not fileboot.booted_from("/var/lib/updater/img", line)  # a prefix is not the dir
+    assert not fileboot.booted_from("/var/lib/updater/images", "mount.usr=PARTUUID=x ro")

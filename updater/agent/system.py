@@ -51,6 +51,35 @@ def read_boot_id(path: str = BOOT_ID) -> str:
     return text if _BOOT_ID.fullmatch(text) else ""
 
 
+def release_client(cfg: Config) -> ReleaseClient:
+    from updater.fetch.client import open_client
+    from updater.fetch.http import HttpPolicy
+
+    u = cfg.update
+    policy = HttpPolicy(timeout=u.timeout, retries=u.retries)
+    return open_client(u.repo, u.trusted_root, u.state_dir, policy)
+
+
+def choose_offer(client: ReleaseClient, channel: str, arch: str,
+                 booted: release.Version | None, pin: str | None,
+                 blocked: frozenset[str]) -> Offer | None:  # fmt: skip
+    """``available`` of the seam, on either backend: refresh the verified metadata, then the
+    newest release of ``channel`` that is not blocked (or exactly ``pin``, even if older)."""
+    from updater.fetch.client import offered
+
+    client.refresh()
+    wanted = release.parse_version(pin) if pin else None
+    found = offered(client.releases, channel, arch, wanted)
+    if wanted is None:
+        found = [r for r in found if str(r.version) not in blocked]
+    choice = release.choose(found, arch=arch, booted=booted, pin=wanted,
+                            allow_downgrade=wanted is not None)  # fmt: skip
+    if choice.release is None:
+        return None
+    waves = parse_waves([list(w) for w in choice.release.image.waves])
+    return Offer(str(choice.release.version), waves)
+
+
 class UpdateFlowSystem:
     def __init__(
         self, cfg: Config, target: Callable[[], Target], boot_id: Callable[[], str] = read_boot_id
@@ -76,19 +105,11 @@ class UpdateFlowSystem:
         letter = nxt.letter if nxt else None
         return Booted(self._view(t, mine), self._view(t, other), letter, self.boot_id())
 
-    def _client(self, channel: str | None = None) -> ReleaseClient:
-        from updater.fetch.client import open_client
-        from updater.fetch.http import HttpPolicy
-
-        u = self.cfg.update
-        policy = HttpPolicy(timeout=u.timeout, retries=u.retries)
-        return open_client(u.repo, u.trusted_root, u.state_dir, policy)
+    def _client(self) -> ReleaseClient:
+        return release_client(self.cfg)
 
     def available(self, channel: str, pin: str | None, blocked: frozenset[str]) -> Offer | None:
-        from updater.fetch.client import offered
-
         t = self.target()
-        arch = t.boot.arch
         st = state.load(t)
         booted_version = None
         if st.booted is not None:
@@ -96,18 +117,7 @@ class UpdateFlowSystem:
             booted_version = inventory.slot_version(
                 t, str(b.partuuid), b.partition, self.cfg.update.state_dir
             )
-        client = self._client()
-        client.refresh()
-        wanted = release.parse_version(pin) if pin else None
-        found = offered(client.releases, channel, arch, wanted)
-        if wanted is None:
-            found = [r for r in found if str(r.version) not in blocked]
-        choice = release.choose(found, arch=arch, booted=booted_version, pin=wanted,
-                                allow_downgrade=wanted is not None)  # fmt: skip
-        if choice.release is None:
-            return None
-        waves = parse_waves([list(w) for w in choice.release.image.waves])
-        return Offer(str(choice.release.version), waves)
+        return choose_offer(self._client(), channel, t.boot.arch, booted_version, pin, blocked)
 
     # ------------------------------------------------------------------------------ acting
     def stage(self, offer: Offer, progress: Progress) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from updater import config, jsonout
 from updater.agent import report
 from updater.agent.store import Store
-from updater.errors import UpdaterError
+from updater.errors import UpdaterError, UsageError
 
 if TYPE_CHECKING:
     from updater.agent.runner import Mode
@@ -32,6 +32,22 @@ def update_flow_system(args: argparse.Namespace, cfg: config.Config) -> System:
     return UpdateFlowSystem(cfg, _resolver(args, cfg))
 
 
+def file_backend_system(args: argparse.Namespace, cfg: config.Config) -> System:
+    """The seam on the file backend's flows. ``--booted root.img`` treats the directory's
+    ``root.img`` as the running system (image files in tests), as ``--booted`` names the booted
+    slot of a disk image; otherwise the kernel's command line must say it booted from there."""
+    from updater import bootdisk
+    from updater.agent.fileseam import FileBackendSystem
+    from updater.fileslots import ROOT
+
+    if args.booted not in (None, ROOT):
+        raise UsageError(f"--booted {args.booted}: on the file backend only {ROOT} can be "
+                         "the booted image")  # fmt: skip
+    word = f"updater.images={cfg.boot.images_dir}"
+    cmdline = (lambda: word) if args.booted else bootdisk.read_cmdline
+    return FileBackendSystem(cfg, cmdline=cmdline)
+
+
 def _resolver(args: argparse.Namespace, cfg: config.Config) -> Callable[[], Target]:
     from updater import target
 
@@ -47,6 +63,8 @@ def _system(args: argparse.Namespace, cfg: config.Config) -> tuple[System, bool]
         from updater.agent.simulator import Simulator
 
         return Simulator(args.simulate, cfg.update.repo), True
+    if cfg.boot.backend is config.SlotBackend.FILES:
+        return file_backend_system(args, cfg), False
     return update_flow_system(args, cfg), False
 
 
@@ -62,7 +80,21 @@ def _run(args: argparse.Namespace, mode: Mode) -> int:
 
         stop = threading.Event()
         return build.agent(cfg, system, SimClock(stop), stop).run(mode)
+    if cfg.boot.backend is config.SlotBackend.FILES:
+        _say_hooks_ignored(cfg)
+        return build.agent(cfg, system).run(mode)
     return build.agent(cfg, system, first_boot=first_boot(args, cfg, system)).run(mode)
+
+
+def _say_hooks_ignored(cfg: config.Config) -> None:
+    """The file backend's flows run no hooks yet: say so when the operator installed some."""
+    from updater.hooks.rules import Stage
+    from updater.hooks.runner import has_hooks, stage_dir
+    from updater.log import log
+
+    ignored = [str(stage_dir(cfg.hooks, s)) for s in Stage if has_hooks(cfg.hooks, s)]
+    if ignored:
+        log(f"the file backend runs no hooks yet; not run: {', '.join(ignored)}")
 
 
 def first_boot(args: argparse.Namespace, cfg: config.Config, system: System) -> FirstBoot:

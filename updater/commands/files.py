@@ -31,9 +31,7 @@ def backend(args: argparse.Namespace) -> Config | None:
 def booted_from(d: filebackend.Directory, cmdline: str) -> bool:
     """Whether the running system came up through this directory's ``root.img`` (the initrd
     was told ``updater.images=DIR``), rather than through a USR partition."""
-    from updater.cmdline import split_cmdline
-
-    return f"updater.images={d.path}" in split_cmdline(cmdline)
+    return fileboot.booted_from(d.path, cmdline)
 
 
 def status_json(d: filebackend.Directory, booted: bool = True) -> dict[str, Any]:
