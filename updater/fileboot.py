@@ -12,6 +12,12 @@ Command line (pure, ``build_cmdline``): Flatcar's fixed words, the running kerne
 the images are on the root filesystem (``root=LABEL=ROOT``). No slot, partition or hash is named
 on it: the initrd reads the hash from the image it mounts.
 
+Before anything irreversible (the kernel loaded, the firmware reboot), a reboot whose next boot
+promotes ``root-new.img`` runs the pre-reboot hooks (``updater.hooks.filestages.before_reboot``;
+a failure: nothing rebooted, the staged image dropped); every command that reboots on this
+backend (``update --reboot``, ``reboot``, ``kexec``, ``rollback --reboot``, the agent) comes
+through here with its ``PreReboot``.
+
 When kexec is impossible or the load fails, the machine reboots through the firmware; the GRUB
 ``loopback`` menu (``grub/grub-files.cfg``) then picks the same file by the same rules.
 """
@@ -21,6 +27,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from updater import kexec, signals
 from updater.cmdline import split_cmdline
@@ -29,6 +36,9 @@ from updater.errors import SlotError
 from updater.filebackend import Directory, boot_files
 from updater.kexec import KexecSupport, Method, Step
 from updater.log import log
+
+if TYPE_CHECKING:
+    from updater.hooks.stages import PreReboot
 
 BASE_WORDS = ("rootflags=rw", "mount.usrflags=ro", "consoleblank=0", "root=LABEL=ROOT")
 DEFAULT_CONSOLES = ("console=ttyS0,115200n8", "console=tty0")
@@ -64,6 +74,7 @@ class FileReport:
     method: Method
     steps: tuple[Step, ...]
     reason: str | None = None  # why the firmware path
+    hooks: tuple[str, ...] = ()  # the pre-reboot hooks that ran (a dry run: that would run)
 
 
 def plan(directory: Directory, settings: BootSettings, running: str) -> FilePlan:
@@ -90,15 +101,22 @@ def reboot(
     *,
     force: bool = False,
     dry_run: bool = False,
+    hooks: PreReboot | None = None,
 ) -> FileReport:
-    """Load and jump (or reboot through the firmware); ``announce`` runs right before."""
+    """Load and jump (or reboot through the firmware); ``announce`` runs right before. With
+    ``hooks``, the pre-reboot hooks run first when the next boot promotes the staged image."""
     chosen = plan(directory, settings, running)
     image = kexec.KexecImage(chosen.kernel, chosen.initrd, chosen.cmdline)
     reason = support.blocker() if via is RebootVia.KEXEC else "asked for the firmware"
     method = Method.FIRMWARE if reason else Method.FILE
+    ran: tuple[str, ...] = ()
+    if hooks is not None:
+        from updater.hooks import filestages
+
+        ran = filestages.before_reboot(hooks, directory, dry_run=dry_run)
     if dry_run:
         steps = _steps(image, method, support, force)
-        return FileReport(chosen, method, tuple(steps), reason)
+        return FileReport(chosen, method, tuple(steps), reason, ran)
     # From the load to the jump, SIGTERM and SIGHUP raise, so that the kernel is unloaded: one
     # left loaded would turn a later plain reboot into a kexec into a stale choice. During the
     # jump they have their default effect again (systemctl kexec's shutdown sends SIGTERM).
@@ -113,7 +131,7 @@ def reboot(
             jump = (kexec.firmware_steps(force=force, systemd=support.systemd)
                     if method is Method.FIRMWARE
                     else kexec.exec_steps(force=force, systemd=support.systemd))  # fmt: skip
-            report = FileReport(chosen, method, tuple(jump), reason)
+            report = FileReport(chosen, method, tuple(jump), reason, ran)
             announce(report)
         except BaseException:
             _unload(method)

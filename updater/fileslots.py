@@ -192,3 +192,19 @@ def boots_next(state: FileState) -> str | None:
         elif step.kind == "remove":
             origin.pop(step.src, None)
     return origin.get(ROOT)
+
+
+def one_more_try(state: FileState) -> list[Step]:
+    """A first-boot-of-slot hook of the booted ``root.img`` asked for one more reboot: while it
+    is on trial, the counter is raised so that this reboot cannot be its last try (the initrd
+    reverts at 0). A proven image, a pending revert or a staged image need no step."""
+    if state.revert or NEW in state.images or state.tries is None or state.tries >= 1:
+        return []
+    return [Step("set-tries", value=1)]
+
+
+def pre_reboot_due(state: FileState) -> bool:
+    """Whether a reboot from ``state`` runs the pre-reboot hooks: only when the next boot
+    promotes ``root-new.img``, an image that has not been proven. A reboot into the booted
+    ``root.img`` (on trial or not) or back to ``root-old.img`` runs none, as on partitions."""
+    return boots_next(state) == NEW

@@ -147,7 +147,7 @@ def run(target: Target, request: Request, client: ReleaseClient, emit: Emit) -> 
     context = Context(Stage.PRE_INSTALL, str(rel.version), other.letter, str(other.partuuid),
                       booted.letter, str(booted_version) if booted_version else None,
                       state_dir=settings.state_dir)  # fmt: skip
-    _hooks(request, context, emit, "nothing was changed")
+    run_hooks(request, context, emit, "nothing was changed")
     if booted_version is not None:
         inventory.record(settings.state_dir, str(booted.partuuid), booted_version)
     letter = other.letter
@@ -175,7 +175,7 @@ def run(target: Target, request: Request, client: ReleaseClient, emit: Emit) -> 
     post = replace(context, stage=Stage.POST_INSTALL)
     if request.hooks is not None and hooks.has_hooks(request.hooks, Stage.POST_INSTALL):
         with slotmount.mounted(dest.region, rel.image.fs_type) as where:
-            _hooks(request, replace(post, mount=where), emit,
+            run_hooks(request, replace(post, mount=where), emit,
                    f"{other.label} stays unbootable")  # fmt: skip
     # 4. the only step that makes the new slot bootable
     outcome = state.change(
@@ -194,7 +194,7 @@ def run(target: Target, request: Request, client: ReleaseClient, emit: Emit) -> 
                    done.write.first_frame > 0)  # fmt: skip
 
 
-def _hooks(request: Request, ctx: Context, emit: Emit, what: str) -> None:
+def run_hooks(request: Request, ctx: Context, emit: Emit, what: str) -> None:
     """Run a stage's hooks; a failure raises HookFailed saying ``what`` (the state it left)."""
     if request.hooks is None:
         return

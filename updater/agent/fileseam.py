@@ -24,8 +24,11 @@ which the agent takes for a trial that ended: it blocks the release and then ask
 ``root-old.img`` bad, which is refused (the reason in its ``last_error``), so it changes nothing
 and waits for an operator (``updater rollback`` or ``mark-good``).
 
-It runs no hooks: the file backend's flows run none yet (README, "The file backend"). This
-module decides nothing; the agent's state machine does.
+Hooks (``updater.hooks.filestages``) run as on partitions: pre-install and post-install in
+``stage`` (the update flow), pre-reboot in ``reboot`` when the next boot promotes the staged
+image (a failure: no reboot, the staged image dropped), post-commit after ``mark_good``; the
+first-boot-of-slot hooks run in the health check (``updater.commands.agent``). This module
+decides nothing; the agent's state machine does.
 """
 
 from __future__ import annotations
@@ -156,8 +159,15 @@ class FileBackendSystem:
                         announce)  # fmt: skip
 
     def reboot(self, via: str) -> None:
+        from updater.hooks import filestages
+        from updater.hooks.stages import PreReboot
+
         d = filebackend.read(self.images_dir)
         self._remember(d)
+        # Here rather than in the reboot flow, so that a simulated boot runs them as well; the
+        # flow is then called without hooks (they ran once, for this reboot).
+        if filestages.before_reboot(PreReboot.of(self.cfg), d):
+            d = filebackend.read(self.images_dir)
         self.reboot_flow(d, RebootVia(via))
 
     def _change(self, d: filebackend.Directory, steps: list[fileslots.Step]) -> None:
@@ -171,6 +181,9 @@ class FileBackendSystem:
         except fileslots.Refused as exc:
             raise SlotError(f"mark-good: {exc}") from None
         self._change(d, steps)
+        from updater.hooks import filestages
+
+        filestages.after_commit(self.cfg.hooks, self.images_dir, self.state_dir)
 
     def mark_bad(self, slot: str) -> None:
         d = filebackend.read(self.images_dir)

@@ -17,6 +17,7 @@ from updater.errors import UpdaterError, UsageError
 if TYPE_CHECKING:
     from updater.agent.runner import Mode
     from updater.agent.seam import System
+    from updater.hooks.filestages import FirstBoot as FileFirstBoot
     from updater.hooks.stages import FirstBoot
     from updater.target import Target
 
@@ -81,20 +82,8 @@ def _run(args: argparse.Namespace, mode: Mode) -> int:
         stop = threading.Event()
         return build.agent(cfg, system, SimClock(stop), stop).run(mode)
     if cfg.boot.backend is config.SlotBackend.FILES:
-        _say_hooks_ignored(cfg)
-        return build.agent(cfg, system).run(mode)
+        return build.agent(cfg, system, first_boot=file_first_boot(cfg, system)).run(mode)
     return build.agent(cfg, system, first_boot=first_boot(args, cfg, system)).run(mode)
-
-
-def _say_hooks_ignored(cfg: config.Config) -> None:
-    """The file backend's flows run no hooks yet: say so when the operator installed some."""
-    from updater.hooks.rules import Stage
-    from updater.hooks.runner import has_hooks, stage_dir
-    from updater.log import log
-
-    ignored = [str(stage_dir(cfg.hooks, s)) for s in Stage if has_hooks(cfg.hooks, s)]
-    if ignored:
-        log(f"the file backend runs no hooks yet; not run: {', '.join(ignored)}")
 
 
 def first_boot(args: argparse.Namespace, cfg: config.Config, system: System) -> FirstBoot:
@@ -106,6 +95,16 @@ def first_boot(args: argparse.Namespace, cfg: config.Config, system: System) -> 
     via = str(cfg.agent.reboot)
     reboot = None if via == "off" else (lambda: system.reboot(via))
     return FirstBoot(cfg.hooks, cfg.update.state_dir, _resolver(args, cfg), read_boot_id, reboot)
+
+
+def file_first_boot(cfg: config.Config, system: System) -> FileFirstBoot:
+    """``first_boot`` on the file backend: the booted ``root.img``'s hooks, once per image."""
+    from updater.agent.system import read_boot_id
+    from updater.hooks.filestages import FirstBoot
+
+    via = str(cfg.agent.reboot)
+    reboot = None if via == "off" else (lambda: system.reboot(via))
+    return FirstBoot(cfg.hooks, cfg.update.state_dir, cfg.boot.images_dir, read_boot_id, reboot)
 
 
 def cmd_agent(args: argparse.Namespace) -> int:

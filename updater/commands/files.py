@@ -114,9 +114,26 @@ def _change(args: argparse.Namespace, cfg: Config, action: str) -> int:
 
 
 def cmd_mark_good(args: argparse.Namespace, cfg: Config) -> int:
+    """mark-good of the booted ``root.img``; when it commits an image on trial, its pending
+    first-boot-of-slot hooks run first (a failure refuses) and the post-commit hooks after, as
+    on partitions."""
+    from updater.agent.system import read_boot_id
+    from updater.hooks import filestages
+
     if getattr(args, "part", None) not in (None, "booted"):
         raise UsageError("the file backend marks the booted root.img; PART does not apply")
-    return _change(args, cfg, "mark-good")
+    d = filebackend.read(cfg.boot.images_dir)
+    trial = filestages.on_trial(d) and not getattr(args, "dry_run", False)
+    if trial:
+        why = filestages.FirstBoot(cfg.hooks, cfg.update.state_dir, d.path, read_boot_id,
+                                   None)()  # fmt: skip
+        if why is not None:
+            raise SlotError(f"not marked good: {why}", hint="updater rollback --reboot kexec "
+                            "goes back to the previous image")  # fmt: skip
+    status = _change(args, cfg, "mark-good")
+    if trial:
+        filestages.after_commit(cfg.hooks, d.path, cfg.update.state_dir)
+    return status
 
 
 def cmd_rollback(args: argparse.Namespace, cfg: Config) -> int:
@@ -144,14 +161,19 @@ def reboot(args: argparse.Namespace, cfg: Config, via: RebootVia, *, quiet: bool
             log(f"booting {report.plan.image} (version {report.plan.version}) via "
                 f"{report.method}; cmdline: {report.plan.cmdline}")  # fmt: skip
 
+    from updater.hooks.stages import PreReboot
+
     report = fileboot.reboot(d, cfg.boot, running, via, kexec.probe_support(), announce,
-                             force=getattr(args, "force", False), dry_run=dry)  # fmt: skip
+                             force=getattr(args, "force", False), dry_run=dry,
+                             hooks=PreReboot.of(cfg))  # fmt: skip
     if dry:
         if json_out:
             emit(fileboot.report_json(report))
         else:
             p = report.plan
             commands = "".join("  " + " ".join(a) + "\n" for a in kexec.argvs(list(report.steps)))
+            if report.hooks:
+                out(f"would run the pre-reboot hooks {', '.join(report.hooks)}\n")
             out(f"would boot {p.image} (version {p.version}) via {report.method}"
                 f"{': ' + report.reason if report.reason else ''}\n"
                 f"kernel  {p.kernel}\ninitrd  {p.initrd or '-'}\ncmdline {p.cmdline}\n"

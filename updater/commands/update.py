@@ -206,9 +206,11 @@ def _reboot_files(cfg: config.Config, via: RebootVia, emit: Any) -> None:
         emit(update.Event("rebooting", {"slot": "files", "image": report.plan.image,
                                         "method": str(report.method)}))  # fmt: skip
 
+    from updater.hooks.stages import PreReboot
+
     fileboot.reboot(filebackend.read(cfg.boot.images_dir), cfg.boot,
                     bootdisk.read_cmdline("/proc/cmdline"), via, kexec.probe_support(),
-                    announce)  # fmt: skip
+                    announce, hooks=PreReboot.of(cfg))  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -130,31 +130,12 @@ class FirstBoot:
         ctx = _context(Stage.FIRST_BOOT, t, st, slot, self.state_dir,
                        reboot_file=str(Path(self.state_dir, REBOOT_FILE)))  # fmt: skip
         image = rules.image_key(ctx.version, inventory.recorded_root_hash(self.state_dir, uuid))
-        boot = self.boot_id()
-        with ledger.locked(self.state_dir):
-            try:
-                led = ledger.load(self.state_dir)
-            except DataError as exc:  # whether the hooks ran is unknown: not proven healthy
-                return f"first-boot-of-slot: {exc.message}"
-            step = rules.next_step(led, uuid, image, boot)
-            if step is Next.RUN:
-                flag = Path(ctx.reboot_file or "")
-                flag.unlink(missing_ok=True)
-                verdict = run_stage(self.settings, ctx, tick)
-                with contextlib.suppress(OSError):
-                    flag.unlink(missing_ok=True)
-                led = rules.recorded(led, uuid, image, verdict, boot)
-                ledger.save(self.state_dir, led)
-                step = Next.FAILED if verdict.failure else Next.REBOOT if verdict.reboot else (
-                    Next.DONE)  # fmt: skip
-            elif step is Next.DONE and led[uuid.lower()].status is FirstBootStatus.REBOOT:
-                ledger.save(self.state_dir, rules.rebooted(led, uuid))
-                log(f"first-boot-of-slot: {slot.label} came back from the reboot its hooks "
-                    "asked for")  # fmt: skip
+        step, detail = first_boot_once(self.settings, self.state_dir, uuid, image, ctx,
+                                       self.boot_id(), slot.label, tick)  # fmt: skip
         if step is Next.DONE:
             return None
         if step is Next.FAILED:
-            return led[uuid.lower()].detail or "a first-boot-of-slot hook failed"
+            return detail
         # One more try for the booted slot (still on trial, on top): if the reboot does not
         # come back, GRUB falls back to the previous slot as for any trial boot.
         state.change(t, state.by_slots(slots.set_active, st.booted, booted=st.booted,
@@ -167,3 +148,35 @@ class FirstBoot:
         self.reboot()
         raise RebootPending(f"rebooting {slot.label} once more, as a first-boot-of-slot hook "
                             "asked")  # fmt: skip
+
+
+def first_boot_once(settings: HooksSettings, state_dir: str, key: str, image: str, ctx: Context,
+                    boot: str, label: str,
+                    tick: Callable[[], None] | None = None) -> tuple[Next, str]:  # fmt: skip
+    """The first-boot-of-slot hooks of the slot the ledger knows as ``key`` (a PARTUUID, or an
+    image file's root hash on the file backend), holding ``image`` (``rules.image_key``), unless
+    they ran for it already: what comes next (DONE, FAILED, or REBOOT: the reboot a hook asked
+    for is still to happen) and, for FAILED, the failing hook's line. Backend-neutral: the
+    caller builds ``ctx`` and gives the slot its one more try."""
+    with ledger.locked(state_dir):
+        try:
+            led = ledger.load(state_dir)
+        except DataError as exc:  # whether the hooks ran is unknown: not proven healthy
+            return Next.FAILED, f"first-boot-of-slot: {exc.message}"
+        step = rules.next_step(led, key, image, boot)
+        if step is Next.RUN:
+            flag = Path(ctx.reboot_file or "")
+            flag.unlink(missing_ok=True)
+            verdict = run_stage(settings, ctx, tick)
+            with contextlib.suppress(OSError):
+                flag.unlink(missing_ok=True)
+            led = rules.recorded(led, key, image, verdict, boot)
+            ledger.save(state_dir, led)
+            step = Next.FAILED if verdict.failure else Next.REBOOT if verdict.reboot else (
+                Next.DONE)  # fmt: skip
+        elif step is Next.DONE and led[key.lower()].status is FirstBootStatus.REBOOT:
+            ledger.save(state_dir, rules.rebooted(led, key))
+            log(f"first-boot-of-slot: {label} came back from the reboot its hooks asked for")
+    if step is Next.FAILED:
+        return step, led[key.lower()].detail or "a first-boot-of-slot hook failed"
+    return step, ""
