@@ -178,7 +178,7 @@ def test_agent_once_on_the_file_backend_stages_and_asks_for_a_reboot(site: Site)
     assert "only root.img can be the booted image" in proc.stderr
     assert sorted(p.name for p in m.images.iterdir()) == ["boot", ROOT]
     required, proc = agent_once(site, settings, "--booted", ROOT)
-    assert f"runs no hooks yet; not run: {hook.parent}" in proc.stderr
+    assert "runs no hooks" not in proc.stderr  # they run on this backend too (no reboot here)
     assert required.exists()
     assert m.read().state == fileslots.FileState(frozenset({ROOT, NEW}), tries=2)
     assert m.version(NEW) == "2"
