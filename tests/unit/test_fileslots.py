@@ -223,3 +223,33 @@ def test_boots_next_follows_a_removal_of_root(monkeypatch: pytest.MonkeyPatch) -
         fs, "plan", lambda state: [fs.Step("remove", ROOT), fs.Step("rename", OLD, ROOT)]
     )
     assert fs.boots_next(st(ROOT, OLD)) == OLD
+
+
+@pytest.mark.parametrize(
+    "start, due",
+    [
+        (FileState(frozenset({ROOT, NEW}), tries=2), True),  # the staged image boots next
+        (FileState(frozenset({ROOT, OLD, NEW}), tries=2), True),
+        (FileState(frozenset({ROOT})), False),  # the booted image again
+        (FileState(frozenset({ROOT, OLD}), tries=1), False),  # root.img on trial, again
+        (FileState(frozenset({ROOT, OLD}), revert=True), False),  # back to a good image
+        (FileState(frozenset({ROOT, OLD, NEW}), revert=True, tries=2), False),  # revert wins
+    ],
+)
+def test_pre_reboot_hooks_are_due_only_into_a_staged_image(start: FileState, due: bool) -> None:
+    assert fs.pre_reboot_due(start) is due
+
+
+def test_one_more_try_keeps_an_image_on_its_last_try_from_reverting() -> None:
+    last = FileState(frozenset({ROOT, OLD}), tries=0)
+    steps = fs.one_more_try(last)
+    assert steps == [fs.Step("set-tries", value=1)]
+    after = last
+    for step in steps:
+        after = fs.apply(after, step)
+    assert fs.run(after) == FileState(frozenset({ROOT, OLD}), tries=0)  # booted root.img again
+    assert BROKEN in fs.run(last).images  # without it, the reboot would revert
+    for start in (FileState(frozenset({ROOT, OLD}), tries=1), FileState(frozenset({ROOT, OLD})),
+                  FileState(frozenset({ROOT, OLD}), revert=True, tries=0),
+                  FileState(frozenset({ROOT, NEW}), tries=0)):  # fmt: skip
+        assert fs.one_more_try(start) == []
