@@ -299,3 +299,33 @@ def test_the_seam_marks_good_then_runs_post_commit(site: Site) -> None:
     assert m.lines() == ["post-commit root.img 2 root.img 2 [] state "]
     assert m.read().state == fileslots.FileState(frozenset({ROOT, OLD}))
     assert filebackend.read(str(m.images)).state.tries is None
+
+
+def test_agent_verify_runs_the_first_boot_hooks_and_fails_on_them(site: Site) -> None:
+    """``updater agent verify`` picks the file seam and its first-boot-of-slot hooks."""
+    m = HookedMachine(site)
+    booted_new(m)
+    hook(m.hooks, Stage.FIRST_BOOT, "10-refuse", "echo no driver; exit 4")
+    settings = (
+        f'[boot]\nbackend = "files"\nimages_dir = "{m.images}"\ntries = 2\n'
+        f'[update]\nrepo = "{site.proxy.url}"\ntrusted_root = "{site.trusted_root}"\n'
+        f'state_dir = "{site.state}"\ntimeout = 1\nretries = 1\n[hooks]\ndir = "{m.hooks}"\n'
+    )
+    conf = site.tmp / "agent.toml"
+    (site.tmp / "machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    conf.write_text(f'{settings}[agent]\nreboot = "off"\nmachine_id_file = '
+                    f'"{site.tmp / "machine-id"}"\nmetrics_file = "{site.tmp / "u.prom"}"\n'
+                    f'reboot_required_file = "{site.tmp / "reboot-required"}"\n')  # fmt: skip
+    exe = REPO_ROOT / ".venv" / "bin" / "updater"
+    argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "updater"]
+    proc = subprocess.run([*argv, "--config", str(conf), "--booted", ROOT, "agent", "verify"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr  # the verdict is the record's, not the exit's
+    assert "first-boot-of-slot 10-refuse: no driver" in proc.stderr
+    rec = Store(str(site.state)).load()
+    assert rec.state is State.ROLLED_BACK and rec.last_error == (
+        "health check failed: first-boot-of-slot hook 10-refuse exited 4")  # fmt: skip
+    assert [(b.version, b.reason) for b in rec.blocked] == [("2", Reason.HEALTH)]
+    # the revert marker: the next boot puts root-old.img back (reboots are off here)
+    assert m.read().state == fileslots.FileState(frozenset({ROOT, OLD}), revert=True, tries=1)
+    assert "runs no hooks" not in proc.stderr
