@@ -259,7 +259,9 @@ def cli(m: HookedMachine, *args: str) -> subprocess.CompletedProcess[str]:
     hooks = m.hooks
     conf.write_text(
         f'[boot]\nbackend = "files"\nimages_dir = "{m.images}"\ntries = 2\n'
-        f'[update]\nstate_dir = "{m.cfg.update.state_dir}"\n[hooks]\ndir = "{hooks}"\n'
+        f'[update]\nstate_dir = "{m.cfg.update.state_dir}"\nrepo = "{m.cfg.update.repo}"\n'
+        f'trusted_root = "{m.cfg.update.trusted_root}"\ntimeout = 1\nretries = 1\n'
+        f'[hooks]\ndir = "{hooks}"\n'
     )
     exe = REPO_ROOT / ".venv" / "bin" / "updater"
     argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "updater"]
@@ -329,3 +331,21 @@ def test_agent_verify_runs_the_first_boot_hooks_and_fails_on_them(site: Site) ->
     # the revert marker: the next boot puts root-old.img back (reboots are off here)
     assert m.read().state == fileslots.FileState(frozenset({ROOT, OLD}), revert=True, tries=1)
     assert "runs no hooks" not in proc.stderr
+
+
+def test_updater_update_runs_the_install_hooks_on_the_file_backend(site: Site) -> None:
+    m = HookedMachine(site)
+    hook(m.hooks, Stage.PRE_INSTALL, "10-freeze", "echo frozen; exit 1")
+    before = m.snapshot()
+    proc = cli(m, "update")
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == ("updater: error: pre-install hook 10-freeze exited 1; "
+                                            "nothing was changed")  # fmt: skip
+    assert m.snapshot() == before
+    (m.hooks / Stage.PRE_INSTALL.directory / "10-freeze").unlink()
+    m.logging(Stage.PRE_INSTALL)
+    proc = cli(m, "update", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert m.lines() == ["pre-install root-new.img 2 root.img 1 [] state "]
+    assert '{"event":"hooks","hooks":["10-log"],"stage":"pre-install"}' in proc.stdout
+    assert m.read().state == fileslots.FileState(frozenset({ROOT, NEW}), tries=2)

@@ -158,6 +158,8 @@ def judge(stage: Stage, results: Iterable[HookResult], reboot_file: bool = False
 # hash>", "status": "done"|"failed"|"reboot", "detail": "...", "boot_id": "..."}}}. The update
 # flow forgets a slot's entry when it makes the slot unbootable for a new image, so each
 # activation of a slot runs the hooks once; the image key also tells another tool's write apart.
+# On the file backend the key is the image's root hash instead of a PARTUUID (an image file has
+# none; its root hash travels with it through every rename), forgotten when it is staged again.
 
 LEDGER_FORMAT = 1
 MAX_LEDGER_BYTES = 64 * 1024

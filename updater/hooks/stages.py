@@ -1,7 +1,8 @@
 """The hook stages that follow an activation, on a real disk: ``pre-reboot`` before rebooting
 into a new slot, ``first-boot-of-slot`` once per newly activated slot (for the health check),
 ``post-commit`` after a slot was marked good. The update flow runs ``pre-install`` and
-``post-install`` itself (``updater.update``).
+``post-install`` itself (``updater.update``). The same stages on the file backend are
+``updater.hooks.filestages``, which shares the first-boot ledger's logic (``first_boot_once``).
 
 ``pre-reboot`` is run by the reboot flows (``updater.bootflow``, and ``updater.prepared`` when
 a kexec is prepared ahead of time), which take a ``PreReboot`` in their request: every command
