@@ -165,5 +165,5 @@ def report_json(report: FileReport) -> dict[str, object]:
         "backend": "files", "image": p.image, "version": p.version, "root_hash": p.root_hash,
         "kernel": p.kernel, "initrd": [p.initrd] if p.initrd else [], "cmdline": p.cmdline,
         "method": str(report.method), "reason": report.reason,
-        "commands": kexec.argvs(list(report.steps)),
+        "commands": kexec.argvs(list(report.steps)), "pre_reboot_hooks": list(report.hooks),
     }  # fmt: skip

@@ -8,6 +8,7 @@ seam's and ``updater mark-good``'s)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -349,3 +350,14 @@ def test_updater_update_runs_the_install_hooks_on_the_file_backend(site: Site) -
     assert m.lines() == ["pre-install root-new.img 2 root.img 1 [] state "]
     assert '{"event":"hooks","hooks":["10-log"],"stage":"pre-install"}' in proc.stdout
     assert m.read().state == fileslots.FileState(frozenset({ROOT, NEW}), tries=2)
+    # a dry run names the pre-reboot hooks that would run before booting the staged image
+    hook(m.hooks, Stage.PRE_REBOOT, "10-drain", "exit 1")
+    proc = cli(m, "kexec", "--dry-run", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert (doc["image"], doc["pre_reboot_hooks"]) == (NEW, ["10-drain"])
+    proc = cli(m, "reboot", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("would run the pre-reboot hooks 10-drain\n"
+                                  "would boot root-new.img")  # fmt: skip
+    assert m.read().state == fileslots.FileState(frozenset({ROOT, NEW}), tries=2), "ran none"
