@@ -22,6 +22,29 @@ BUILD_SCRIPT = REPO / "images" / "build.py"
 MachineFactory = Callable[..., harness.Machine]
 
 
+# The scenarios, longest first (minutes of TCG each, measured in a two-at-a-time run): the VM
+# tier runs two machines at a time, one file per worker (``.ci/test``), and a long scenario that
+# starts last would keep one worker busy alone at the end.
+LONGEST_FIRST = (
+    "test_update.py", "test_kexec.py", "test_quiesce.py", "test_files.py", "test_hooks.py",
+    "test_prepared.py", "test_boot.py", "test_install.py", "test_smoke.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the VM scenarios longest first; every other test keeps its place and its order."""
+    here = Path(__file__).parent
+
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    slots = [i for i, item in enumerate(items) if item.path.parent == here]
+    ordered = sorted((items[i] for i in slots), key=rank)  # stable within a file
+    for i, item in zip(slots, ordered, strict=True):
+        items[i] = item
+
+
 def missing_qemu() -> list[str]:
     missing = harness.missing_tools([harness.QEMU, "qemu-img"])
     if harness.QEMU not in missing:
