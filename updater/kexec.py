@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -48,23 +49,30 @@ def run_steps(steps: Sequence[Step]) -> None:
         step.run()
 
 
-# Signals the service manager sends to a stopping service's processes.
-_STOP_SIGNALS = (-15, -9, -1)  # SIGTERM, SIGKILL, SIGHUP, as negative return codes
+MANAGER_ASKED = 3  # times the manager is asked whether it is going down, ...
+MANAGER_PAUSE = 1.0  # ... seconds apart
 
 
 def stopped_by_shutdown(exc: BaseException) -> bool:
-    """A jump command killed by the shutdown it started. ``systemctl kexec`` returns once the
-    job is queued, but the shutdown may stop the calling service, and the command with it,
-    before that: the kernel is then about to be executed and must stay loaded (unloading it
-    turns the kexec into a firmware reboot). True only when the command died of a stop signal
-    and the service manager says it is going down."""
-    if not isinstance(exc, CommandFailed) or exc.returncode not in _STOP_SIGNALS:
+    """Whether the system is going down although the jump command failed: the kernel is then
+    about to be executed and must stay loaded (unloading it turns the kexec into a firmware
+    reboot into the same trial slot). ``systemctl kexec`` can fail after it queued the job: the
+    shutdown stops the service that ran it and kills the command (a stop signal), or the command
+    loses the bus the shutdown just stopped ("Failed to connect to bus", exit status 1; seen in
+    the VM, under load). So the answer is the service manager's, not the command's: ``stopping``
+    (a shutdown job is queued or running), asked up to ``MANAGER_ASKED`` times."""
+    if not isinstance(exc, (CommandFailed, KeyboardInterrupt)):
         return False
-    try:
-        proc = run(["systemctl", "is-system-running"], check=False, timeout=10)
-    except (UpdaterError, OSError, subprocess.TimeoutExpired):
-        return False
-    return proc.stdout.decode(errors="replace").strip() == "stopping"
+    for attempt in range(MANAGER_ASKED):
+        if attempt:
+            time.sleep(MANAGER_PAUSE)
+        try:
+            proc = run(["systemctl", "is-system-running"], check=False, timeout=10)
+        except (UpdaterError, OSError, subprocess.TimeoutExpired):
+            continue
+        if proc.stdout.decode(errors="replace").strip() == "stopping":
+            return True
+    return False
 
 
 def argvs(steps: list[Step]) -> list[list[str]]:
