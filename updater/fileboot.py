@@ -139,7 +139,10 @@ def reboot(
     try:
         for step in jump:
             step.run()
-    except Exception:
+    except Exception as exc:
+        if method is not Method.FIRMWARE and kexec.stopped_by_shutdown(exc):
+            log(f"{exc}: the shutdown is under way; the kernel stays loaded for it")
+            return report
         _unload(method)
         raise
     return report

@@ -76,19 +76,34 @@ def test_a_failed_load_reboots_via_firmware(tmp_path: Path,
     assert calls[-2:] == [("kexec", "-u"), ("systemctl", "reboot")]
 
 
-def test_a_failed_jump_unloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("manager", "unloaded"), [("running", True), ("stopping", False)])
+def test_a_failed_jump_unloads_unless_the_system_goes_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, manager: str, unloaded: bool
+) -> None:
+    """Refused while the system keeps running: the kernel is unloaded. Failed after the shutdown
+    was queued (the manager says ``stopping``): the kernel stays for the jump under way."""
     calls: list[tuple[str, ...]] = []
 
     def run(step: kexec.Step) -> None:
         calls.append(step.argv)
         if step.argv == ("systemctl", "kexec"):
-            raise CommandFailed(list(step.argv), 1, "refused")
+            raise CommandFailed(list(step.argv), 1, "Failed to connect to bus")
+
+    def ask(argv: list[str], **kw: object) -> object:
+        calls.append(tuple(argv))
+        return type("P", (), {"stdout": manager.encode() + b"\n"})()
 
     monkeypatch.setattr(kexec.Step, "run", run)
-    with pytest.raises(CommandFailed):
-        fileboot.reboot(make_dir(tmp_path, fs.ROOT), BootSettings(), "", RebootVia.KEXEC, OK,
-                        lambda r: None)  # fmt: skip
-    assert calls[-1] == ("kexec", "-u")
+    monkeypatch.setattr(kexec, "run", ask)
+    monkeypatch.setattr(kexec, "MANAGER_PAUSE", 0.0)
+    d = make_dir(tmp_path, fs.ROOT)
+    if unloaded:
+        with pytest.raises(CommandFailed):
+            fileboot.reboot(d, BootSettings(), "", RebootVia.KEXEC, OK, lambda r: None)
+        assert calls[-4:] == [*[("systemctl", "is-system-running")] * 3, ("kexec", "-u")]
+    else:
+        fileboot.reboot(d, BootSettings(), "", RebootVia.KEXEC, OK, lambda r: None)
+        assert calls[-2:] == [("systemctl", "kexec"), ("systemctl", "is-system-running")]
 
 
 def test_no_kernel_for_the_image_is_refused(tmp_path: Path) -> None:
