@@ -51,13 +51,15 @@ while true; do
 done
 """
 
-# Counts seconds in a shell variable (the state CRIU must carry) and writes it out. The pid is
-# pushed high first: CRIU restores the same pids, and a low one may be taken in the new boot.
-# A subshell, so that the job is not a process group of its own and ``$!`` is the loop itself.
+# Counts seconds in a shell variable (the state CRIU must carry) and writes it out: a daemon of
+# its own, as a workload is (a session leader, no terminal; its pid file written by itself). The
+# pid is pushed high first: CRIU restores the same pids, and a low one may be taken in the new
+# boot.
 COUNTER = (
     "mkdir -p /var/lib/counter && echo 30000 > /proc/sys/kernel/ns_last_pid && "
-    "(sh -c 'i=0; while :; do i=$((i+1)); echo $i > /var/lib/counter/count; sleep 1; "
-    "done' < /dev/null > /dev/null 2>&1 & echo $! > /var/lib/counter/pid)"
+    "setsid -f sh -c 'echo $$ > /var/lib/counter/pid; i=0; while :; do i=$((i+1)); "
+    "echo $i > /var/lib/counter/count; sleep 1; done' < /dev/null > /dev/null 2>&1 && "
+    "sleep 1 && test -s /var/lib/counter/pid"
 )
 
 QUIESCE_CONFIG = """\
@@ -68,6 +70,7 @@ grace = 1
 CHECKPOINT_CONFIG = """\
 [checkpoint]
 pidfiles = ["/var/lib/counter/pid"]
+shell_job = false
 """
 
 STEP = re.compile(r"updater: quiesce: (\w+) (.+?) (\d+\.\d+) s\b")
