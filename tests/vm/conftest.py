@@ -24,7 +24,8 @@ MachineFactory = Callable[..., harness.Machine]
 
 # The scenarios, longest first (minutes of TCG each, measured in a two-at-a-time run): the VM
 # tier runs two machines at a time, one file per worker (``.ci/test``), and a long scenario that
-# starts last would keep one worker busy alone at the end.
+# starts last would keep one worker busy alone at the end. (pytest-xdist hands out the files with
+# more tests first, test_boot.py and test_smoke.py, then the one-test files in this order.)
 LONGEST_FIRST = (
     "test_update.py", "test_kexec.py", "test_quiesce.py", "test_files.py", "test_hooks.py",
     "test_prepared.py", "test_boot.py", "test_install.py", "test_smoke.py",
