@@ -8,6 +8,7 @@ are carried out on the directory, as the next boot's initrd does."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -63,12 +64,14 @@ def agent(site: Site, m: Machine, lock: FakeLock, health: Verifier, clock: FakeC
     )  # fmt: skip
 
 
-def drive(site: Site, m: Machine, lock: FakeLock, health: Verifier) -> Record:
-    """Run the agent as systemd would, restarting it after each reboot, until it rests."""
+def drive(site: Site, m: Machine, lock: FakeLock,
+          health: Callable[[FakeClock], Verifier]) -> Record:  # fmt: skip
+    """Run the agent as systemd would, restarting it after each reboot, until it rests;
+    ``health`` gives each start its health check, on the run's clock."""
     clock = FakeClock()
     for _ in range(12):
         try:
-            agent(site, m, lock, health, clock).run(Mode.ONCE)
+            agent(site, m, lock, health(clock), clock).run(Mode.ONCE)
         except FakeReboot:
             m.power_on()
             continue
@@ -120,7 +123,7 @@ def test_seam_reads_offers_stages_and_marks(site: Site) -> None:
 def test_agent_updates_and_commits(site: Site) -> None:
     m = Machine(site)
     sem = FakeSemaphore()
-    rec = drive(site, m, FakeLock(sem), FakeHealth())
+    rec = drive(site, m, FakeLock(sem), lambda clock: FakeHealth())
     # committed, then (--once checks at once) nothing newer to take
     assert rec.state in (State.COMMITTED, State.IDLE) and rec.last_success, rec.last_error
     assert (rec.committed_slot, rec.committed_version, rec.blocked) == ("B", "2", ())
@@ -135,7 +138,7 @@ def test_failed_health_check_reverts_and_blocks_the_release(site: Site) -> None:
     m = Machine(site)
     sem = FakeSemaphore()
     health = FakeHealth(failure="app.service is failed")
-    rec = drive(site, m, FakeLock(sem), health)
+    rec = drive(site, m, FakeLock(sem), lambda clock: health)
     # rolled back, then (--once checks at once) release 2 not offered again
     assert rec.state in (State.ROLLED_BACK, State.IDLE) and rec.rollbacks == 1
     assert rec.last_success is None and rec.available is None
@@ -149,7 +152,7 @@ def test_failed_health_check_reverts_and_blocks_the_release(site: Site) -> None:
     b = m.system.booted()
     assert (b.slot.letter, b.slot.successful, b.other.bootable) == ("A", True, False)
     # the blocked release is not offered again: the next checks rest
-    again = drive(site, m, FakeLock(sem), FakeHealth())
+    again = drive(site, m, FakeLock(sem), lambda clock: FakeHealth())
     assert again.state is State.IDLE and again.available is None
     assert m.reboots[2:] == [] and set(m.read().images) == {ROOT, BROKEN}
 

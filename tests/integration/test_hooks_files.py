@@ -12,23 +12,20 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
-from tests.integration import test_hooks_update
+from tests.integration import test_agent_files, test_hooks_update
 from tests.integration.conftest import ROOT as REPO_ROOT
 from tests.integration.conftest import need_tools
 from tests.integration.repos import Site
 from tests.integration.test_agent_files import Machine
 from tests.integration.test_hooks_runner import hook
-from tests.unit.agentfakes import FakeClock, FakeLock, FakeReboot, FakeSemaphore, policy
+from tests.unit.agentfakes import FakeLock, FakeReboot, FakeSemaphore
 from updater import config, filebackend, fileboot, fileslots
 from updater.agent.health import HealthChecks
-from updater.agent.notify import Notifier
-from updater.agent.record import RESTING, Reason, Record, State
-from updater.agent.runner import Agent, Mode
+from updater.agent.record import Reason, Record, State
 from updater.agent.seam import Offer
 from updater.agent.store import Store
 from updater.config import RebootVia
@@ -99,26 +96,10 @@ def booted_new(m: HookedMachine) -> None:
 def drive(site: Site, m: HookedMachine) -> Record:
     """The real agent, restarted after each reboot, with the file seam's first-boot hooks as
     its health check (no other check), until it rests."""
-    clock = FakeClock()
-    sem = FakeSemaphore()
-    for _ in range(12):
-        agent = Agent(
-            system=m.system, store=Store(str(site.state)), policy=policy(), channel="stable",
-            pin=None, lock=FakeLock(sem), clock=clock, stop=threading.Event(),
-            health=HealthChecks(m.cfg.health, clock, m.first_boot()),
-            notifier=Notifier(env={}), metrics_file=str(site.tmp / "metrics.prom"),
-            reboot_required_file=str(site.tmp / "reboot-required"), draw=lambda: 0.5,
-        )  # fmt: skip
-        try:
-            agent.run(Mode.ONCE)
-        except FakeReboot:
-            m.power_on()
-            continue
-        rec = Store(str(site.state)).load()
-        if rec.state in RESTING and rec.lock is None and not rec.returning:
-            return rec
-        clock.t += 3600
-    raise AssertionError("the agent did not settle")
+    return test_agent_files.drive(
+        site, m, FakeLock(FakeSemaphore()),
+        lambda clock: HealthChecks(m.cfg.health, clock, m.first_boot()),
+    )  # fmt: skip
 
 
 def test_the_agent_runs_every_stage_with_its_environment(squashfs_site: Site) -> None:
