@@ -23,7 +23,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,6 +173,24 @@ def to_raw(image: Path, dst: Path) -> Path:
     return dst
 
 
+GRUB_BANNER = "Welcome to GRUB!"
+GRUB_STALL_SECONDS = 150.0
+_BLANK = re.compile(r"(?:\s|\x1b\[[0-9;=?]*[A-Za-z])*")
+
+
+def grub_stalled(text: str, since: int, idle: float) -> bool:
+    """Whether GRUB printed its banner at or after ``since`` and then nothing but blank space
+    and terminal codes for ``GRUB_STALL_SECONDS``. Seen once in CI: after a warm reset with two
+    emulated machines on two cores, GRUB stopped right after its banner for 420 s; the same disk
+    state, started again, boots (the menu has no loop; it echoes a line before it reads the
+    kernel). A menu that fails prints its UPDATER-BOOT-FAILED line, so it never counts as a
+    stall, and one press of reset per wait means a stall that repeats still fails the test."""
+    at = text.rfind(GRUB_BANNER)
+    if at < since or idle < GRUB_STALL_SECONDS:
+        return False
+    return _BLANK.fullmatch(text, at + len(GRUB_BANNER)) is not None
+
+
 class Console:
     """The serial console of one QEMU run: a reader thread appends everything to a log file and
     to an in-memory buffer that ``wait_for`` searches. Positions are character offsets into
@@ -185,6 +203,7 @@ class Console:
         self._text = ""
         self._cond = threading.Condition()
         self._closed = False
+        self.last_output = time.monotonic()  # when the guest last printed anything
         self._log = log_path.open("wb")
         self._thread = threading.Thread(target=self._read, name=f"console {log_path}", daemon=True)
         self._thread.start()
@@ -203,6 +222,7 @@ class Console:
                 # Firmware and kernels print control bytes and the odd invalid byte; keep going.
                 with self._cond:
                     self._text += data.decode("utf-8", errors="replace")
+                    self.last_output = time.monotonic()
                     self._cond.notify_all()
         finally:
             self._log.close()
@@ -230,8 +250,16 @@ class Console:
     def write(self, data: str) -> None:
         self._sock.sendall(data.encode())
 
-    def wait_for(self, pattern: str, timeout: float, since: int = 0) -> re.Match[str]:
-        """Wait until ``pattern`` (a regex, multiline) appears at or after ``since``."""
+    def wait_for(
+        self,
+        pattern: str,
+        timeout: float,
+        since: int = 0,
+        watchdog: Callable[[str, float], None] | None = None,
+    ) -> re.Match[str]:
+        """Wait until ``pattern`` (a regex, multiline) appears at or after ``since``. While
+        waiting, ``watchdog`` (if given) is called about once a second with the text so far and
+        the seconds since the guest last printed anything."""
         regex = re.compile(pattern, re.MULTILINE)
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -239,6 +267,8 @@ class Console:
                 found = regex.search(self._text, since)
                 if found:
                     return found
+                if watchdog is not None:
+                    watchdog(self._text, time.monotonic() - self.last_output)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     reason = f"timed out after {timeout:.0f} s"
@@ -494,7 +524,20 @@ class Machine:
     # -- talking to the guest ----------------------------------------------------------------
 
     def wait_for(self, pattern: str, timeout: float, since: int = 0) -> re.Match[str]:
-        return self.console.wait_for(pattern, timeout, since)
+        """``Console.wait_for``, with one press of the reset button if GRUB stalls (see
+        ``grub_stalled``) after ``since``: what a hardware watchdog does for a real machine."""
+        pressed: list[bool] = []
+
+        def watchdog(text: str, idle: float) -> None:
+            if not pressed and grub_stalled(text, since, idle):
+                pressed.append(True)
+                print(
+                    f"vm: GRUB printed nothing for {idle:.0f} s after its banner (an emulator "
+                    "stall after a warm reset under TCG); pressing reset once"
+                )
+                self.reset()
+
+        return self.console.wait_for(pattern, timeout, since, watchdog)
 
     def run(self, command: str, timeout: float = 60) -> CommandResult:
         """Run one shell command line in the guest's serial shell; return its status and output.

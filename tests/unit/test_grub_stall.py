@@ -1,0 +1,41 @@
+"""The VM harness's GRUB stall detector (tests/vm/harness.py), on console text as QEMU logged it."""
+
+from __future__ import annotations
+
+from tests.vm.harness import GRUB_STALL_SECONDS, grub_stalled
+
+RESET = (
+    "[   87.119535] reboot: Restarting system\r\n"
+    "\x1b[2J\x1b[01;01H\x1b[=3h\x1b[2J\x1b[01;01H"
+    'BdsDxe: starting Boot0001 "UEFI Misc Device" from PciRoot(0x0)/Pci(0x1,0x0)\r\n'
+)
+# The CI run that stalled: the banner, the terminal's colour codes, then nothing for 420 s.
+STALLED = RESET + "\x1b[0m\x1b[30m\x1b[47mWelcome to GRUB!\r\n\r\n\x1b[0m\x1b[37m\x1b[40m"
+BOOTING = STALLED + "Booting USR-a (PARTUUID 7130c94a-213a-4e5a-8e26-6cce9662f132)\r\n"
+FAILED = STALLED + "UPDATER-BOOT-FAILED: no bootable USR partition in the grubenv\r\n"
+LONG = GRUB_STALL_SECONDS + 1
+
+
+def test_a_banner_then_only_terminal_codes_for_long_is_a_stall() -> None:
+    assert grub_stalled(STALLED, 0, LONG)
+    assert grub_stalled(STALLED, len(RESET), LONG)
+
+
+def test_not_a_stall_before_the_time_is_up() -> None:
+    assert not grub_stalled(STALLED, 0, GRUB_STALL_SECONDS - 1)
+
+
+def test_a_menu_that_printed_anything_is_not_stalled() -> None:
+    assert not grub_stalled(BOOTING, 0, LONG)
+    assert not grub_stalled(FAILED, 0, LONG)  # a failing menu says so and must fail the test
+
+
+def test_a_banner_before_the_wait_began_does_not_count() -> None:
+    later = STALLED + "\r\n"
+    assert not grub_stalled(later, len(later), LONG)
+    assert not grub_stalled(STALLED, len(STALLED) - 5, LONG)
+
+
+def test_without_a_banner_nothing_is_a_stall() -> None:
+    assert not grub_stalled(RESET, 0, LONG)
+    assert not grub_stalled("", 0, LONG)
