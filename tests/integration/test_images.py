@@ -251,3 +251,25 @@ def test_installer_assets_in_usr_and_the_network_boot_initramfs(
 def sh_input(argv: list[str], data: bytes) -> str:
     proc = subprocess.run(argv, input=data, capture_output=True, check=True)
     return proc.stdout.decode()
+
+
+def test_python_bytecode_in_usr_is_hash_based(built: build.BuildResult, tmp_path: Path) -> None:
+    """/usr is read-only and its squashfs pins every timestamp to 0, so a timestamp-based .pyc
+    (PEP 552 flags 0) no longer matches its source and Python compiles the source again on every
+    import, under emulation seconds per `updater` call. Every .pyc of the interpreter's library
+    and of the updater must be hash-based and unchecked (flags 0b01), and the modules every
+    command imports must have one."""
+    out = tmp_path / "usr"
+    sh("unsquashfs", "-no-progress", "-d", out, built.usr_v1, "lib/python3.11",
+       "lib/python3/dist-packages/updater")  # fmt: skip
+    pycs = sorted(out.rglob("__pycache__/*.cpython-311.pyc"))
+    assert len(pycs) > 500, f"only {len(pycs)} .pyc files in the image's Python library"
+    stale = [p.relative_to(out) for p in pycs if p.read_bytes()[4:8] != b"\x01\x00\x00\x00"]
+    assert not stale, f"{len(stale)} .pyc files that are not unchecked-hash: {stale[:5]}"
+    for rel in ("lib/python3.11/argparse.py", "lib/python3.11/typing.py",
+                "lib/python3.11/dataclasses.py", "lib/python3.11/inspect.py",
+                "lib/python3.11/json/decoder.py", "lib/python3/dist-packages/updater/cli.py",
+                "lib/python3/dist-packages/updater/slots.py"):  # fmt: skip
+        source = out / rel
+        assert source.is_file(), rel
+        assert (source.parent / "__pycache__" / f"{source.stem}.cpython-311.pyc").is_file(), rel
