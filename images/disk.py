@@ -23,17 +23,21 @@ from updater.run import run
 
 GRUB_EFI_DIR = Path("/usr/lib/grub/x86_64-efi")
 
-# Everything grub/grub.cfg uses, built into the EFI binary: the ESP holds no module directory.
+# Everything grub/grub.cfg and grub/grub-files.cfg use, built into the EFI binary: the ESP holds
+# no module directory (the file backend's menu adds loopback, squash4 and regexp).
 GRUB_MODULES = (
     "part_gpt fat ext2 normal configfile search search_label search_fs_uuid search_fs_file "
-    "linux echo test loadenv sleep halt reboot cat serial terminal gzio efi_gop all_video"
+    "linux echo test loadenv sleep halt reboot cat serial terminal gzio efi_gop all_video "
+    "loopback squash4 regexp"
 ).split()
 
 # Small partitions for test VMs (Flatcar uses 2 GiB USR slots); the disk is sparse anyway.
 USR_SIZE = 512 * MiB  # a payload is ~95 MiB today; room for growth and for bigger test payloads
 ESP_SIZE = 128 * MiB  # FAT32 needs at least ~33 MiB; two kernels and two initrds take ~45 MiB
 OEM_SIZE = 32 * MiB
-ROOT_SIZE = 512 * MiB
+# ROOT also holds the file backend's images in tests/vm/test_files.py: three of ~110 MiB, a
+# staged one of ~145 MiB (the gzip release) and each one's kernel and initrd.
+ROOT_SIZE = 1024 * MiB
 
 
 def copy_into(disk: Path, offset: int, src: Path, limit: int) -> None:

@@ -9,6 +9,7 @@ superblock, so the manifest's value is informational for the boot path.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -23,17 +24,33 @@ VERITY_BLOCK = 4096
 KERNEL_HASH_OFFSET = 0x40  # x86_64; Flatcar's GRUB reads verity.usrhash from here
 
 
-def make_usr(tree: Path, version: int, out: Path) -> dict[str, object]:
+def make_usr(
+    tree: Path, version: int, out: Path, boot: tuple[Path, Path] | None = None
+) -> dict[str, object]:
     """squashfs of tree/usr + verity tree at the 4096-aligned filesystem size; returns the
-    manifest. Timestamps are pinned so that the same tree gives the same bytes."""
+    manifest. Timestamps are pinned so that the same tree gives the same bytes.
+
+    With ``boot`` (a kernel and an initrd), the filesystem also carries them at /boot/vmlinuz and
+    /boot/initrd (Flatcar's /usr/boot) and is compressed with gzip instead of zstd: that is what
+    the file backend's GRUB menu (grub/grub-files.cfg) reads through ``loopback``, and GRUB 2.06's
+    squashfs driver reads gzip, xz and lzo but not zstd."""
     stamp_version(tree, version)
-    progress(f"mksquashfs /usr for version {version}")
+    progress(f"mksquashfs /usr for version {version}" + (" (with /boot, gzip)" if boot else ""))
     out.unlink(missing_ok=True)
-    run(
-        ["mksquashfs", str(tree / "usr"), str(out), "-noappend", "-comp", "zstd",
-         "-Xcompression-level", "15", "-all-root", "-mkfs-time", "0", "-all-time", "0",
-         "-quiet", "-no-progress"]
-    )  # fmt: skip
+    compression = ["-comp", "gzip"] if boot else ["-comp", "zstd", "-Xcompression-level", "15"]
+    boot_dir = tree / "usr/boot"
+    if boot is not None:
+        boot_dir.mkdir()
+        shutil.copyfile(boot[0], boot_dir / "vmlinuz")
+        shutil.copyfile(boot[1], boot_dir / "initrd")
+    try:
+        run(
+            ["mksquashfs", str(tree / "usr"), str(out), "-noappend", *compression, "-all-root",
+             "-mkfs-time", "0", "-all-time", "0", "-quiet", "-no-progress"]
+        )  # fmt: skip
+    finally:
+        if boot is not None:
+            shutil.rmtree(boot_dir)
     # The initrd finds the hash tree at bytes_used (squashfs superblock, offset 40) rounded up to
     # 4096, so that is the offset used here too; mksquashfs's own 4K padding is only a file size.
     with out.open("rb") as f:

@@ -14,7 +14,11 @@ repository is served from the host's 127.0.0.1 and reached through QEMU's guestf
    ``root-old.img`` -> ``root.img``); version 1 is up again;
 5. version 2 staged again, the first rename of the promotion done, then a power cut: the cold
    boot (GRUB, the GPT path) leaves the directory as the cut left it; ``updater kexec`` from there
-   boots the file the rules predict (version 2), the initrd finishing the promotion.
+   boots the file the rules predict (version 2), the initrd finishing the promotion;
+6. the file backend's own GRUB menu (grub/grub-files.cfg) on the ESP, version 5 (a release whose
+   /usr carries its kernel and initrd) staged by ``updater update``, then a reboot through the
+   firmware: GRUB picks root-new.img, reads the kernel and initrd out of it through
+   ``loopback``, and the initrd promotes it and counts the try.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from tests.vm.test_update import files_tar, publish
 
 pytestmark = pytest.mark.vm
 
+REPO = Path(__file__).resolve().parent.parent.parent
 IMAGES = "/var/lib/updater/images"
 READY_ANY = r"UPDATER-READY version=(\d+) usr=([^\r\n]*)\r?\n"
 CONFIG = f"""\
@@ -98,6 +103,7 @@ def test_file_backend_update_kexec_revert_and_a_cut_between_renames(
         "root/files/manifest-v1.json": Path(built_image.manifest_v1).read_bytes(),
         "root/files/vmlinuz-v1": Path(built_image.kernel_v1).read_bytes(),
         "root/files/initrd": Path(built_image.initrd).read_bytes(),
+        "root/files/grub-files.cfg": (REPO / "grub/grub-files.cfg").read_bytes(),
     }, tmp_path / "files.tar")  # fmt: skip
     with RepoServer(repo) as server:
         forwards = (harness.Forward(server.server_address[1], 80, "10.0.2.100"),)
@@ -167,3 +173,28 @@ def test_file_backend_update_kexec_revert_and_a_cut_between_renames(
         assert doc["tries"] == 2
         m.run("updater mark-good").check()
         assert files_status(m)["tries"] is None
+
+        # 6. the file backend's GRUB menu: a cold boot reads the kernel out of root-new.img
+        from images.build import FILES_MENU_VERSION  # the builder is loaded by conftest
+
+        publish(built_image, repo, FILES_MENU_VERSION)
+        out = m.run("updater update --json", timeout=900)
+        assert out.status == 0 and '"status":"updated"' in out.output, out.output
+        m.run("mcopy -o -i /dev/disk/by-partlabel/EFI-SYSTEM /root/files/grub-files.cfg "
+              "::/EFI/BOOT/grub.cfg && sync").check()  # fmt: skip
+        since, start = m.console.position(), time.monotonic()
+        m.console.write("systemctl reboot\n")
+        match = m.wait_for(READY_ANY, BOOT_TIMEOUT, since)
+        text = m.console.text[since:]
+        assert match.group(1) == str(FILES_MENU_VERSION)
+        assert f"updater: booting root-new.img from {IMAGES} (file backend)" in text
+        assert "UPDATER-FILES: root.img verified" in text
+        assert not re.search(GRUB_MARK, text), "the GPT menu ran"
+        print(f"vm: file backend: cold boot through the loopback menu in "
+              f"{time.monotonic() - start:.1f} s")  # fmt: skip
+        shell(m)
+        cmdline = m.run("cat /proc/cmdline").check().output
+        assert f"updater.images={IMAGES}" in cmdline and "verity.usrhash" not in cmdline
+        doc = files_status(m)
+        assert versions(doc)["root.img"] == str(FILES_MENU_VERSION)
+        assert versions(doc)["root-old.img"] == "2" and doc["tries"] == 2
