@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+import signal
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,8 +121,21 @@ def test_nothing_selected_dumps_nothing(tmp_path: Path, fake_criu: Criu) -> None
     assert fake_criu.ran == []
 
 
-def test_dump_writes_the_manifest_last(tmp_path: Path, fake_criu: Criu) -> None:
-    me, parent = os.getpid(), os.getppid()
+@pytest.fixture
+def other() -> Iterator[int]:
+    """A second live process the test owns (the test's parent may be pid 1 under a service
+    manager or nohup, and pid 1 is refused as a workload)."""
+    pid = os.fork()
+    if pid == 0:  # the child only waits to be killed
+        signal.pause()
+        os._exit(0)
+    yield pid
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+
+
+def test_dump_writes_the_manifest_last(tmp_path: Path, fake_criu: Criu, other: int) -> None:
+    me, parent = os.getpid(), other
     s = settings_for(tmp_path, me, parent)
     got = criu.dump(s, clock=lambda: 1000.0, boot=BOOT_1)
     assert got is not None and [t.pid for t in got.trees] == [me, parent]
@@ -130,8 +144,10 @@ def test_dump_writes_the_manifest_last(tmp_path: Path, fake_criu: Criu) -> None:
     assert [a[1] for a in fake_criu.ran] == ["dump", "dump"]
 
 
-def test_failed_dump_puts_the_dumped_trees_back(tmp_path: Path, fake_criu: Criu) -> None:
-    me, parent = os.getpid(), os.getppid()
+def test_failed_dump_puts_the_dumped_trees_back(
+    tmp_path: Path, fake_criu: Criu, other: int
+) -> None:
+    me, parent = os.getpid(), other
     fake_criu.fail[str(parent)] = "Can't dump ghost file of 4096 bytes"
     s = settings_for(tmp_path, me, parent)
     with pytest.raises(criu.CheckpointFailed, match="criu dump of pidfile:.*w1.pid .*ghost file"):
