@@ -2,7 +2,9 @@
 
 The reboot path reads a few files from the ESP (a kernel, an initrd, the first-boot marker, the
 grubenv copies). Through mtools each read is a process start, which costs more than the read
-itself on a small or emulated machine; here it is a handful of ``os.pread`` calls.
+itself on a small or emulated machine; here it is a handful of ``os.pread`` calls. The FAT is
+read on demand, only the 4 KiB windows that the chains followed lie in (``FatTable``): a process
+start pays for the files it reads, not for the size of the volume.
 
 Everything on the partition is hostile: every boot sector field is checked against the FAT
 specification (Microsoft's "FAT: General Overview of On-Disk Format") before use, cluster
@@ -149,10 +151,11 @@ class FatTable:
     does not help: the kernel drops it when the device's last descriptor closes.
 
     4 KiB: the page size, which the kernel reads in any case, and a multiple of every sector
-    size, so each read is whole sectors. It holds 1024 FAT32 entries (2048 FAT16 ones), so a
-    small file's chain lies in one window or two; a long run costs one read per doubling of
-    ``_run``'s slices, since all the missing windows a slice needs are read at once.
-    FAT12, at most 4086 entries of 12 bits that straddle bytes, is one window (at most 6 KiB)."""
+    size, so each read is whole sectors (windows are aligned to the FAT's first byte). It holds
+    1024 FAT32 entries (2048 FAT16 ones), so a small file's chain lies in one window or two; a
+    long run costs one read per doubling of ``_run``'s slices, since all the missing windows a
+    slice needs are read at once. FAT12, at most 4086 entries of 12 bits that straddle bytes,
+    is one window (at most 6 KiB)."""
 
     def __init__(self, reader: Reader, geo: Geometry, window: int = 4096) -> None:
         if window <= 0 or window % 4:
