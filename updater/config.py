@@ -21,16 +21,21 @@ import argparse
 import os
 import re
 import shlex
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from updater.agent.schedule import Window, parse_window
 from updater.cmdline import Delivery, protected, split_cmdline
 from updater.errors import UsageError
+
+# The maintenance windows' parser (``updater.agent.schedule``: hashlib, datetime) and the TOML
+# parser are imported when a setting or a file needs them: most commands run on the defaults
+# and read no window (start-up time).
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from updater.agent.schedule import Window
 
 CONFIG_PATH = "/etc/updater/updater.toml"
 LEGACY_BOOT_CONF = "/etc/updater/boot.conf"  # KEY=VALUE file of earlier versions; now [boot]
@@ -325,6 +330,8 @@ def _fraction(value: object) -> float:
 
 
 def _windows(value: object) -> tuple[Window, ...]:
+    from updater.agent.schedule import parse_window
+
     if not isinstance(value, list) or len(value) > 64:
         raise ValueError("must be a list of at most 64 windows")
     return tuple(parse_window(v) for v in value)
@@ -624,6 +631,8 @@ def option(section: str, key: str) -> Callable[[str], Any]:
 
 def parse(text: str, source: str = CONFIG_PATH) -> Config:
     """The configuration in ``text`` (TOML). Raises UsageError naming the source on any problem."""
+    import tomllib
+
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -691,6 +700,8 @@ def with_overrides(config: Config, section: str, **values: Any) -> Config:
 
 def show(value: Any) -> str:
     """A value as it is written in TOML."""
+    from updater.agent.schedule import Window
+
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple | list):
@@ -716,6 +727,8 @@ def as_dict(config: Config) -> dict[str, dict[str, Any]]:
 
 
 def _plain(value: Any) -> Any:
+    from updater.agent.schedule import Window
+
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
     if isinstance(value, Window):
