@@ -26,7 +26,7 @@ def cmd_kexec(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace) -> int:
     from updater import prepared
-    from updater.hooks.stages import PreReboot
+    from updater.hooks.prereboot import PreReboot
 
     hooks = PreReboot.of(config.load(args.config))
     plan, record = prepared.prepare(resolve_target(args), args.slot, kexec.probe_support(), hooks)
@@ -60,7 +60,7 @@ def cmd_reboot(args: argparse.Namespace) -> int:
 
 
 def _reboot(args: argparse.Namespace, via: RebootVia) -> int:
-    from updater.hooks.stages import PreReboot  # not at start-up: a plain kexec may run none
+    from updater.hooks.prereboot import PreReboot
 
     cfg = file_backend(args)
     if cfg is not None:

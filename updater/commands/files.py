@@ -157,7 +157,7 @@ def reboot(args: argparse.Namespace, cfg: Config, via: RebootVia, *, quiet: bool
             log(f"booting {report.plan.image} (version {report.plan.version}) via "
                 f"{report.method}; cmdline: {report.plan.cmdline}")  # fmt: skip
 
-    from updater.hooks.stages import PreReboot
+    from updater.hooks.prereboot import PreReboot
 
     report = fileboot.reboot(d, cfg.boot, running, via, kexec.probe_support(), announce,
                              force=getattr(args, "force", False), dry_run=dry,
