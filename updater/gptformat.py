@@ -30,6 +30,7 @@ import uuid
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Protocol
 
 from updater.errors import GptError
@@ -168,7 +169,14 @@ class GptTable:
         )
 
     def entries(self) -> list[GptEntry]:
-        return parse_entries(self.entries_raw, self.header.entry_size, self.header.num_entries)
+        return list(self._entries)
+
+    @cached_property
+    def _entries(self) -> tuple[GptEntry, ...]:
+        # Parsed once per table: resolving a Target, naming the slots and finding the ESP and
+        # OEM each ask (128 entries, two GUIDs each; start-up time under emulation).
+        header = self.header
+        return tuple(parse_entries(self.entries_raw, header.entry_size, header.num_entries))
 
     def used_entries(self) -> list[GptEntry]:
         return [e for e in self.entries() if e.used]
