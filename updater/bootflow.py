@@ -45,7 +45,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from updater import bootplan, kexec, prepared, slots, state
 from updater.bootplan import BootPlan
@@ -58,6 +57,7 @@ from updater.quiesce.checkpoint import Manifest
 from updater.quiesce.plan import QuiescePlan, plan_quiesce
 from updater.target import Target
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
     from updater.hooks.prereboot import PreReboot
 

@@ -34,7 +34,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 from updater import gptformat
 from updater.errors import DataError, DeviceError, UpdaterError
@@ -46,16 +45,22 @@ ESP_TYPE = uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
 MAX_FILE = 512 << 20  # a kernel or initrd on an ESP; nothing read from it is larger
 
 
-class BootFiles(Protocol):
-    description: str
+# ``BootFiles`` is an interface for the type checker only (import it under TYPE_CHECKING):
+# defining a Protocol at run time would import ``typing`` into every command (start-up time).
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Any, Protocol
 
-    def read(self, rel: str) -> bytes | None:
-        """The file's bytes, or None when it does not exist."""
-        ...
+    class BootFiles(Protocol):
+        description: str
 
-    def write(self, rel: str, data: bytes) -> None:
-        """Replace the file crash-safely (module docstring); DeviceError where read-only."""
-        ...
+        def read(self, rel: str) -> bytes | None:
+            """The file's bytes, or None when it does not exist."""
+            ...
+
+        def write(self, rel: str, data: bytes) -> None:
+            """Replace the file crash-safely (module docstring); DeviceError where read-only."""
+            ...
 
 
 class DirFiles:

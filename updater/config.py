@@ -25,7 +25,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 from updater.cmdline import Delivery, protected, split_cmdline
 from updater.errors import UsageError
@@ -35,6 +34,8 @@ from updater.errors import UsageError
 # and read no window (start-up time).
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
+    from typing import Any
+
     from updater.agent.schedule import Window
 
 CONFIG_PATH = "/etc/updater/updater.toml"

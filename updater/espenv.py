@@ -20,9 +20,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from updater import bootfs, grubenv
-from updater.bootfs import BootFiles
 from updater.errors import UpdaterError
 from updater.slots import Slot
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from updater.bootfs import BootFiles
 
 COPIES = ("flatcar/grubenv", "flatcar/grubenv2")
 

@@ -31,7 +31,6 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Protocol
 
 from updater.errors import GptError
 
@@ -46,14 +45,19 @@ MAX_ENTRY_ARRAY_BYTES = 1 << 20  # refuse absurd headers instead of reading giga
 UNUSED_TYPE = uuid.UUID(int=0)
 
 
-class SectorReader(Protocol):
-    @property
-    def sector_size(self) -> int: ...
+# An interface for the type checker only: a Protocol at run time imports ``typing``.
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Protocol
 
-    @property
-    def total_sectors(self) -> int: ...
+    class SectorReader(Protocol):
+        @property
+        def sector_size(self) -> int: ...
 
-    def read(self, lba: int, count: int) -> bytes: ...
+        @property
+        def total_sectors(self) -> int: ...
+
+        def read(self, lba: int, count: int) -> bytes: ...
 
 
 @dataclass(frozen=True)

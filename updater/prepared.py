@@ -41,7 +41,6 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from updater import bootplan, kexec, slots, state
 from updater.bootplan import BootPlan
@@ -51,7 +50,10 @@ from updater.kexec import KexecSupport
 from updater.log import log
 from updater.target import Target
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
+    from typing import Any
+
     from updater.hooks.prereboot import PreReboot
 
 RECORD = "/run/updater/kexec-prepared.json"
