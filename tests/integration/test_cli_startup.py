@@ -168,6 +168,7 @@ def test_kexec_dry_run_into_a_good_slot_loads_no_hook_machinery(machine: list[st
     forbidden = ({"updater.inventory", "updater.hooks.stages", "updater.hooks.runner",
                   "updater.hooks.ledger", "updater.hooks.rules", "updater.quiesce.criu",
                   "updater.signals", "updater.atomicfile", "tempfile", "updater.release",
+                  "subprocess",
                   "updater.commands.slots", "updater.agent"}
                  | FILE_BACKEND | NOT_HERE)  # fmt: skip
     assert not loaded(modules, forbidden), loaded(modules, forbidden)
