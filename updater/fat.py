@@ -24,9 +24,12 @@ import struct
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol, overload
 
 from updater.errors import DataError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Protocol, overload
 
 Reader = Callable[[int, int], bytes]  # (offset, length) -> exactly length bytes
 
@@ -135,13 +138,15 @@ def decode_fat(fat: bytes, geo: Geometry) -> list[int]:
     return _decode(fat, geo.bits, geo.clusters + 2)
 
 
-class Table(Protocol):
-    """What ``chain`` needs: entries by cluster number and runs of them by slice (step 1)."""
+if TYPE_CHECKING:
 
-    @overload
-    def __getitem__(self, index: int) -> int: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[int]: ...
+    class Table(Protocol):
+        """What ``chain`` needs: entries by cluster number and runs of them by slice (step 1)."""
+
+        @overload
+        def __getitem__(self, index: int) -> int: ...
+        @overload
+        def __getitem__(self, index: slice) -> list[int]: ...
 
 
 class FatTable:
@@ -170,10 +175,13 @@ class FatTable:
     def __len__(self) -> int:
         return self.count
 
-    @overload
-    def __getitem__(self, index: int) -> int: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[int]: ...
+    if TYPE_CHECKING:
+
+        @overload
+        def __getitem__(self, index: int) -> int: ...
+        @overload
+        def __getitem__(self, index: slice) -> list[int]: ...
+
     def __getitem__(self, index: int | slice) -> int | list[int]:
         per = self._per
         if isinstance(index, slice):
