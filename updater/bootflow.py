@@ -45,21 +45,21 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from updater import bootplan, kexec, prepared, signals, slots, state
+from updater import bootplan, kexec, prepared, slots, state
 from updater.bootplan import BootPlan
 from updater.config import CheckpointSettings, QuiesceSettings, RebootVia
 from updater.errors import SlotError, UpdaterError
 from updater.kexec import KexecSupport, Method, Step
 from updater.log import log
-from updater.quiesce import checkpoint, criu, runner
+from updater.quiesce import checkpoint, runner
 from updater.quiesce.checkpoint import Manifest
 from updater.quiesce.plan import QuiescePlan, plan_quiesce
 from updater.target import Target
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
-    from updater.hooks.stages import PreReboot
+    from updater.hooks.prereboot import PreReboot
 
 STAGE_DIR = "/run/updater/kexec"
 
@@ -152,6 +152,10 @@ def _take(
     and announce the jump, with signals counting as failures (one guard; held from the
     consumption on, so that the write is done or not started when one lands); undo on any
     failure (a failed dump: the kernel unloaded, nothing rebooted). A failed load is returned."""
+    # Here, not at the top: a dry run loads, dumps and guards nothing (start-up time).
+    from updater import signals
+    from updater.quiesce import criu
+
     taken: slots.Slot | None = None  # the slot as written, once its try is consumed
     saved: Manifest | None = None  # the checkpoint, once taken
     try:
@@ -221,6 +225,9 @@ def _undo(
     """Unload the kernel, give the consumed try back when one was taken, and restore the
     checkpointed trees here when there are some. Never raises: it runs while another failure is
     on its way up, and says what it could not do."""
+    from updater import signals
+    from updater.quiesce import criu
+
     said: list[str] = []
     if saved is not None and settings is not None:
         said += criu.undo(saved, settings)

@@ -34,26 +34,33 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
-from updater import atomicfile, gptformat
+from updater import gptformat
 from updater.errors import DataError, DeviceError, UpdaterError
-from updater.run import require_tool, run
+
+# Writing imports ``updater.atomicfile`` (tempfile) and ``updater.run`` (subprocess) where it
+# happens: most commands only read the boot partitions (start-up time).
 
 ESP_TYPE = uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
 MAX_FILE = 512 << 20  # a kernel or initrd on an ESP; nothing read from it is larger
 
 
-class BootFiles(Protocol):
-    description: str
+# ``BootFiles`` is an interface for the type checker only (import it under TYPE_CHECKING):
+# defining a Protocol at run time would import ``typing`` into every command (start-up time).
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Any, Protocol
 
-    def read(self, rel: str) -> bytes | None:
-        """The file's bytes, or None when it does not exist."""
-        ...
+    class BootFiles(Protocol):
+        description: str
 
-    def write(self, rel: str, data: bytes) -> None:
-        """Replace the file crash-safely (module docstring); DeviceError where read-only."""
-        ...
+        def read(self, rel: str) -> bytes | None:
+            """The file's bytes, or None when it does not exist."""
+            ...
+
+        def write(self, rel: str, data: bytes) -> None:
+            """Replace the file crash-safely (module docstring); DeviceError where read-only."""
+            ...
 
 
 class DirFiles:
@@ -73,6 +80,8 @@ class DirFiles:
     def write(self, rel: str, data: bytes) -> None:
         """Temporary file in the same directory, fsync, rename over ``NAME``, fsync the directory
         (an atomic replacement where the filesystem's rename is, as on ext4)."""
+        from updater import atomicfile
+
         atomicfile.write(self._path(rel), data)
 
 
@@ -113,6 +122,8 @@ class FatPartitionFiles:
     def write(self, rel: str, data: bytes) -> None:
         """mcopy to ``NAME.new`` (from stdin: no scratch file, so this works with / read-only),
         make it durable, rename it over ``NAME`` (``-D o``: replace), make that durable."""
+        from updater.run import require_tool, run
+
         require_tool("mcopy", "mtools")
         self._cache.pop(rel, None)
         self._volume = None  # mtools changes the FAT and the directories
@@ -147,6 +158,8 @@ class Ext4PartitionFiles:
             raise DataError(f"{self.description}: {exc.message}") from exc
 
     def _debugfs(self, rel: str) -> bytes | None:
+        from updater.run import require_tool, run
+
         require_tool("debugfs", "e2fsprogs")
         proc = run(["debugfs", "-R", f"cat /{rel}", self.device], check=False)
         err = proc.stderr.decode(errors="replace")

@@ -22,11 +22,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from updater import cmdline, espfiles, initrdcpio, kexec, slots
-from updater.bootfs import BootFiles
 from updater.cmdline import BootFacts, Delivery, OemConfig
 from updater.errors import DataError, DeviceError, NoBootableSlot, SlotError, VerificationError
 from updater.state import DiskState
 from updater.target import Target
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from updater.bootfs import BootFiles
 
 MAX_OEM_CFG = 64 * 1024  # a real one is a few lines; anything larger is not read
 _OEM_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")

@@ -21,6 +21,7 @@ Two deliveries of the slot facts (partition, verity root hash, first boot):
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections.abc import Iterable, Mapping
@@ -48,8 +49,10 @@ PROTECTED_KEYS = (*SLOT_KEYS, "init", "rdinit", "rootfstype", "rootflags", "moun
                   "systemd.verity_usr_options", "systemd.usr_what", "systemd.usr_fstype",
                   "systemd.usr_options")  # fmt: skip
 
-_HASH = re.compile(r"[0-9a-f]{64}")
-_SAFE = re.compile(r"[A-Za-z0-9._:,/+=-]*")  # no blanks, quotes or shell specials
+# The patterns of this module are strings, compiled by ``re`` on first use (and cached there):
+# a command compiles only those it matches, not every one at import (start-up time).
+_HASH = r"[0-9a-f]{64}"
+_SAFE = r"[A-Za-z0-9._:,/+=-]*"  # no blanks, quotes or shell specials
 _OEM_KEYS = ("oem_id", "linux_append", "linux_console")
 
 
@@ -109,7 +112,7 @@ def parse_oem_grub_cfg(text: str) -> OemConfig:
 # One GRUB script token. Single quotes are literal; inside double quotes a backslash escapes only
 # $ " \ and newline (GRUB's lexer); outside quotes it escapes any character, and a backslash
 # before a newline joins the lines ("join" tokens change nothing but the line number).
-_TOKEN = re.compile(
+_TOKEN = (
     r"""
     (?P<join>\\\n)
     | (?P<blank>[^\S\n]+)
@@ -119,19 +122,26 @@ _TOKEN = re.compile(
     | \\(?P<escape>.)
     | (?P<plain>[^\s;'"\\]+)
     | (?P<bad>.)
-    """,
-    re.X | re.S,
+    """
 )
-_DOUBLE_PART = re.compile(r'\\([$"\\\n])|\$\{(\w+)\}|\$(\w+)')  # escape or variable
-_VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+_DOUBLE_PART = r'\\([$"\\\n])|\$\{(\w+)\}|\$(\w+)'  # escape or variable
+_VARIABLE = r"\$\{(\w+)\}|\$(\w+)"
+
+
+@functools.cache
+def _grub_patterns() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    """The tokenizer's patterns, compiled once, by the first command that reads a GRUB script."""
+    return re.compile(_TOKEN, re.X | re.S), re.compile(_DOUBLE_PART), re.compile(_VARIABLE)
 
 
 def _grub_commands(text: str, variables: Mapping[str, str]) -> Iterable[tuple[list[str], int]]:
     """Split GRUB script into commands (lists of unquoted words) with their first line number.
     References to ``variables`` outside single quotes are expanded; others are left as text."""
 
+    token, double_part, variable = _grub_patterns()
+
     def expand(m: re.Match[str]) -> str:
-        if m.re is _DOUBLE_PART and m[1] is not None:
+        if m.re is double_part and m[1] is not None:
             return m[1].strip("\n")  # an escaped character; backslash-newline joins lines
         name = m[m.lastindex or 0]
         return variables[name] if name in variables else m[0]
@@ -145,7 +155,7 @@ def _grub_commands(text: str, variables: Mapping[str, str]) -> Iterable[tuple[li
             pos = text.find("\n", pos)
             pos = len(text) if pos < 0 else pos
             continue
-        m = _TOKEN.match(text, pos)
+        m = token.match(text, pos)
         assert m is not None  # the last alternative matches any character
         kind, value = m.lastgroup, m.group(m.lastgroup or 0)
         if kind == "bad":
@@ -161,7 +171,7 @@ def _grub_commands(text: str, variables: Mapping[str, str]) -> Iterable[tuple[li
             if word is None and not words:
                 start = line
             if kind in ("double", "plain"):
-                value = (_DOUBLE_PART if kind == "double" else _VARIABLE).sub(expand, value)
+                value = (double_part if kind == "double" else variable).sub(expand, value)
             word = (word or "") + value
         line += m.group().count("\n")
         pos = m.end()
@@ -181,7 +191,7 @@ def usrhash_from_kernel(data: bytes, arch: str = "x86_64") -> str | None:
     offset = USRHASH_OFFSETS[arch]
     raw = data[offset : offset + USRHASH_LEN]
     text = raw.decode("ascii", errors="replace")
-    return text if _HASH.fullmatch(text) else None
+    return text if re.fullmatch(_HASH, text) else None
 
 
 def kernel_candidates(letter: str) -> tuple[str, ...]:
@@ -215,7 +225,7 @@ class BootFacts:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Z]", self.letter):
             raise UsageError(f"slot letter must be one of A-Z, not {self.letter!r}")
-        if self.usrhash is not None and not _HASH.fullmatch(self.usrhash):
+        if self.usrhash is not None and not re.fullmatch(_HASH, self.usrhash):
             raise UsageError(f"verity root hash must be 64 lowercase hex digits: {self.usrhash!r}")
         if self.boot_image is not None and not re.fullmatch(r"/\S+", self.boot_image):
             raise UsageError(
@@ -335,7 +345,7 @@ def facts_env(facts: BootFacts) -> str:
         "UPDATER_OEM_ID": facts.oem.oem_id,
     }
     for key, value in pairs.items():
-        if not _SAFE.fullmatch(value):
+        if not re.fullmatch(_SAFE, value):
             raise DataError(
                 f"{key} value {value!r} has characters the initrd cannot read safely",
                 hint="allowed: letters, digits and . _ : , / + = -",

@@ -21,16 +21,22 @@ import argparse
 import os
 import re
 import shlex
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
-from updater.agent.schedule import Window, parse_window
 from updater.cmdline import Delivery, protected, split_cmdline
 from updater.errors import UsageError
+
+# The maintenance windows' parser (``updater.agent.schedule``: hashlib, datetime) and the TOML
+# parser are imported when a setting or a file needs them: most commands run on the defaults
+# and read no window (start-up time).
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from updater.agent.schedule import Window
 
 CONFIG_PATH = "/etc/updater/updater.toml"
 LEGACY_BOOT_CONF = "/etc/updater/boot.conf"  # KEY=VALUE file of earlier versions; now [boot]
@@ -257,35 +263,37 @@ def _absolute_path(value: object) -> str:
     raise ValueError(f"must be an absolute path, not {value!r}")
 
 
-_IMAGES_DIR = re.compile(r"(/[A-Za-z0-9._-]+)+")
+# The patterns of this module are strings, compiled by ``re`` on first use (and cached there):
+# a command compiles only those it matches, not every one at import (start-up time).
+_IMAGES_DIR = r"(/[A-Za-z0-9._-]+)+"
 
 
 def _images_dir(value: object) -> str:
     """An absolute directory that can travel on the kernel command line and through the
     initrd's shell unquoted: letters, digits, ``. _ -`` and ``/`` only, no ``..``."""
-    if (isinstance(value, str) and len(value) <= 128 and _IMAGES_DIR.fullmatch(value)
+    if (isinstance(value, str) and len(value) <= 128 and re.fullmatch(_IMAGES_DIR, value)
             and ".." not in value.split("/")):  # fmt: skip
         return value.rstrip("/")
     raise ValueError(f"must be an absolute directory of A-Z a-z 0-9 . _ - /, not {value!r}")
 
 
-_URL = re.compile(r"https?://[^\s/]+(/\S*)?")
+_URL = r"https?://[^\s/]+(/\S*)?"
 
 
 def _repository(value: object) -> str:
     """An http(s) URL or an absolute directory (a local copy of the repository)."""
-    if isinstance(value, str) and (value == "" or _URL.fullmatch(value)):
+    if isinstance(value, str) and (value == "" or re.fullmatch(_URL, value)):
         return value.rstrip("/")
     if isinstance(value, str) and value.startswith("/") and value.isprintable():
         return value
     raise ValueError(f"must be an http:// or https:// URL or an absolute directory, not {value!r}")
 
 
-_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_NAME = r"[a-z0-9][a-z0-9._-]{0,63}"
 
 
 def _name(value: object) -> str:
-    if isinstance(value, str) and _NAME.fullmatch(value):
+    if isinstance(value, str) and re.fullmatch(_NAME, value):
         return value
     raise ValueError(f"must be 1-64 of a-z 0-9 . _ - starting with a letter or digit: {value!r}")
 
@@ -325,18 +333,21 @@ def _fraction(value: object) -> float:
 
 
 def _windows(value: object) -> tuple[Window, ...]:
+    from updater.agent.schedule import parse_window
+
     if not isinstance(value, list) or len(value) > 64:
         raise ValueError("must be a list of at most 64 windows")
     return tuple(parse_window(v) for v in value)
 
 
-_ZONE = re.compile(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*")
+_ZONE = r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*"
 
 
 def _timezone(value: object) -> str:
     """``localtime`` (the machine's, /etc/localtime) or an IANA name; whether the name exists
     is checked where the zone is loaded (the agent), since that reads the zone database."""
-    if isinstance(value, str) and len(value) <= 64 and _ZONE.fullmatch(value) and ".." not in value:
+    if (isinstance(value, str) and len(value) <= 64 and re.fullmatch(_ZONE, value)
+            and ".." not in value):  # fmt: skip
         return value
     raise ValueError(f"must be localtime or a time zone name such as Europe/Berlin, not {value!r}")
 
@@ -350,34 +361,34 @@ def _urls(value: object) -> tuple[str, ...]:
     if not isinstance(items, list) or len(items) > 16:
         raise ValueError("must be a URL or a list of at most 16 URLs")
     for item in items:
-        if not (isinstance(item, str) and _URL.fullmatch(item)):
+        if not (isinstance(item, str) and re.fullmatch(_URL, item)):
             raise ValueError(f"{item!r} is not an http:// or https:// URL")
     return tuple(str(i).rstrip("/") for i in items)
 
 
-_GROUP = re.compile(r"[a-zA-Z0-9.-]{1,64}")  # FleetLock's group rule, bounded
+_GROUP = r"[a-zA-Z0-9.-]{1,64}"  # FleetLock's group rule, bounded
 
 
 def _group(value: object) -> str:
-    if isinstance(value, str) and _GROUP.fullmatch(value):
+    if isinstance(value, str) and re.fullmatch(_GROUP, value):
         return value
     raise ValueError(f"must be 1-64 of a-z A-Z 0-9 . - (FleetLock's rule), not {value!r}")
 
 
-_HOLDER = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+_HOLDER = r"[A-Za-z0-9._:@-]{1,128}"
 
 
 def _holder(value: object) -> str:
-    if isinstance(value, str) and (value == "" or _HOLDER.fullmatch(value)):
+    if isinstance(value, str) and (value == "" or re.fullmatch(_HOLDER, value)):
         return value
     raise ValueError(f"must be 1-128 of A-Z a-z 0-9 . _ : @ -, not {value!r}")
 
 
-_PREFIX = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
+_PREFIX = r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*"
 
 
 def _prefix(value: object) -> str:
-    if isinstance(value, str) and len(value) <= 128 and _PREFIX.fullmatch(value):
+    if isinstance(value, str) and len(value) <= 128 and re.fullmatch(_PREFIX, value):
         return value
     raise ValueError(f"must be key words joined by /, such as updater/reboot-lock, not {value!r}")
 
@@ -404,7 +415,7 @@ def _commands(value: object) -> tuple[tuple[str, ...], ...]:
     return tuple(out)
 
 
-_UNIT = re.compile(r"[A-Za-z0-9:_.@\\-]{1,255}")
+_UNIT = r"[A-Za-z0-9:_.@\\-]{1,255}"
 
 
 def _paths(value: object) -> tuple[str, ...]:
@@ -417,7 +428,7 @@ def _units(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or len(value) > 64:
         raise ValueError("must be a list of at most 64 unit names")
     for item in value:
-        if not (isinstance(item, str) and _UNIT.fullmatch(item) and "." in item):
+        if not (isinstance(item, str) and re.fullmatch(_UNIT, item) and "." in item):
             raise ValueError(f"{item!r} is not a unit name such as sshd.service")
     return tuple(value)
 
@@ -624,6 +635,8 @@ def option(section: str, key: str) -> Callable[[str], Any]:
 
 def parse(text: str, source: str = CONFIG_PATH) -> Config:
     """The configuration in ``text`` (TOML). Raises UsageError naming the source on any problem."""
+    import tomllib
+
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -691,6 +704,8 @@ def with_overrides(config: Config, section: str, **values: Any) -> Config:
 
 def show(value: Any) -> str:
     """A value as it is written in TOML."""
+    from updater.agent.schedule import Window
+
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple | list):
@@ -716,6 +731,8 @@ def as_dict(config: Config) -> dict[str, dict[str, Any]]:
 
 
 def _plain(value: Any) -> Any:
+    from updater.agent.schedule import Window
+
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
     if isinstance(value, Window):

@@ -3,17 +3,23 @@
 Each function returns the JSON-ready value of one contract documented in the README; the
 commands print it with ``updater.jsonout``. Pure: no I/O, no decisions. A change here is a
 change of a stable contract.
+
+The boot flow's types are named for the type checker only: ``status`` prints slot documents
+without importing the reboot flow (start-up time; ``updater.bootflow`` imports the planner, the
+quiesce sequence and the prepared-kexec record).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from updater import slots
-from updater.bootflow import Report
-from updater.kexec import argvs
-from updater.prepared import Consumed, Record
-from updater.state import DiskState, Outcome
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from updater.bootflow import Report
+    from updater.prepared import Consumed, Record
+    from updater.state import DiskState, Outcome
 
 
 def slot_json(s: slots.Slot, booted: int | None) -> dict[str, Any]:
@@ -78,6 +84,8 @@ def repair(disk: str, written: int) -> dict[str, Any]:
 
 def reboot(report: Report) -> dict[str, Any]:
     """``kexec --json`` / ``reboot --json`` (dry run, or printed right before the jump)."""
+    from updater.kexec import argvs  # loaded already by the flow that made the report
+
     commands = argvs(list(report.steps))
     plan = report.plan
     if plan is None:  # the firmware path: no kernel of ours

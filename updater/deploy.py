@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from updater import cmdline
-from updater.bootfs import BootFiles
 from updater.errors import VerificationError
 from updater.release import Release
 from updater.slotwrite import ImageFacts, Phase, Region, WriteResult, write_image
 
 if TYPE_CHECKING:
+    from updater.bootfs import BootFiles
     from updater.fetch.client import ReleaseClient
 
 Progress = Callable[[str, int, int], None]

@@ -19,10 +19,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from updater import bootfs, espfiles, grubenv
-from updater.bootfs import BootFiles
+from updater import bootfs, grubenv
 from updater.errors import UpdaterError
 from updater.slots import Slot
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from updater.bootfs import BootFiles
 
 COPIES = ("flatcar/grubenv", "flatcar/grubenv2")
 
@@ -62,6 +65,8 @@ class EspEnv:
         """Each slot's verity root hash: ``known`` ones as given, the others from the slot's
         kernel on the ESP (written there together with the image, so it is the truth), else what
         a copy already said."""
+        from updater import espfiles  # only a rewrite reads kernels; status reads the copies
+
         out: dict[str, str] = dict(known)
         for s in final:
             if s.letter is None or s.letter in known:

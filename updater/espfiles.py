@@ -11,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from updater import bootfs, cmdline
-from updater.bootfs import BootFiles
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from updater.bootfs import BootFiles
 
 OEM_CONFIG = "grub.cfg"  # on the OEM partition, sourced by the ESP's grub.cfg
 

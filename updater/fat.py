@@ -2,7 +2,9 @@
 
 The reboot path reads a few files from the ESP (a kernel, an initrd, the first-boot marker, the
 grubenv copies). Through mtools each read is a process start, which costs more than the read
-itself on a small or emulated machine; here it is a handful of ``os.pread`` calls.
+itself on a small or emulated machine; here it is a handful of ``os.pread`` calls. The FAT is
+read on demand, only the 4 KiB windows that the chains followed lie in (``FatTable``): a process
+start pays for the files it reads, not for the size of the volume.
 
 Everything on the partition is hostile: every boot sector field is checked against the FAT
 specification (Microsoft's "FAT: General Overview of On-Disk Format") before use, cluster
@@ -24,6 +26,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from updater.errors import DataError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Protocol, overload
 
 Reader = Callable[[int, int], bytes]  # (offset, length) -> exactly length bytes
 
@@ -114,24 +120,119 @@ def fat_entry(fat: bytes, bits: int, cluster: int) -> int:
     return int.from_bytes(fat[cluster * 4 : cluster * 4 + 4], "little") & 0x0FFFFFFF
 
 
-def decode_fat(fat: bytes, geo: Geometry) -> list[int]:
-    """Every entry of the FAT, decoded once."""
-    count = geo.clusters + 2
-    if geo.bits == 12:
-        return [fat_entry(fat, 12, c) for c in range(count)]
-    table = array.array("H" if geo.bits == 16 else "I")
-    table.frombytes(fat[: count * table.itemsize])
+def _decode(raw: bytes, bits: int, count: int) -> list[int]:
+    """``count`` entries from ``raw``, which starts at an entry (FAT12: at entry 0)."""
+    if bits == 12:
+        return [fat_entry(raw, 12, c) for c in range(count)]
+    table = array.array("H" if bits == 16 else "I")
+    table.frombytes(raw[: count * table.itemsize])
     if sys.byteorder == "big":
         table.byteswap()
-    if geo.bits == 32 and max(table, default=0) > 0x0FFFFFFF:  # the top 4 bits are reserved
+    if bits == 32 and max(table, default=0) > 0x0FFFFFFF:  # the top 4 bits are reserved
         return [entry & 0x0FFFFFFF for entry in table]
     return table.tolist()
 
 
-def _run(table: list[int], start: int, most: int) -> int:
+def decode_fat(fat: bytes, geo: Geometry) -> list[int]:
+    """Every entry of the FAT, decoded at once (what ``FatTable`` gives piece by piece)."""
+    return _decode(fat, geo.bits, geo.clusters + 2)
+
+
+if TYPE_CHECKING:
+
+    class Table(Protocol):
+        """What ``chain`` needs: entries by cluster number and runs of them by slice (step 1)."""
+
+        @overload
+        def __getitem__(self, index: int) -> int: ...
+        @overload
+        def __getitem__(self, index: slice) -> list[int]: ...
+
+
+class FatTable:
+    """The FAT's entries, read and decoded on demand in aligned windows of ``window`` bytes, each
+    window once. A process that reads a few small files reads a few windows instead of the whole
+    FAT (1 MiB for a 128 MiB FAT32 ESP with 512-byte clusters), and a block device's page cache
+    does not help: the kernel drops it when the device's last descriptor closes.
+
+    4 KiB: the page size, which the kernel reads in any case, and a multiple of every sector
+    size, so each read is whole sectors (windows are aligned to the FAT's first byte). It holds
+    1024 FAT32 entries (2048 FAT16 ones), so a small file's chain lies in one window or two; a
+    long run costs one read per doubling of ``_run``'s slices, since all the missing windows a
+    slice needs are read at once. FAT12, at most 4086 entries of 12 bits that straddle bytes,
+    is one window (at most 6 KiB)."""
+
+    def __init__(self, reader: Reader, geo: Geometry, window: int = 4096) -> None:
+        if window <= 0 or window % 4:
+            raise ValueError(f"a FAT window of {window} bytes is not a multiple of 4")
+        self._read = reader
+        self._bits = geo.bits
+        self._offset = geo.fat_offset
+        self.count = geo.clusters + 2
+        self._per = self.count if geo.bits == 12 else window // (geo.bits // 8)
+        self._windows: dict[int, list[int]] = {}
+
+    def __len__(self) -> int:
+        return self.count
+
+    if TYPE_CHECKING:
+
+        @overload
+        def __getitem__(self, index: int) -> int: ...
+        @overload
+        def __getitem__(self, index: slice) -> list[int]: ...
+
+    def __getitem__(self, index: int | slice) -> int | list[int]:
+        per = self._per
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self.count)
+            if step != 1:
+                raise ValueError("FatTable slices have step 1")
+            if start >= stop:
+                return []
+            first, last = start // per, (stop - 1) // per
+            self._load(first, last)
+            if first == last:
+                return self._windows[first][start - first * per : stop - first * per]
+            entries = self._windows[first][start - first * per :]
+            for w in range(first + 1, last):
+                entries += self._windows[w]
+            entries += self._windows[last][: stop - last * per]
+            return entries
+        if not 0 <= index < self.count:  # no negative indices: no caller means the end
+            raise IndexError(f"FAT entry {index} of {self.count}")
+        w = index // per
+        if w not in self._windows:
+            self._load(w, w)
+        return self._windows[w][index - w * per]
+
+    def _load(self, first: int, last: int) -> None:
+        """Windows ``first`` to ``last``: each run of missing ones in one read."""
+        w = first
+        while w <= last:
+            if w in self._windows:
+                w += 1
+                continue
+            end = w
+            while end < last and end + 1 not in self._windows:
+                end += 1
+            lo, hi = w * self._per, min((end + 1) * self._per, self.count)
+            if self._bits == 12:  # one window, from entry 0
+                raw = self._read(self._offset, (hi * 3 + 1) // 2)
+            else:
+                size = self._bits // 8
+                raw = self._read(self._offset + lo * size, (hi - lo) * size)
+            entries = _decode(raw, self._bits, hi - lo)
+            for k in range(w, end + 1):
+                self._windows[k] = entries[(k - w) * self._per : (k - w + 1) * self._per]
+            w = end + 1
+
+
+def _run(table: Table, start: int, most: int) -> int:
     """How many clusters from ``start`` on follow each other (``table[c] == c + 1``), at most
     ``most``: found by comparing ever longer slices, so a contiguous kernel of tens of thousands
-    of clusters costs a few list comparisons instead of a Python step per cluster."""
+    of clusters costs a few list comparisons instead of a Python step per cluster (and, from a
+    ``FatTable``, a few reads of only the windows the run lies in)."""
     length, step = 1, 1
     while length < most:
         n = min(step, most - length)
@@ -146,7 +247,7 @@ def _run(table: list[int], start: int, most: int) -> int:
     return length
 
 
-def chain(table: list[int], geo: Geometry, first: int, limit: int) -> list[tuple[int, int]]:
+def chain(table: Table, geo: Geometry, first: int, limit: int) -> list[tuple[int, int]]:
     """The chain starting at ``first`` as runs of contiguous clusters (start, count), at most
     ``limit`` clusters in all (never more than the cluster count, so a loop always ends as a
     chain too long); DataError on a cluster out of range, a bad-cluster mark, or a chain longer
@@ -240,7 +341,7 @@ class FatVolume:
     def __init__(self, reader: Reader) -> None:
         self._read = reader
         self.geo = parse_boot_sector(reader(0, 512))
-        self._table = decode_fat(reader(self.geo.fat_offset, self.geo.fat_bytes), self.geo)
+        self._table = FatTable(reader, self.geo)
         self._dirs: dict[int | None, list[Entry]] = {}
 
     def _clusters(self, first: int, max_bytes: int) -> list[tuple[int, int]]:

@@ -38,7 +38,7 @@ from updater.kexec import KexecSupport, Method, Step
 from updater.log import log
 
 if TYPE_CHECKING:
-    from updater.hooks.stages import PreReboot
+    from updater.hooks.prereboot import PreReboot
 
 BASE_WORDS = ("rootflags=rw", "mount.usrflags=ro", "consoleblank=0", "root=LABEL=ROOT")
 DEFAULT_CONSOLES = ("console=ttyS0,115200n8", "console=tty0")

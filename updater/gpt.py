@@ -14,12 +14,15 @@ import stat
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
 
 from updater import gptformat
 from updater.errors import DeviceError, GptError
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
 BLKSSZGET = 0x1268  # logical sector size of a block device
 BLKGETSIZE64 = 0x80081272  # size in bytes of a block device

@@ -30,7 +30,7 @@ import uuid
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from functools import cached_property
 
 from updater.errors import GptError
 
@@ -45,14 +45,19 @@ MAX_ENTRY_ARRAY_BYTES = 1 << 20  # refuse absurd headers instead of reading giga
 UNUSED_TYPE = uuid.UUID(int=0)
 
 
-class SectorReader(Protocol):
-    @property
-    def sector_size(self) -> int: ...
+# An interface for the type checker only: a Protocol at run time imports ``typing``.
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Protocol
 
-    @property
-    def total_sectors(self) -> int: ...
+    class SectorReader(Protocol):
+        @property
+        def sector_size(self) -> int: ...
 
-    def read(self, lba: int, count: int) -> bytes: ...
+        @property
+        def total_sectors(self) -> int: ...
+
+        def read(self, lba: int, count: int) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -168,7 +173,14 @@ class GptTable:
         )
 
     def entries(self) -> list[GptEntry]:
-        return parse_entries(self.entries_raw, self.header.entry_size, self.header.num_entries)
+        return list(self._entries)
+
+    @cached_property
+    def _entries(self) -> tuple[GptEntry, ...]:
+        # Parsed once per table: resolving a Target, naming the slots and finding the ESP and
+        # OEM each ask (128 entries, two GUIDs each; start-up time under emulation).
+        header = self.header
+        return tuple(parse_entries(self.entries_raw, header.entry_size, header.num_entries))
 
     def used_entries(self) -> list[GptEntry]:
         return [e for e in self.entries() if e.used]

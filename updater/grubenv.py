@@ -44,9 +44,11 @@ SEQ_KEY = "usr_seq"  # first variable of a block
 END_KEY = "usr_end"  # last variable; equal to usr_seq only in a block written to its end
 PANIC_KEY = "usr_panic"  # seconds for the kernel's panic=N (the [boot] panic setting)
 MAX_SEQ = 999_999_999  # GRUB compares these with -gt on a C long; stay far below any limit
-_HASH = re.compile(r"[0-9a-f]{64}")
-_TRIES = re.compile(r"[0-9a-f]|[0-9]{2}")  # one hex digit; two decimal digits in older blocks
-_SEQ = re.compile(r"[1-9][0-9]{0,8}")
+# The patterns of this module are strings, compiled by ``re`` on first use (and cached there):
+# a command compiles only those it matches, not every one at import (start-up time).
+_HASH = r"[0-9a-f]{64}"
+_TRIES = r"[0-9a-f]|[0-9]{2}"  # one hex digit; two decimal digits in older blocks
+_SEQ = r"[1-9][0-9]{0,8}"
 
 
 def parse(block: bytes) -> dict[str, str]:
@@ -130,7 +132,7 @@ def slot_vars(slots: Sequence[slotmod.Slot], hashes: Mapping[str, str]) -> dict[
         if letter is None:
             continue
         root_hash = hashes.get(letter, "")
-        if root_hash and not _HASH.fullmatch(root_hash):
+        if root_hash and not re.fullmatch(_HASH, root_hash):
             raise UsageError(f"root hash of USR-{letter} is not 64 lowercase hex digits")
         p = f"usr_{letter.lower()}_"
         values[p + "priority"] = str(s.priority)
@@ -157,7 +159,7 @@ def reconcile(env: Mapping[str, str], slots: Sequence[slotmod.Slot]) -> dict[int
         if s.letter is None:
             continue
         raw = env.get(f"usr_{s.letter.lower()}_tries", "")
-        if not _TRIES.fullmatch(raw):
+        if not re.fullmatch(_TRIES, raw):
             continue
         tries = int(raw, 16 if len(raw) == 1 else 10)
         if tries < s.tries:
@@ -190,7 +192,7 @@ class EnvCopy:
             # oldest state there is (sequence 0), as it was used then.
             return cls(raw, values, 0 if len(raw) == SIZE else None)
         seq, end = values.get(SEQ_KEY, ""), values.get(END_KEY, "")
-        whole = len(raw) == SIZE and seq == end and _SEQ.fullmatch(seq) is not None
+        whole = len(raw) == SIZE and seq == end and re.fullmatch(_SEQ, seq) is not None
         return cls(raw, values, int(seq) if whole else None)
 
     def payload(self) -> dict[str, str]:

@@ -21,7 +21,6 @@ This module does not choose slots or build command lines (``updater.slots``, ``u
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,6 +62,8 @@ def stopped_by_shutdown(exc: BaseException) -> bool:
     (a shutdown job is queued or running), asked up to ``MANAGER_ASKED`` times."""
     if not isinstance(exc, (CommandFailed, KeyboardInterrupt)):
         return False
+    import subprocess  # loaded already: a command ran
+
     for attempt in range(MANAGER_ASKED):
         if attempt:
             time.sleep(MANAGER_PAUSE)

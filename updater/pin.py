@@ -11,14 +11,19 @@ update because its pin file was damaged. This module does not choose releases
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
 
-from updater import atomicfile, jsonout, release
+from updater import jsonout
 from updater.errors import DataError, DeviceError, ReleaseError, UsageError
-from updater.release import Version
+
+# ``updater.release`` (the release model: verity, frames, hashlib) is imported to parse a pin
+# that exists, not by every ``updater status`` asking whether there is one (start-up time).
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from updater.release import Version
 
 FILE = "pin.json"
 FORMAT = 1
@@ -27,6 +32,8 @@ MAX_BYTES = 4096
 
 def parse(data: bytes) -> Version:
     """The version a pin file's bytes hold; DataError for anything else."""
+    from updater import release
+
     doc: Any = jsonout.bounded_loads(data, MAX_BYTES)
     if not isinstance(doc, dict) or set(doc) != {"format", "version"} or doc["format"] != FORMAT:
         raise DataError(f'not {{"format": {FORMAT}, "version": "..."}}')
@@ -37,6 +44,8 @@ def parse(data: bytes) -> Version:
 
 
 def render(version: Version) -> bytes:
+    import json
+
     return (json.dumps({"format": FORMAT, "version": str(version)}) + "\n").encode()
 
 
@@ -57,6 +66,8 @@ def load(state_dir: str) -> Version | None:
 
 
 def save(state_dir: str, version: Version) -> None:
+    from updater import atomicfile
+
     Path(state_dir).mkdir(parents=True, exist_ok=True)
     atomicfile.write(Path(state_dir, FILE), render(version), 0o644)
 

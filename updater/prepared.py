@@ -41,17 +41,20 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from updater import atomicfile, bootplan, kexec, signals, slots, state
+from updater import bootplan, kexec, slots, state
 from updater.bootplan import BootPlan
 from updater.errors import DataError, UpdaterError
+from updater.hooks.prereboot import pre_reboot_due
 from updater.kexec import KexecSupport
 from updater.log import log
 from updater.target import Target
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
-    from updater.hooks.stages import PreReboot
+    from typing import Any
+
+    from updater.hooks.prereboot import PreReboot
 
 RECORD = "/run/updater/kexec-prepared.json"
 STAGE_DIR = "/run/updater/kexec-prepared"
@@ -131,6 +134,8 @@ def prepare(target: Target, spec: str, support: KexecSupport,
             cmdline=image.cmdline, method=str(method), fingerprint=fingerprint(st),
             pre_reboot_hooks=ran,
         )  # fmt: skip
+        from updater import atomicfile  # only --prepare writes (start-up time of the rest)
+
         Path(RECORD).parent.mkdir(parents=True, exist_ok=True)
         atomicfile.write(RECORD, json.dumps(record.to_json(), sort_keys=True).encode())
     except BaseException:
@@ -154,6 +159,8 @@ def pre_reboot(hooks: PreReboot | None, target: Target, st: state.DiskState,
     if into is not None and hooks_ran(st, into):
         log(f"the pre-reboot hooks ran when the boot of {into.label} was prepared: not again")
         return ()
+    if into is None or not pre_reboot_due(into.partition, st.booted, into.successful):
+        return ()  # as stages.before_reboot would say, without importing the hook machinery
     from updater.hooks import stages  # only a reboot that runs hooks pays for the import
 
     return stages.before_reboot(hooks, target, st, into, dry_run=dry_run)
@@ -219,6 +226,8 @@ def consume(target: Target) -> Consumed:
     if not kernel_loaded():
         forget()
         return Consumed("not-loaded", record, reason="no kexec kernel is loaded")
+    from updater import signals  # here: only counting a prepared kernel needs it
+
     try:
         st = state.load(target)
         if fingerprint(st) != record.fingerprint:

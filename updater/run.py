@@ -14,12 +14,17 @@ import os
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
 from updater.debug import debugging, set_debug
 from updater.errors import DataError, ToolMissing, UpdaterError
+
+# ``subprocess`` (with threading and selectors) is imported by the functions that start a
+# process: a command that only plans, such as ``kexec --dry-run``, starts none (start-up time).
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    import subprocess
 
 __all__ = ["CommandFailed", "child_env", "debugging", "require_tool", "run", "set_debug"]
 
@@ -75,6 +80,8 @@ def run(
     the whole session is killed, not only the child: a shell script's ``sleep`` would otherwise
     keep the output pipe open and the wait would outlive the timeout. The captured output so far
     travels in the ``subprocess.TimeoutExpired`` raised."""
+    import subprocess
+
     full_env = child_env(env)
     if debugging():
         sys.stderr.write("+ " + shlex.join(argv) + "\n")
@@ -110,6 +117,8 @@ def run(
 def _run_session(
     argv: Sequence[str], env: Mapping[str, str], cwd: str | None, timeout: float | None
 ) -> subprocess.CompletedProcess[bytes]:
+    import subprocess
+
     with subprocess.Popen(
         list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         env=env, cwd=cwd, start_new_session=True,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from updater.errors import NoBootableSlot, SlotError, UsageError
 
@@ -114,19 +113,25 @@ class Slot:
         return Slot(self.partition, self.label, self.partuuid, attributes)
 
 
-class PartitionEntry(Protocol):
-    """What a slot is made of: the fields of a GPT entry (``gptformat.GptEntry`` has them)."""
+# An interface for the type checker only: a Protocol at run time imports ``typing``.
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Protocol
 
-    @property
-    def number(self) -> int: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def unique_guid(self) -> uuid.UUID: ...
-    @property
-    def type_guid(self) -> uuid.UUID: ...
-    @property
-    def attributes(self) -> int: ...
+    class PartitionEntry(Protocol):
+        """What a slot is made of: the fields of a GPT entry (``gptformat.GptEntry`` has
+        them)."""
+
+        @property
+        def number(self) -> int: ...
+        @property
+        def name(self) -> str: ...
+        @property
+        def unique_guid(self) -> uuid.UUID: ...
+        @property
+        def type_guid(self) -> uuid.UUID: ...
+        @property
+        def attributes(self) -> int: ...
 
 
 def slots_of(

@@ -20,11 +20,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from updater import bootdisk, bootfs, gpt, slots
-from updater.bootfs import BootFiles
 from updater.config import BootSettings
 from updater.errors import DeviceError, UsageError
 from updater.espenv import COPIES
 from updater.gptformat import GptTable
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from updater.bootfs import BootFiles
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The FAT reader against filesystems made by mkfs.fat and filled by mtools, which reads the
-same files back as the oracle; and against damaged filesystems: one DataError line, no hang."""
+same files back as the oracle (and mshowfat's cluster lists bound how much of the FAT a read
+may cost); and against damaged filesystems: one DataError line, no hang."""
 
 from __future__ import annotations
 
@@ -84,6 +85,56 @@ def test_reads_what_mtools_reads(tmp_path: Path, bits: int, size_mib: int, spc: 
             volume.read("flatcar/vmlinuz-a", 1000)
         with pytest.raises(DataError, match="is a directory"):
             volume.read("flatcar", 1000)
+    finally:
+        os.close(fd)
+
+
+def shown_clusters(image: Path, rel: str) -> list[int]:
+    """The file's clusters as mshowfat lists them (``::/flatcar/grubenv <41020-41021>``)."""
+    need_tools("mshowfat")
+    shown = _sh("mshowfat", "-i", str(image), f"::/{rel}").decode().split("<", 1)[1]
+    clusters: list[int] = []
+    for part in shown.split(">", 1)[0].split():
+        lo, _, hi = part.partition("-")
+        clusters += range(int(lo), int(hi or lo) + 1)
+    return clusters
+
+
+def test_reads_only_the_fat_windows_of_the_chains(tmp_path: Path) -> None:
+    """The test VM's ESP: 128 MiB of FAT32 with 512-byte clusters, a FAT of about 1 MiB. A file
+    costs the 4 KiB windows holding its chain's entries and its directories' (each entry and
+    the next: the last comparison of a run looks one past it), whatever the volume's size."""
+    image = make_fs(tmp_path / "esp.img", 32, 128)
+    _sh("mmd", "-i", str(image), "::/flatcar")
+    files = {"flatcar/vmlinuz-a": os.urandom(8_000_000), "flatcar/initrd-a": os.urandom(13_000_000),
+             "flatcar/grubenv": b"# GRUB Environment Block\n".ljust(1024, b"#")}  # fmt: skip
+    for rel, data in files.items():
+        put(image, rel, data)
+    fd = os.open(image, os.O_RDONLY)
+    reads: list[tuple[int, int]] = []
+
+    def reader(offset: int, length: int) -> bytes:
+        reads.append((offset, length))
+        return os.pread(fd, length, offset)
+
+    try:
+        for rel, data in files.items():
+            reads.clear()
+            volume = fat.FatVolume(reader)
+            geo = volume.geo
+            assert geo.bits == 32 and geo.clusters > 250_000
+            assert volume.read(rel, 16 << 20) == data, rel
+            fat_reads = [
+                (o - geo.fat_offset, n) for o, n in reads
+                if geo.fat_offset <= o < geo.fat_offset + geo.fat_bytes
+            ]  # fmt: skip
+            chains = [geo.root_cluster, *shown_clusters(image, "flatcar")]
+            chains += shown_clusters(image, rel)
+            windows = {c * 4 // 4096 for c in chains} | {(c + 1) * 4 // 4096 for c in chains}
+            read = [w for o, n in fat_reads for w in range(o // 4096, (o + n) // 4096)]
+            assert len(read) == len(set(read)), f"{rel}: a FAT window read twice"
+            assert set(read) <= windows, rel
+            assert sum(n for _, n in fat_reads) <= 4096 * len(windows) < geo.fat_bytes // 8, rel
     finally:
         os.close(fd)
 

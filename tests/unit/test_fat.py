@@ -84,6 +84,21 @@ def test_chains_end_and_fail_cleanly() -> None:
         chain(100)
 
 
+def test_fat32_reserved_bits_are_ignored() -> None:
+    # Microsoft's FAT specification: the high 4 bits of a FAT32 entry are reserved, and a
+    # driver ignores them. Cluster 2 -> 3 with a reserved bit set, 3 ends its chain (likewise).
+    geo = fat.Geometry(sector_size=512, cluster_size=512, fat_offset=512, fat_bytes=512,
+                       root_offset=0, root_bytes=0, root_cluster=2, data_offset=1024,
+                       clusters=6, bits=32)  # fmt: skip
+    table = bytearray(8 * 4)
+    struct.pack_into("<II", table, 8, 0xF0000003, 0x1FFFFFFF)
+    assert list(fat.decode_fat(bytes(table), geo))[2:4] == [3, 0x0FFFFFFF]
+    assert fat.chain(fat.decode_fat(bytes(table), geo), geo, 2, 10) == [(2, 2)]
+    clean = bytearray(8 * 4)
+    struct.pack_into("<II", clean, 8, 3, 0x0FFFFFFF)
+    assert fat.chain(fat.decode_fat(bytes(clean), geo), geo, 2, 10) == [(2, 2)]
+
+
 def test_fat12_entries_share_bytes() -> None:
     # clusters 2 and 3 in the three bytes at 3..5: 0x345 and 0x678 -> 45 83 67
     table = bytes([0, 0, 0, 0x45, 0x83, 0x67])

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from updater import bootflow, bootplan, contracts, gptformat, kexec, slots, state
-from updater.bootfs import BootFiles
 from updater.cmdline import Delivery
 from updater.config import BootSettings
 from updater.errors import NoBootableSlot, SlotError, VerificationError
@@ -16,6 +15,10 @@ from updater.kexec import KexecImage, KexecSupport, Method
 from updater.target import Target
 
 from .memdisk import build, flatcar_parts
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from updater.bootfs import BootFiles
 
 OK = KexecSupport(tool=True, load_disabled=False, lockdown="none", systemd=True)
 HASH_A = "0123456789abcdef" * 4

@@ -160,7 +160,7 @@ class FileBackendSystem:
 
     def reboot(self, via: str) -> None:
         from updater.hooks import filestages
-        from updater.hooks.stages import PreReboot
+        from updater.hooks.prereboot import PreReboot
 
         d = filebackend.read(self.images_dir)
         self._remember(d)

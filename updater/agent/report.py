@@ -8,20 +8,28 @@ unreadable configuration gives ``{"state": null, "error": "..."}`` rather than f
 
 from __future__ import annotations
 
-from typing import Any
-
 from updater import config
-from updater.agent.record import DESCRIPTIONS, Record
-from updater.agent.schedule import rfc3339
 from updater.agent.store import Store
 from updater.errors import UpdaterError
 
+# The record's module (and with it the schedule's: hashlib, datetime) is imported only when
+# there is a record to show (start-up time of status where the agent never ran).
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from updater.agent.record import Record
+
 
 def _time(epoch: float | None) -> str | None:
+    from updater.agent.schedule import rfc3339
+
     return rfc3339(epoch) if epoch is not None else None
 
 
 def record_json(rec: Record) -> dict[str, Any]:
+    from updater.agent.record import DESCRIPTIONS
+
     lock = None
     if rec.lock is not None:
         lock = {"backend": rec.lock.backend, "id": rec.lock.id, "group": rec.lock.group,

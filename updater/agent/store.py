@@ -8,7 +8,9 @@
 - ``Store.locked()``: a short exclusive lock (``agent.lock``) around each read-modify-write of the
   record, so ``updater agent forget`` can change the record while the agent runs.
 
-This module does not interpret the record (``updater.agent.record``, ``updater.agent.machine``).
+This module does not interpret the record (``updater.agent.record``, ``updater.agent.machine``),
+and imports that module only to read or write one: ``updater status`` on a machine whose agent
+never ran asks only whether the file exists (start-up time).
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from updater import atomicfile
-from updater.agent import record
-from updater.agent.record import Record
 from updater.errors import DeviceError, UpdaterError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from updater.agent.record import Record
 
 STATE_FILE = "agent.json"
 
@@ -34,6 +37,8 @@ class AgentRunning(UpdaterError):
 def write_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> None:
     """``atomicfile.write`` creating the directory first; ``mode`` 0644 by default, so that
     node_exporter and status readers that are not root can read what the agent writes."""
+    from updater import atomicfile
+
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomicfile.write(path, data, mode)
 
@@ -48,11 +53,13 @@ class Store:
 
     def load(self) -> Record:
         """The record; a fresh one when the agent never ran. DataError when it is damaged."""
+        from updater.agent import record
+
         try:
             with self.path.open("rb") as f:
                 data = f.read(record.MAX_BYTES + 1)
         except FileNotFoundError:
-            return Record()
+            return record.Record()
         except OSError as exc:
             raise DeviceError(f"{self.path}: cannot read: {exc.strerror}") from None
         try:
@@ -63,6 +70,8 @@ class Store:
                                  "is then offered again)") from None  # fmt: skip
 
     def save(self, rec: Record) -> None:
+        from updater.agent import record
+
         write_atomic(self.path, record.dumps(rec))
 
     def _open(self, name: str) -> int:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 
 from updater import bootflow, config, contracts, kexec
-from updater.commands import INDEX, files
-from updater.commands.common import emit, out, resolve_target
+from updater.commands import INDEX
+from updater.commands.common import emit, file_backend, out, resolve_target
 from updater.config import RebootVia
 from updater.errors import UsageError
 from updater.log import log
@@ -26,7 +26,7 @@ def cmd_kexec(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace) -> int:
     from updater import prepared
-    from updater.hooks.stages import PreReboot
+    from updater.hooks.prereboot import PreReboot
 
     hooks = PreReboot.of(config.load(args.config))
     plan, record = prepared.prepare(resolve_target(args), args.slot, kexec.probe_support(), hooks)
@@ -60,10 +60,12 @@ def cmd_reboot(args: argparse.Namespace) -> int:
 
 
 def _reboot(args: argparse.Namespace, via: RebootVia) -> int:
-    from updater.hooks.stages import PreReboot  # not at start-up: a plain kexec may run none
+    from updater.hooks.prereboot import PreReboot
 
-    cfg = files.backend(args)
+    cfg = file_backend(args)
     if cfg is not None:
+        from updater.commands import files
+
         return files.reboot(args, cfg, via)
     settings = config.load(args.config)
     request = bootflow.Request(

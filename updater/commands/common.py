@@ -1,4 +1,5 @@
-"""What every command module shares: the Target of the global options, and output.
+"""What every command module shares: the Target of the global options, which slot backend
+the machine uses, and output.
 
 Output goes to stdout, flushed at once: a reboot command prints its JSON right before the jump,
 and nothing may be left in a buffer when the process is killed by the shutdown it started.
@@ -8,10 +9,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from updater import config, jsonout, target
-from updater.target import Target
+from updater.config import Config, SlotBackend
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from updater.target import Target
 
 
 def out(text: str) -> None:
@@ -35,6 +41,14 @@ def resolve_target(args: argparse.Namespace, disk: str | None = None) -> Target:
         oem=args.oem,
         settings=settings,
     )
+
+
+def file_backend(args: argparse.Namespace) -> Config | None:
+    """The configuration when this machine uses the file backend (``[boot] backend =
+    "files"``), else None (GPT). Decided from the configuration alone: the file backend's
+    modules (``updater.commands.files``) are imported only by a machine that uses it."""
+    cfg = config.load(getattr(args, "config", None))
+    return cfg if cfg.boot.backend is SlotBackend.FILES else None
 
 
 class ProgressBar:

@@ -1,10 +1,12 @@
 """The slot commands on the file backend (``[boot] backend = "files"``): ``status``,
 ``mark-good``, ``rollback``, ``kexec`` / ``reboot`` and ``update`` keep their names and options;
-each existing command asks ``backend(args)`` first and hands over to the handler here.
+each existing command asks ``common.file_backend(args)`` first and hands over to the handler here.
 
 The rules are ``updater.fileslots``; the directory is ``updater.filebackend``; the boot flow is
 ``updater.fileboot``. Options that name a GPT slot (``PART``, ``--slot``) do not apply: the
-file backend has one current image, and the rules decide which file boots next.
+file backend has one current image, and the rules decide which file boots next. Whether the
+machine uses the file backend is ``commands.common.file_backend``'s to say, so that the commands
+import this module only when it does.
 """
 
 from __future__ import annotations
@@ -12,20 +14,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from updater import config, filebackend, fileboot, fileslots, kexec
+from updater import filebackend, fileboot, fileslots, kexec
 from updater.commands.common import emit, out
-from updater.config import Config, RebootVia, SlotBackend
+from updater.config import Config, RebootVia
 from updater.errors import SlotError, UsageError
 from updater.log import log
 
 ROLES = {fileslots.ROOT: "current", fileslots.NEW: "staged", fileslots.OLD: "previous",
          fileslots.BROKEN: "reverted"}  # fmt: skip
-
-
-def backend(args: argparse.Namespace) -> Config | None:
-    """The configuration when this machine uses the file backend, else None (GPT)."""
-    cfg = config.load(getattr(args, "config", None))
-    return cfg if cfg.boot.backend is SlotBackend.FILES else None
 
 
 def booted_from(d: filebackend.Directory, cmdline: str) -> bool:
@@ -161,7 +157,7 @@ def reboot(args: argparse.Namespace, cfg: Config, via: RebootVia, *, quiet: bool
             log(f"booting {report.plan.image} (version {report.plan.version}) via "
                 f"{report.method}; cmdline: {report.plan.cmdline}")  # fmt: skip
 
-    from updater.hooks.stages import PreReboot
+    from updater.hooks.prereboot import PreReboot
 
     report = fileboot.reboot(d, cfg.boot, running, via, kexec.probe_support(), announce,
                              force=getattr(args, "force", False), dry_run=dry,

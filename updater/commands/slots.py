@@ -1,16 +1,19 @@
 """Slot commands: status, next, prioritize, set-active, mark-good, mark-bad, rollback, repair,
 create-disk. Each parses arguments, asks ``updater.state`` to read or change the disk with a
 decision from ``updater.slots``, and prints the result for humans or as JSON
-(``updater.contracts``). PART may also be a role: ``booted`` or ``other``."""
+(``updater.contracts``). PART may also be a role: ``booted`` or ``other``.
+
+What only one command needs is imported in its handler (start-up time: ``status`` reads the
+disk and prints, it loads neither the file backend, the reboot flow nor the disk creator)."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
 
-from updater import contracts, gpt, layout, slotimage, slots, state, target
-from updater.commands import INDEX, files
-from updater.commands.common import emit, resolve_target
+from updater import contracts, slots, state
+from updater.commands import INDEX
+from updater.commands.common import emit, file_backend, resolve_target
 from updater.commands.common import out as _out
 from updater.errors import SlotError, UpdaterError, UsageError
 
@@ -33,10 +36,12 @@ def _format_slots(st: state.DiskState, after: tuple[slots.Slot, ...] | None = No
 def cmd_status(args: argparse.Namespace) -> int:
     from updater.agent import report as agent_report  # status is the only slot command using it
 
-    cfg = files.backend(args)
+    cfg = file_backend(args)
     if cfg is not None:
+        from updater.commands import files
+
         return files.cmd_status(args, cfg)
-    st = state.load(resolve_target(args))
+    st = state.as_resolved(resolve_target(args))  # the disk as read while resolving: once
     agent = agent_report.status_json(args.config)
     held, held_error = _pin_of(args)
     if args.json:
@@ -152,8 +157,10 @@ def cmd_mark_good(args: argparse.Namespace) -> int:
     from updater.agent.system import read_boot_id
     from updater.hooks import stages
 
-    on_files = files.backend(args)
+    on_files = file_backend(args)
     if on_files is not None:
+        from updater.commands import files
+
         return files.cmd_mark_good(args, on_files)
     t = resolve_target(args)
     st = state.load(t)
@@ -182,6 +189,8 @@ def _decide_sync(args: argparse.Namespace, st: state.DiskState) -> slots.Transit
 
 def _decide_rollback(args: argparse.Namespace, st: state.DiskState) -> slots.Transition:
     """Prioritize ``other``, after its checks (``slots.rollback``)."""
+    from updater import slotimage
+
     other = st.resolve("other")
     assert st.booted is not None  # resolving "other" needs it
     has_image = slotimage.holds_image(st.disk, st.table, other.partition)
@@ -190,8 +199,10 @@ def _decide_rollback(args: argparse.Namespace, st: state.DiskState) -> slots.Tra
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """The switch, reported as every transition is; then, if asked, the reboot into it."""
-    cfg = files.backend(args)
+    cfg = file_backend(args)
     if cfg is not None:
+        from updater.commands import files
+
         return files.cmd_rollback(args, cfg)
     t = resolve_target(args)
     outcome = state.change(t, lambda st: _decide_rollback(args, st), dry_run=args.dry_run)
@@ -226,6 +237,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
+    from updater import gpt, target
+
     path = target.resolve_disk(args.disk)
     written = gpt.repair(path)
     if args.json:
@@ -238,6 +251,8 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
 
 def cmd_create_disk(args: argparse.Namespace) -> int:
+    from updater import layout
+
     lay = layout.flatcar_layout(usr_size=args.usr_size * layout.MiB)
     layout.create_disk(lay, args.image, overwrite=args.force)
     st = state.load(resolve_target(args, disk=args.image))

@@ -25,7 +25,7 @@ from updater.errors import UpdaterError
 from updater.log import log
 
 if TYPE_CHECKING:
-    from updater.hooks.stages import PreReboot
+    from updater.hooks.prereboot import PreReboot
 
 DESCRIPTION = f"""\
 Refresh the release repository's signed metadata (TUF: signatures, thresholds, expiry, rollback,
@@ -206,7 +206,7 @@ def _reboot_files(cfg: config.Config, via: RebootVia, emit: Any) -> None:
         emit(update.Event("rebooting", {"slot": "files", "image": report.plan.image,
                                         "method": str(report.method)}))  # fmt: skip
 
-    from updater.hooks.stages import PreReboot
+    from updater.hooks.prereboot import PreReboot
 
     fileboot.reboot(filebackend.read(cfg.boot.images_dir), cfg.boot,
                     bootdisk.read_cmdline("/proc/cmdline"), via, kexec.probe_support(),

@@ -19,6 +19,7 @@ from typing import Any
 
 from updater import jsonout
 from updater.errors import DataError
+from updater.hooks.prereboot import pre_reboot_due as pre_reboot_due  # re-exported: a rule too
 
 
 class Stage(StrEnum):
@@ -120,15 +121,6 @@ class Verdict:
     @property
     def ok(self) -> bool:
         return self.failure is None
-
-
-def pre_reboot_due(into: int | None, booted: int | None, proven_good: bool) -> bool:
-    """Whether a reboot into partition ``into`` runs the pre-reboot hooks: only a reboot into a
-    new slot does, one that is not the booted slot and has not been proven good (a slot just
-    activated, or one a forced rollback gives a try). A reboot back to a good slot (a rollback,
-    or the fallback after a failed trial) or into the booted slot runs none, and so does a
-    reboot from a disk whose booted slot is unknown (an installer booting the disk it wrote)."""
-    return into is not None and booted is not None and into != booted and not proven_good
 
 
 def passed(stage: Stage, result: HookResult) -> bool:

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from updater import inventory, slots, state
-from updater.config import Config, HooksSettings
+from updater.config import HooksSettings
 from updater.errors import DataError, UpdaterError
 from updater.hooks import ledger, rules
+from updater.hooks.prereboot import PreReboot as PreReboot  # re-exported for the flows
 from updater.hooks.rules import Context, FirstBootStatus, Next, Stage
 from updater.hooks.runner import HookFailed, discover, run_stage, stage_dir
 from updater.log import log
@@ -53,19 +54,6 @@ def _context(stage: Stage, target: Target, st: state.DiskState, slot: slots.Slot
     return Context(stage, version(slot), slot.letter, str(slot.partuuid),
                    booted.letter if booted else None, version(booted) if booted else None,
                    state_dir=state_dir, **extra)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class PreReboot:
-    """What a reboot flow needs to run the pre-reboot hooks (``before_reboot``); the flows take
-    it in their request, so that every command that reboots runs them the same way."""
-
-    settings: HooksSettings
-    state_dir: str
-
-    @classmethod
-    def of(cls, cfg: Config) -> PreReboot:
-        return cls(cfg.hooks, cfg.update.state_dir)
 
 
 def before_reboot(

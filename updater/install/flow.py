@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from updater import deploy, release
-from updater.bootfs import BootFiles
 from updater.errors import ReleaseError, UpdaterError
 from updater.install import assets as install_assets
 from updater.install import bootfiles, events, media, partition, plan, probe, verify
@@ -44,6 +43,7 @@ from updater.release import Release
 from updater.slotwrite import Region
 
 if TYPE_CHECKING:
+    from updater.bootfs import BootFiles
     from updater.fetch.client import ReleaseClient
 
 
