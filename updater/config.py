@@ -265,12 +265,13 @@ def _absolute_path(value: object) -> str:
 
 # The patterns of this module are strings, compiled by ``re`` on first use (and cached there):
 # a command compiles only those it matches, not every one at import (start-up time).
-_IMAGES_DIR = r"(/[A-Za-z0-9._-]+)+"
+_IMAGES_DIR = r"(/[A-Za-z0-9._-]+)+/?"
 
 
 def _images_dir(value: object) -> str:
     """An absolute directory that can travel on the kernel command line and through the
-    initrd's shell unquoted: letters, digits, ``. _ -`` and ``/`` only, no ``..``."""
+    initrd's shell unquoted: letters, digits, ``. _ -`` and ``/`` only, no ``..``; a trailing
+    ``/`` is dropped (the command line and GRUB's menu name it without one)."""
     if (isinstance(value, str) and len(value) <= 128 and re.fullmatch(_IMAGES_DIR, value)
             and ".." not in value.split("/")):  # fmt: skip
         return value.rstrip("/")
@@ -487,7 +488,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("boot", "images_dir", _images_dir,
             "The `files` backend's directory of image files, on the root filesystem (the "
             "initrd finds it there as `updater.images=` on the kernel command line): an "
-            "absolute path of at most 128 characters, A-Z a-z 0-9 . _ - and /, no `..`."),
+            "absolute path of at most 128 characters, A-Z a-z 0-9 . _ - and /, no `..` (a "
+            "trailing / is dropped)."),
     Setting("boot", "tries", _Count(1, 9),
             "The `files` backend's boot tries for a new image: boots the initrd allows it "
             "before it reverts to `root-old.img` by itself, unless `mark-good` ran."),

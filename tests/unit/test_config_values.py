@@ -43,6 +43,7 @@ def value_of(section: str, key: str, toml: str) -> Any:
         ("boot", "backend", '"gpt"', SlotBackend.GPT),
         ("boot", "images_dir", '"/var/lib/os-images"', "/var/lib/os-images"),
         ("boot", "images_dir", '"/srv/X"', "/srv/X"),
+        ("boot", "images_dir", '"/srv/X/"', "/srv/X"),  # the trailing slash dropped
         ("boot", "images_dir", '"/' + "d" * 127 + '"', "/" + "d" * 127),  # 128 characters
         ("boot", "tries", "1", 1),
         ("boot", "tries", "9", 9),
@@ -132,6 +133,12 @@ def test_accepted_values(section: str, key: str, toml: str, expected: object) ->
          "not 'images'"),
         ("boot", "images_dir", '"/a b"', "must be an absolute directory of A-Z a-z 0-9 . _ - /, "
          "not '/a b'"),
+        ("boot", "images_dir", '"/"', "must be an absolute directory of A-Z a-z 0-9 . _ - /, "
+         "not '/'"),
+        ("boot", "images_dir", '"/srv//x"', "must be an absolute directory of A-Z a-z 0-9 . _ - "
+         "/, not '/srv//x'"),
+        ("boot", "images_dir", '"/srv/x//"', "must be an absolute directory of A-Z a-z 0-9 . _ - "
+         "/, not '/srv/x//'"),
         ("boot", "images_dir", '"/a/../etc"', "must be an absolute directory of A-Z a-z 0-9 . _ "
          "- /, not '/a/../etc'"),
         ("boot", "images_dir", '"/' + "d" * 128 + '"', "must be an absolute directory of A-Z "
