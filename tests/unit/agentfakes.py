@@ -10,14 +10,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
+from typing import Protocol
 
 from updater import config, filebackend, fileslots, slots
 from updater.agent.fileseam import FileBackendSystem
 from updater.agent.machine import Policy
 from updater.agent.notify import Notifier
-from updater.agent.record import LockTicket
-from updater.agent.runner import Agent, Verifier
-from updater.agent.seam import Booted, Offer, Progress, SlotView
+from updater.agent.record import RESTING, LockTicket, Record, State
+from updater.agent.runner import Agent, Mode, Verifier
+from updater.agent.seam import Booted, Offer, Progress, SlotView, System
 from updater.agent.store import Store
 from updater.config import RebootStrategy, RebootVia
 from updater.errors import TransportError, VerificationError
@@ -105,6 +106,11 @@ class FakeMachine:
         self._apply(slots.mark_bad(self.table, self._slot(slot).partition))
         self._done("mark_bad")
 
+    @property
+    def system(self) -> System:
+        """The seam the agent drives: the fake machine is its own."""
+        return self
+
     def power_on(self) -> str:
         """GRUB: choose the slot, consume its try, boot it."""
         chosen, t = slots.next_boot(self.table)
@@ -179,16 +185,77 @@ def policy(**changes: object) -> Policy:
     return Policy(**values)  # type: ignore[arg-type]
 
 
-def agent(tmp: Path, m: FakeMachine, *, lock: FakeLock | None, health: Verifier,
-          clock: FakeClock, pol: Policy | None = None,
+def agent(tmp: Path, system: System, *, lock: FakeLock | None, health: Verifier,
+          clock: FakeClock, pol: Policy | None = None, store: Store | None = None,
           pinned: Callable[[], str | None] = lambda: None) -> Agent:  # fmt: skip
+    """The agent over ``system`` (a FakeMachine, or a FileMachine's real file seam), its state
+    in ``tmp/state`` unless ``store`` is given."""
     return Agent(
-        system=m, store=Store(str(tmp / "state")), policy=pol or policy(locking=lock is not None),
+        system=system, store=store or Store(str(tmp / "state")),
+        policy=pol or policy(locking=lock is not None),
         channel="stable", pin=None, lock=lock, health=health, clock=clock,
         stop=threading.Event(), notifier=Notifier(env={}),
         metrics_file=str(tmp / "metrics.prom"),
         reboot_required_file=str(tmp / "reboot-required"), draw=lambda: 0.5, pinned=pinned,
     )  # fmt: skip
+
+
+class CrashingStore(Store):
+    """Dies right after persisting a record in ``state`` (once)."""
+
+    def __init__(self, state_dir: str, crash: list[State]) -> None:
+        super().__init__(state_dir)
+        self.crash = crash
+
+    def save(self, rec: Record) -> None:
+        super().save(rec)
+        if self.crash and rec.state is self.crash[0]:
+            self.crash.clear()
+            raise Crash(str(rec.state))
+
+
+class Bootable(Protocol):
+    """A simulated machine: the seam the agent drives, and the next boot of the machine (a
+    reboot or a power cut: GRUB's choice on a FakeMachine, the initrd's renames on a
+    FileMachine)."""
+
+    @property
+    def system(self) -> System: ...
+
+    def power_on(self) -> object: ...
+
+
+def drive(tmp: Path, m: Bootable, lock: FakeLock | None, health: Verifier,
+          *, crash: State | None = None, power_cut: bool = False, pol: Policy | None = None,
+          clock: FakeClock | None = None, pinned: Callable[[], str | None] = lambda: None,
+          stop_at_crash: bool = False) -> Record:  # fmt: skip
+    """Run the agent as systemd and the machine would: restart it after each reboot or crash
+    (a power cut also boots the machine: ``m.power_on``), until it rests with nothing pending.
+    ``crash``: the agent dies once, right after it persisted that state (the run must get
+    there); ``stop_at_crash``: return the record persisted at that crash instead of going on."""
+    clock = clock or FakeClock()
+    pending = [crash] if crash else []
+    store = CrashingStore(str(tmp / "state"), pending)
+    for _ in range(30):
+        a = agent(tmp, m.system, lock=lock, health=health, clock=clock, pol=pol, store=store,
+                  pinned=pinned)  # fmt: skip
+        try:
+            a.run(Mode.ONCE)
+        except FakeReboot:
+            m.power_on()
+            continue
+        except Crash:
+            if stop_at_crash:
+                return store.load()
+            if power_cut:
+                m.power_on()
+            continue
+        rec = store.load()
+        if rec.state in RESTING and rec.lock is None and not rec.returning:
+            assert not pending, f"the run never reached {crash}"
+            return rec
+        clock.t += 3600
+    raise AssertionError("the agent did not settle")
 
 
 @dataclass

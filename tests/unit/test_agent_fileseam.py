@@ -9,29 +9,25 @@ back with the release blocked."""
 from __future__ import annotations
 
 import hashlib
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.unit.agentfakes import (
-    Crash,
     FakeClock,
     FakeHealth,
     FakeLock,
-    FakeReboot,
     FakeSemaphore,
     FileMachine,
-    policy,
+    agent,
+    drive,
 )
-from tests.unit.test_agent_runner import HAPPY, WINDOW, CrashingStore
+from tests.unit.test_agent_runner import HAPPY, WINDOW
 from updater import config, filebackend, fileslots, fileupdate
 from updater.agent.fileseam import LETTERS_FILE, load_letters, save_letters
-from updater.agent.machine import Policy
-from updater.agent.notify import Notifier
-from updater.agent.record import RESTING, Reason, Record, State
-from updater.agent.runner import Agent, Mode, Verifier
+from updater.agent.record import Reason, Record, State
+from updater.agent.runner import Mode
 from updater.agent.seam import Offer
 from updater.agent.store import Store
 from updater.errors import SlotError
@@ -72,36 +68,6 @@ class Machine(FileMachine):
         put(self.images, PART, str(request.pin))
         filebackend.apply_steps(images_dir, steps)
         return Outcome("updated", "test", None)
-
-
-def drive(tmp: Path, m: Machine, lock: FakeLock, health: Verifier, *,
-          crash: State | None = None, power_cut: bool = False,
-          pol: Policy | None = None, stop_at_crash: bool = False) -> Record:  # fmt: skip
-    clock = FakeClock()
-    pending = [crash] if crash else []
-    store = CrashingStore(str(tmp / "state"), pending)
-    for _ in range(30):
-        a = Agent(system=m.system, store=store, policy=pol or policy(), channel="stable", pin=None,
-                  lock=lock, health=health, clock=clock, stop=threading.Event(),
-                  notifier=Notifier(env={}), reboot_required_file=str(tmp / "reboot-required"),
-                  draw=lambda: 0.5)  # fmt: skip
-        try:
-            a.run(Mode.ONCE)
-        except FakeReboot:
-            m.power_on()
-            continue
-        except Crash:
-            if stop_at_crash:
-                return store.load()
-            if power_cut:
-                m.power_on()
-            continue
-        rec = store.load()
-        if rec.state in RESTING and rec.lock is None and not rec.returning:
-            assert not pending, f"the run never reached {crash}"
-            return rec
-        clock.t += 3600
-    raise AssertionError("the agent did not settle")
 
 
 def _committed(m: Machine, rec: Record) -> None:
@@ -193,11 +159,7 @@ def test_letters_lost_during_the_trial_stop_the_agent(
     assert rec.state is State.VERIFYING and rec.target_slot == "B" and m.version(ROOT) == "2"
     (tmp_path / "state" / LETTERS_FILE).unlink()
     before = m.read()
-    a = Agent(system=m.system, store=Store(str(tmp_path / "state")), policy=policy(),
-              channel="stable", pin=None, lock=FakeLock(sem), health=FakeHealth(),
-              clock=FakeClock(), stop=threading.Event(), notifier=Notifier(env={}),
-              reboot_required_file=str(tmp_path / "reboot-required"),
-              draw=lambda: 0.5)  # fmt: skip
+    a = agent(tmp_path, m.system, lock=FakeLock(sem), health=FakeHealth(), clock=FakeClock())
     assert a.run(Mode.ONCE) == 0
     rec = Store(str(tmp_path / "state")).load()
     assert [(b.version, b.reason) for b in rec.blocked] == [("2", Reason.BOOT)]

@@ -10,8 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.agentfakes import FakeClock, FakeFirstBoot, FakeLock, FakeMachine, FakeSemaphore
-from tests.unit.test_agent_runner import drive
+from tests.unit.agentfakes import (
+    FakeClock,
+    FakeFirstBoot,
+    FakeLock,
+    FakeMachine,
+    FakeSemaphore,
+    drive,
+)
 from updater.agent.health import HealthChecks
 from updater.agent.record import Reason, Record, State
 from updater.agent.seam import Offer

@@ -5,13 +5,11 @@ verified), roll back."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.unit.agentfakes import (
-    Crash,
     FakeClock,
     FakeHealth,
     FakeLock,
@@ -19,60 +17,14 @@ from tests.unit.agentfakes import (
     FakeReboot,
     FakeSemaphore,
     agent,
+    drive,
     policy,
 )
-from updater.agent.record import RESTING, Reason, Record, State
-from updater.agent.runner import Mode, Verifier
+from updater.agent.record import Reason, Record, State
+from updater.agent.runner import Mode
 from updater.agent.schedule import parse_window
 from updater.agent.store import Store
 from updater.config import RebootStrategy
-
-
-class CrashingStore(Store):
-    """Dies right after persisting a record in ``state`` (once)."""
-
-    def __init__(self, state_dir: str, crash: list[State]) -> None:
-        super().__init__(state_dir)
-        self.crash = crash
-
-    def save(self, rec: Record) -> None:
-        super().save(rec)
-        if self.crash and rec.state is self.crash[0]:
-            self.crash.clear()
-            raise Crash(str(rec.state))
-
-
-def drive(tmp: Path, m: FakeMachine, lock: FakeLock | None, health: Verifier,
-          *, crash: State | None = None, power_cut: bool = False, pol: object = None,
-          clock: FakeClock | None = None,
-          pinned: Callable[[], str | None] = lambda: None) -> Record:  # fmt: skip
-    """Run the agent as systemd and the machine would: restart it after each reboot or crash
-    (a power cut also boots through GRUB), until it rests with nothing pending."""
-    clock = clock or FakeClock()
-    pending = [crash] if crash else []
-    crashed = False
-    store = CrashingStore(str(tmp / "state"), pending)
-    for _ in range(30):
-        a = agent(tmp, m, lock=lock, health=health, clock=clock, pol=pol,  # type: ignore[arg-type]
-                  pinned=pinned)
-        a.store = store
-        try:
-            a.run(Mode.ONCE)
-        except FakeReboot:
-            m.power_on()
-            continue
-        except Crash:
-            crashed = True
-            if power_cut:
-                m.power_on()
-            continue
-        rec = store.load()
-        if rec.state in RESTING and rec.lock is None and not rec.returning:
-            assert crash is None or crashed, f"the run never reached {crash}"
-            return rec
-        clock.t += 3600
-    raise AssertionError("the agent did not settle")
-
 
 # The fake clock starts on a Tuesday at 22:13 UTC; the window opens two hours later, so that
 # the agent persists waiting-for-window (with an open window it passes through in one step).
