@@ -10,9 +10,10 @@ cannot change any behaviour are listed, each with one line saying why, in
     score = killed / (mutants - listed equivalent)
 
 A mutant that makes the tests time out or crash counts as killed; one that no unit test reaches
-counts as survived. An equivalence entry names the mutant and a digest of its diff, so an entry
-that no longer describes the same change (the function changed) is reported as stale and the
-mutant counts as survived again.
+counts as survived. An equivalence entry names the mutant and a digest of its changed lines; it
+is matched by the function and the digest, not by mutmut's running number (which shifts when
+the function gains or loses a line), so an entry that no longer describes any mutant of its
+function (the code changed) is reported as stale and the mutant counts as survived again.
 
 mutmut is pinned in ``benchmarks/mutation-requirements.txt`` and installed, with the project's
 runtime and test dependencies (not the project itself: the mutated copy must be the one tests
@@ -218,15 +219,22 @@ class Equivalent:
     why: str
 
 
-def load_equivalents() -> dict[str, Equivalent]:
-    entries: dict[str, Equivalent] = {}
+def function_of(key: str) -> str:
+    """The mutated function of a mutant's name: ``updater.x.x_f__mutmut_7`` -> ``updater.x.x_f``."""
+    return key.rsplit("__mutmut_", 1)[0]
+
+
+def load_equivalents() -> dict[tuple[str, str], Equivalent]:
+    """The entries, keyed by (mutated function, digest of the change)."""
+    entries: dict[tuple[str, str], Equivalent] = {}
     for number, line in enumerate(EQUIVALENT.read_text().splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
         parts = line.split(None, 2)
         if len(parts) < 3:
             raise SystemExit(f"{EQUIVALENT.name}:{number}: want NAME DIGEST WHY")
-        entries[parts[0]] = Equivalent(*parts)
+        entry = Equivalent(*parts)
+        entries[function_of(entry.name), entry.digest] = entry
     return entries
 
 
@@ -245,27 +253,32 @@ class Score:
         return self.killed / counted if counted else 1.0
 
 
-def score(name: str, results: dict[str, Any], equivalents: dict[str, Equivalent]) -> Score:
+def score(
+    name: str, results: dict[str, Any], equivalents: dict[tuple[str, str], Equivalent]
+) -> Score:
     s = Score(name)
+    matched: set[tuple[str, str]] = set()
     for key, result in results["mutants"].items():
         s.total += 1
         status, diff = result["status"], result["diff"]
-        eq = equivalents.get(key)
+        found = (function_of(key), digest(diff))
+        eq = equivalents.get(found)
+        if eq is not None:
+            matched.add(found)
         if status in KILLED:
             s.killed += 1
             if eq is not None:
-                s.problems.append(f"{key} is listed as equivalent but a test kills it")
-        elif eq is not None and eq.digest == digest(diff):
+                s.problems.append(f"{key} is listed as equivalent ({eq.name}) but a test kills it")
+        elif eq is not None:
             s.equivalent += 1
         else:
-            if eq is not None:
-                s.problems.append(f"{key}: stale equivalence entry (the mutant changed)")
             s.survivors.append((key, status, diff))
     prefix = MODULES[name][0].removesuffix(".py").replace("/", ".") + "."
-    known = set(results["mutants"])
-    for key in equivalents:
-        if key.startswith(prefix) and key not in known and "." not in key[len(prefix):]:
-            s.problems.append(f"{key}: equivalence entry for a mutant that no longer exists")
+    for found, eq in equivalents.items():
+        ours = eq.name.startswith(prefix) and "." not in eq.name[len(prefix) :]
+        if ours and found not in matched:
+            s.problems.append(f"{eq.name}: stale equivalence entry (no mutant of its function "
+                              "makes this change any more)")  # fmt: skip
     return s
 
 

@@ -697,6 +697,13 @@ def test_usrhash_bytes_that_are_not_ascii_are_no_hash() -> None:
     assert cmdline.usrhash_from_kernel(bytes(kernel)) is None
 
 
+def test_strip_slot_args_keeps_names_that_only_contain_a_slot_key() -> None:
+    """A name is a slot key only as a whole word before `=` (the kernel's parameq compares whole
+    names): letters in front of or after `root`, `usr` or `verity.usrhash` make another name."""
+    line = "Xroot=/dev/sda1 rootX=1 verity.usrhashX=ab Xusr=/dev/sda3 usrX"
+    assert cmdline.strip_slot_args(line) == tuple(line.split())
+
+
 def test_strip_slot_args_drops_a_quoted_bare_key() -> None:
     """The kernel skips the quotes around a bare word: `"flatcar.first_boot"` is the flag."""
     assert cmdline.strip_slot_args('"flatcar.first_boot" console=tty0') == ("console=tty0",)
