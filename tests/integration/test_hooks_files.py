@@ -304,7 +304,7 @@ def test_agent_verify_runs_the_first_boot_hooks_and_fails_on_them(site: Site) ->
     argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "updater"]
     proc = subprocess.run([*argv, "--config", str(conf), "--booted", ROOT, "agent", "verify"],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr  # the verdict is the record's, not the exit's
+    assert proc.returncode == 1, proc.stderr  # the verdict: the slot on trial was marked bad
     assert "first-boot-of-slot 10-refuse: no driver" in proc.stderr
     rec = Store(str(site.state)).load()
     assert rec.state is State.ROLLED_BACK and rec.last_error == (

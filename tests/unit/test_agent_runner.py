@@ -208,10 +208,33 @@ def test_verify_mode_does_only_what_follows_a_boot(tmp_path: Path) -> None:
     with pytest.raises(FakeReboot):
         agent(tmp_path, m, lock=FakeLock(sem), health=FakeHealth(), clock=clock).run(Mode.ONCE)
     m.power_on()
-    agent(tmp_path, m, lock=FakeLock(sem), health=FakeHealth(), clock=clock).run(Mode.VERIFY)
+    assert agent(tmp_path, m, lock=FakeLock(sem), health=FakeHealth(), clock=clock
+                 ).run(Mode.VERIFY) == 0  # fmt: skip
     rec = Store(str(tmp_path / "state")).load()
     assert rec.state is State.COMMITTED and rec.lock is None and sem.holders == {}
     assert "available" not in m.calls[m.calls.index("stage"):]
+
+
+@pytest.mark.parametrize("mode", [Mode.VERIFY, Mode.ONCE])
+def test_a_run_that_rolls_the_trial_slot_back_exits_non_zero(tmp_path: Path, mode: Mode) -> None:
+    """The boot's verdict is the exit status of `updater agent verify` (and of `--once`): a unit
+    or a timer that ran it must not report success for a rollback. With [agent] reboot = off the
+    agent marks the slot bad and leaves the reboot back to someone else."""
+    m, sem = FakeMachine(), FakeSemaphore()
+    with pytest.raises(FakeReboot):
+        agent(tmp_path, m, lock=FakeLock(sem), health=FakeHealth(), clock=FakeClock()
+              ).run(Mode.ONCE)  # fmt: skip
+    m.power_on()
+    assert m.booted_letter == "B"
+    off = policy(strategy=RebootStrategy.OFF)
+    failing = agent(tmp_path, m, lock=FakeLock(sem), health=FakeHealth("curl exited 22"),
+                    clock=FakeClock(), pol=off)  # fmt: skip
+    assert failing.run(mode) == 1
+    b = next(s for s in m.table if s.letter == "B")
+    assert b.priority == 0 and not b.successful, "the slot on trial was marked bad"
+    # Nothing more to judge: a second run exits 0.
+    assert agent(tmp_path, m, lock=FakeLock(sem), health=FakeHealth(), clock=FakeClock(),
+                 pol=off).run(Mode.VERIFY) == 0  # fmt: skip
 
 
 def test_stop_request_leaves_at_a_safe_point(tmp_path: Path) -> None:

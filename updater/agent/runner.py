@@ -86,6 +86,15 @@ class Stopping(Exception):
 _AFTER_BOOT = frozenset({Do.VERIFY, Do.MARK_GOOD, Do.MARK_BAD, Do.RELEASE, Do.SIGNAL})
 
 
+# The exit status of a run that marked the slot on trial bad (its health checks failed, or
+# its first boot failed): ``updater agent verify`` must not report success for a rollback.
+EXIT_ROLLED_BACK = 1
+
+
+def _verdict(judged_bad: bool) -> int:
+    return EXIT_ROLLED_BACK if judged_bad else 0
+
+
 def _verify_may(step: Step) -> bool:
     if step.action.do in _AFTER_BOOT:
         return True
@@ -139,6 +148,9 @@ class Agent:
     def _loop(self, mode: Mode) -> int:
         force = mode is Mode.ONCE
         ready = False
+        # verify and --once: this run marked the slot on trial bad, its exit status (a running
+        # agent handles a rollback and goes on: it exits 0 when asked to stop)
+        judged_bad = False
         while not self.stop.is_set():
             facts = Facts(self.clock.now(), self.system.booted(), self.draw(), force)
             with self.store.locked():
@@ -155,11 +167,12 @@ class Agent:
             action = step.action
             if action.do is Do.SLEEP:
                 if mode is not Mode.FOREVER:
-                    return 0
+                    return _verdict(judged_bad)
                 self.clock.sleep((action.until or 0) - facts.now)
                 continue
             if mode is Mode.VERIFY and not _verify_may(step):
-                return 0
+                return _verdict(judged_bad)
+            judged_bad = judged_bad or (action.do is Do.MARK_BAD and mode is not Mode.FOREVER)
             result = self._perform(action, step.record, facts)
             if action.do is Do.CHECK:
                 force = False
@@ -171,7 +184,7 @@ class Agent:
             if new.state is not rec.state:
                 self._report(Step(new, Action(Do.SLEEP)), rec)
         self.say("stopped")
-        return 0
+        return _verdict(judged_bad)
 
     def _save(self, rec: Record) -> None:
         self.store.save(rec)
