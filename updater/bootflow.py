@@ -52,14 +52,13 @@ from updater.config import CheckpointSettings, QuiesceSettings, RebootVia
 from updater.errors import SlotError, UpdaterError
 from updater.kexec import KexecSupport, Method, Step
 from updater.log import log
-from updater.quiesce import checkpoint, runner
-from updater.quiesce.checkpoint import Manifest
-from updater.quiesce.plan import QuiescePlan, plan_quiesce
 from updater.target import Target
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
     from updater.hooks.prereboot import PreReboot
+    from updater.quiesce.checkpoint import Manifest
+    from updater.quiesce.plan import QuiescePlan
 
 STAGE_DIR = "/run/updater/kexec"
 
@@ -122,6 +121,8 @@ def reboot(target: Target, request: Request, support: KexecSupport, announce: An
             steps = kexec.firmware_steps(force=request.force, systemd=support.systemd)
             return Report(Method.FIRMWARE, tuple(steps), plan.slot, plan, reason=blocker,
                           hooks=hooks)  # fmt: skip
+        from updater.quiesce import checkpoint
+
         names = checkpoint.wanted(request.checkpoint)
         if names:
             log(f"would checkpoint {', '.join(names)} into {request.checkpoint.dir}")
@@ -140,6 +141,10 @@ def _jump_steps(request: Request, support: KexecSupport) -> tuple[list[Step], Qu
     """The jump's commands, and the quiesce plan when the machine has no systemd."""
     if support.systemd or request.force:
         return kexec.exec_steps(force=request.force, systemd=support.systemd), None
+    # Here, not at the top: with systemd (the usual case) the jump needs no quiesce plan.
+    from updater.quiesce import runner
+    from updater.quiesce.plan import plan_quiesce
+
     quiesce = plan_quiesce(request.quiesce, runner.read_mounts(), (os.getpid(), os.getppid()))
     return [Step(s.argv, s.tolerated) for s in quiesce.steps], quiesce
 
@@ -202,6 +207,8 @@ def _jump(target: Target, report: Report, settings: CheckpointSettings) -> None:
             # on disk for the restore after that boot.
             for line in _undo(target, report.consumed):
                 log(line)
+
+        from updater.quiesce import runner
 
         runner.execute(report.quiesce, before_fallback)
         return

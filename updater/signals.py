@@ -46,26 +46,60 @@ def raising() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+class _Held:
+    """A handler that keeps the signals it receives, in order, for ``release``.
+
+    Holding is done by the handler, not by the thread's signal mask: a mask holds a signal back
+    only from the thread that set it, and the kernel gives a signal sent to the process to any
+    thread that does not block it (a reader or writer thread, a library's). Python runs every
+    handler in the main thread, whichever thread the signal arrived in, so a handler that keeps
+    the signal holds it whatever the threads of the process."""
+
+    def __init__(self) -> None:
+        self.pending: list[int] = []
+        self.previous: dict[int, signal._HANDLER] = {}
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if signum not in self.pending:
+            self.pending.append(signum)
+
+    def start(self) -> None:
+        self.previous = {sig: signal.signal(sig, self) for sig in DEFERRED}
+
+    def release(self) -> None:
+        """The handlers from before ``start`` back, then each kept signal delivered to them
+        (an exception a handler raises is raised here)."""
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        for sig in self.pending:
+            signal.raise_signal(sig)
+
+
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
     """Hold SIGINT, SIGTERM and SIGHUP until the block ends; then they are delivered."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED)
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Python delivers signals to the main thread only; nothing arrives here
+        return
+    held = _Held()
+    held.start()
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        held.release()
 
 
 class Guard:
     """The handle of ``guarded()``."""
 
     def __init__(self) -> None:
-        self.unheld: set[int | signal.Signals] | None = None  # the mask before ``hold``
+        self.held: _Held | None = None  # from ``hold`` on
 
     def hold(self) -> None:
         """Hold SIGINT, SIGTERM and SIGHUP back until the guarded block ends."""
-        if self.unheld is None:
-            self.unheld = signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED)
+        if self.held is None and threading.current_thread() is threading.main_thread():
+            self.held = _Held()
+            self.held.start()
 
 
 @contextlib.contextmanager
@@ -76,5 +110,5 @@ def guarded() -> Iterator[Guard]:
         try:
             yield guard
         finally:
-            if guard.unheld is not None:  # a held signal is raised here, with our handlers
-                signal.pthread_sigmask(signal.SIG_SETMASK, guard.unheld)
+            if guard.held is not None:  # a held signal is raised here, with our handlers
+                guard.held.release()

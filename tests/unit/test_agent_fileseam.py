@@ -160,7 +160,7 @@ def test_letters_lost_during_the_trial_stop_the_agent(
     (tmp_path / "state" / LETTERS_FILE).unlink()
     before = m.read()
     a = agent(tmp_path, m.system, lock=FakeLock(sem), health=FakeHealth(), clock=FakeClock())
-    assert a.run(Mode.ONCE) == 0
+    assert a.run(Mode.ONCE) == 1  # the trial was judged bad (and the mark-bad refused)
     rec = Store(str(tmp_path / "state")).load()
     assert [(b.version, b.reason) for b in rec.blocked] == [("2", Reason.BOOT)]
     assert "root-old.img, the image to go back to; it is kept" in (rec.last_error or "")

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -37,4 +40,65 @@ def test_a_held_signal_arrives_when_the_block_ends() -> None:
             ran.append("after the signal")
     assert ran == ["after the signal"]
     assert signal.getsignal(signal.SIGHUP) is before
-    assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & signals.DEFERRED  # unblocked again
+
+
+@pytest.fixture
+def other_thread() -> Iterator[None]:
+    """A second thread that blocks no signal, as a reader or writer thread or a library's: the
+    kernel may hand a signal sent to the process to it instead of the main thread."""
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait, daemon=True)
+    t.start()
+    yield
+    stop.set()
+    t.join()
+
+
+def _python_work() -> None:
+    """A fifth of a second of bytecodes: a pending handler runs between two of them, also when
+    the signal first has to wake the other thread up."""
+    end = time.monotonic() + 0.2
+    while time.monotonic() < end:
+        pass
+
+
+@pytest.mark.parametrize(("sig", "raised"), [
+    (signal.SIGHUP, Interrupted), (signal.SIGTERM, Interrupted), (signal.SIGINT, KeyboardInterrupt),
+])  # fmt: skip
+def test_a_held_signal_waits_whatever_thread_receives_it(
+    other_thread: None, sig: signal.Signals, raised: type[BaseException]
+) -> None:
+    """Holding by the main thread's mask alone let the signal reach the other thread, and its
+    handler then ran in the main thread in the middle of the held steps."""
+    ran: list[str] = []
+    with pytest.raises(raised):
+        with signals.guarded() as guard:
+            guard.hold()
+            os.kill(os.getpid(), sig)
+            _python_work()
+            ran.append("the held steps finished")
+    assert ran == ["the held steps finished"]
+    assert all(signal.getsignal(s) is not None for s in signals.DEFERRED)
+
+
+def test_deferred_delivers_to_the_handlers_in_place_after_the_block(other_thread: None) -> None:
+    got: list[int] = []
+    before = signal.signal(signal.SIGHUP, lambda signum, frame: got.append(signum))
+    try:
+        with signals.deferred():
+            os.kill(os.getpid(), signal.SIGHUP)
+            os.kill(os.getpid(), signal.SIGHUP)  # twice: delivered once, as a blocked signal is
+            _python_work()
+            assert got == []
+        assert got == [signal.SIGHUP]
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
+def test_nothing_held_leaves_the_handlers_as_they_were() -> None:
+    before = {s: signal.getsignal(s) for s in signals.DEFERRED}
+    with signals.deferred():
+        pass
+    with signals.guarded() as guard:
+        guard.hold()
+    assert {s: signal.getsignal(s) for s in signals.DEFERRED} == before
