@@ -7,29 +7,22 @@ are carried out on the directory, as the next boot's initrd does."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-
 import pytest
 
 from tests.integration.repos import Site
 from tests.integration.test_agent_system import agent_once
 from tests.integration.test_filebackend import put_image, tag_hash
 from tests.unit.agentfakes import (
-    FakeClock,
     FakeHealth,
     FakeLock,
     FakeReboot,
     FakeSemaphore,
     FileMachine,
-    policy,
+    drive,
 )
 from updater import config, filebackend, fileboot, fileslots
 from updater.agent.fileseam import LETTERS_FILE
-from updater.agent.notify import Notifier
-from updater.agent.record import RESTING, Reason, Record, State
-from updater.agent.runner import Agent, Mode, Verifier
-from updater.agent.store import Store
+from updater.agent.record import Reason, State
 from updater.config import RebootVia
 from updater.fileslots import BROKEN, NEW, OLD, ROOT
 
@@ -53,33 +46,6 @@ class Machine(FileMachine):
     def reboot(self, d: filebackend.Directory, via: RebootVia) -> None:
         fileboot.plan(d, self.cfg.boot, "console=ttyS0")  # the kernel kexec would load is there
         super().reboot(d, via)
-
-
-def agent(site: Site, m: Machine, lock: FakeLock, health: Verifier, clock: FakeClock) -> Agent:
-    return Agent(
-        system=m.system, store=Store(str(site.state)), policy=policy(), channel="stable",
-        pin=None, lock=lock, health=health, clock=clock, stop=threading.Event(),
-        notifier=Notifier(env={}), metrics_file=str(site.tmp / "metrics.prom"),
-        reboot_required_file=str(site.tmp / "reboot-required"), draw=lambda: 0.5,
-    )  # fmt: skip
-
-
-def drive(site: Site, m: Machine, lock: FakeLock,
-          health: Callable[[FakeClock], Verifier]) -> Record:  # fmt: skip
-    """Run the agent as systemd would, restarting it after each reboot, until it rests;
-    ``health`` gives each start its health check, on the run's clock."""
-    clock = FakeClock()
-    for _ in range(12):
-        try:
-            agent(site, m, lock, health(clock), clock).run(Mode.ONCE)
-        except FakeReboot:
-            m.power_on()
-            continue
-        rec = Store(str(site.state)).load()
-        if rec.state in RESTING and rec.lock is None and not rec.returning:
-            return rec
-        clock.t += 3600
-    raise AssertionError("the agent did not settle")
 
 
 def test_seam_reads_offers_stages_and_marks(site: Site) -> None:
@@ -123,7 +89,7 @@ def test_seam_reads_offers_stages_and_marks(site: Site) -> None:
 def test_agent_updates_and_commits(site: Site) -> None:
     m = Machine(site)
     sem = FakeSemaphore()
-    rec = drive(site, m, FakeLock(sem), lambda clock: FakeHealth())
+    rec = drive(site.tmp, m, FakeLock(sem), FakeHealth())
     # committed, then (--once checks at once) nothing newer to take
     assert rec.state in (State.COMMITTED, State.IDLE) and rec.last_success, rec.last_error
     assert (rec.committed_slot, rec.committed_version, rec.blocked) == ("B", "2", ())
@@ -138,7 +104,7 @@ def test_failed_health_check_reverts_and_blocks_the_release(site: Site) -> None:
     m = Machine(site)
     sem = FakeSemaphore()
     health = FakeHealth(failure="app.service is failed")
-    rec = drive(site, m, FakeLock(sem), lambda clock: health)
+    rec = drive(site.tmp, m, FakeLock(sem), health)
     # rolled back, then (--once checks at once) release 2 not offered again
     assert rec.state in (State.ROLLED_BACK, State.IDLE) and rec.rollbacks == 1
     assert rec.last_success is None and rec.available is None
@@ -152,7 +118,7 @@ def test_failed_health_check_reverts_and_blocks_the_release(site: Site) -> None:
     b = m.system.booted()
     assert (b.slot.letter, b.slot.successful, b.other.bootable) == ("A", True, False)
     # the blocked release is not offered again: the next checks rest
-    again = drive(site, m, FakeLock(sem), lambda clock: FakeHealth())
+    again = drive(site.tmp, m, FakeLock(sem), FakeHealth())
     assert again.state is State.IDLE and again.available is None
     assert m.reboots[2:] == [] and set(m.read().images) == {ROOT, BROKEN}
 
