@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration import test_agent_files, test_hooks_update
+from tests.integration import test_hooks_update
 from tests.integration.conftest import ROOT as REPO_ROOT
 from tests.integration.conftest import need_tools
 from tests.integration.repos import Site
 from tests.integration.test_agent_files import Machine
 from tests.integration.test_hooks_runner import hook
-from tests.unit.agentfakes import FakeLock, FakeReboot, FakeSemaphore
+from tests.unit import agentfakes
+from tests.unit.agentfakes import FakeClock, FakeLock, FakeReboot, FakeSemaphore
 from updater import config, filebackend, fileboot, fileslots
 from updater.agent.health import HealthChecks
 from updater.agent.record import Reason, Record, State
@@ -96,10 +97,9 @@ def booted_new(m: HookedMachine) -> None:
 def drive(site: Site, m: HookedMachine) -> Record:
     """The real agent, restarted after each reboot, with the file seam's first-boot hooks as
     its health check (no other check), until it rests."""
-    return test_agent_files.drive(
-        site, m, FakeLock(FakeSemaphore()),
-        lambda clock: HealthChecks(m.cfg.health, clock, m.first_boot()),
-    )  # fmt: skip
+    clock = FakeClock()
+    health = HealthChecks(m.cfg.health, clock, m.first_boot())
+    return agentfakes.drive(site.tmp, m, FakeLock(FakeSemaphore()), health, clock=clock)
 
 
 def test_the_agent_runs_every_stage_with_its_environment(squashfs_site: Site) -> None:
