@@ -643,6 +643,8 @@ def parse(text: str, source: str = CONFIG_PATH) -> Config:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{source}: {exc}") from None
+    except RecursionError:  # arrays or inline tables nested past the parser's recursion
+        raise UsageError(f"{source}: values nested too deeply") from None
     sections: dict[str, Any] = {}
     for name, table in document.items():
         if name not in SECTIONS:

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from updater import atomicfile, bootdisk, release
+from updater import atomicfile, bootdisk, jsonout, release
 from updater.log import log
 from updater.release import Version
 from updater.target import Target
@@ -58,7 +58,7 @@ def _load(state_dir: str) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             raw = f.read(MAX_BYTES + 1)
-        doc = json.loads(raw) if len(raw) <= MAX_BYTES else None
+        doc = jsonout.loads(raw) if len(raw) <= MAX_BYTES else None
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:

@@ -1,4 +1,7 @@
-"""One JSON encoder for every ``--json`` output: sorted keys, two-space indent, trailing newline."""
+"""One JSON encoder for every ``--json`` output: sorted keys, two-space indent, trailing newline;
+and the one JSON decoder for what the project reads (``loads``: state files, records, answers of
+a lock server, indexes), which turns a document nested too deeply for the decoder's recursion
+into the ``ValueError`` every other malformed document gives."""
 
 from __future__ import annotations
 
@@ -20,16 +23,26 @@ def line(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":")) + "\n"
 
 
+def loads(data: bytes | str) -> Any:
+    """``json.loads``, except that a document nested deeper than the interpreter's recursion
+    limit (``[[[[...``, a few kilobytes suffice) raises ``json.JSONDecodeError`` like any other
+    malformed input instead of ``RecursionError``: everything read is hostile."""
+    import json
+
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", "", 0) from None
+
+
 def bounded_loads(data: bytes, limit: int) -> Any:
     """A small state file's JSON document, read back: DataError when it is larger than
     ``limit`` bytes or not JSON (the caller checks its shape)."""
-    import json
-
     from updater.errors import DataError
 
     if len(data) > limit:
         raise DataError(f"more than {limit} bytes")
     try:
-        return json.loads(data)
+        return loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"not JSON: {exc}") from None

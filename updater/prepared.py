@@ -42,7 +42,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from updater import bootplan, kexec, slots, state
+from updater import bootplan, jsonout, kexec, slots, state
 from updater.bootplan import BootPlan
 from updater.errors import DataError, UpdaterError
 from updater.hooks.prereboot import pre_reboot_due
@@ -190,7 +190,7 @@ def read_record() -> Record | None:
     if len(raw) > MAX_RECORD:
         raise DataError(f"{record_path} is larger than {MAX_RECORD} bytes")
     try:
-        doc = json.loads(raw)
+        doc = jsonout.loads(raw)
         if doc.pop("format") != FORMAT:
             raise ValueError("unknown format")
         record = Record(**doc)

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from updater import jsonout
 from updater.config import ARCHES
 from updater.errors import ReleaseError, VerificationError
 from updater.frames import Frame, FrameTable, MiB
@@ -187,7 +188,7 @@ def parse_index(data: bytes, channel: str, arch: str) -> tuple[IndexEntry, ...]:
     if len(data) > MAX_INDEX_SIZE:
         raise VerificationError(f"{what} {len(data)} bytes, more than {MAX_INDEX_SIZE}")
     try:
-        doc = json.loads(data.decode("utf-8"))
+        doc = jsonout.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise VerificationError(f"{what} not JSON: {exc}") from None
     top = _Fields(what, doc, ("format", "channel", "arch", "releases"))

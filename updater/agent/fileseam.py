@@ -38,7 +38,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from updater import atomicfile, bootdisk, filebackend, fileboot, fileslots, kexec, release
+from updater import atomicfile, bootdisk, filebackend, fileboot, fileslots, jsonout, kexec, release
 from updater.agent import fileview
 from updater.agent.seam import Booted, Offer, Progress
 from updater.agent.system import choose_offer, read_boot_id, release_client
@@ -63,7 +63,7 @@ def load_letters(state_dir: str) -> dict[str, str]:
     path = os.path.join(state_dir, LETTERS_FILE)
     try:
         with open(path, "rb") as f:
-            doc = json.loads(f.read(4096))
+            doc = jsonout.loads(f.read(4096))
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:

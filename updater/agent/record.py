@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Any
 
+from updater import jsonout
 from updater.agent.schedule import Wave, parse_waves, waves_json
 from updater.errors import DataError
 
@@ -264,7 +265,7 @@ def loads(data: bytes) -> Record:
     if len(data) > MAX_BYTES:
         raise DataError(f"agent state: {len(data)} bytes, more than {MAX_BYTES}")
     try:
-        doc = json.loads(data.decode("utf-8"))
+        doc = jsonout.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"agent state: not JSON ({exc})") from None
     return from_json(doc)

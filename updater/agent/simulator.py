@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from updater import layout, slots, state, target
+from updater import jsonout, layout, slots, state, target
 from updater.agent.schedule import parse_waves
 from updater.agent.seam import Booted, Offer, Progress, SlotView
 from updater.agent.store import write_atomic
@@ -108,7 +108,7 @@ class Simulator:
             raise UsageError("the simulator needs [update] repo: a directory with releases.json")
         text = _read(self.repo / "releases.json")
         try:
-            doc = json.loads(text) if text is not None else {"releases": []}
+            doc = jsonout.loads(text) if text is not None else {"releases": []}
         except ValueError:
             raise DataError(f"{self.repo / 'releases.json'}: not JSON") from None
         found = doc.get("releases") if isinstance(doc, dict) else None

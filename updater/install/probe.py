@@ -16,13 +16,12 @@ Nothing is written and nothing is decided here: ``plan.refusal`` decides from ``
 from __future__ import annotations
 
 import errno
-import json
 import os
 import stat
 from dataclasses import replace
 from pathlib import Path
 
-from updater import bootdisk
+from updater import bootdisk, jsonout
 from updater.errors import DeviceError
 from updater.install import partition
 from updater.install.plan import DiskFacts
@@ -66,7 +65,7 @@ def _signatures(path: str) -> tuple[str, ...]:
     if not proc.stdout.strip():
         return ()  # wipefs prints nothing at all when it finds nothing
     try:
-        found = json.loads(proc.stdout)["signatures"]
+        found = jsonout.loads(proc.stdout)["signatures"]
         return tuple(f"{s['type']} at {s['offset']}" for s in found)
     except (ValueError, KeyError, TypeError):
         return ("signatures wipefs reports in an unknown format",)

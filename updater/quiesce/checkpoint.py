@@ -26,6 +26,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from updater import jsonout
 from updater.config import CheckpointSettings
 from updater.errors import DataError
 
@@ -68,7 +69,7 @@ def decode(data: bytes, source: str) -> Manifest:
     if len(data) > MAX_MANIFEST_BYTES:
         raise DataError(f"{source}: {len(data)} bytes, more than {MAX_MANIFEST_BYTES}")
     try:
-        doc = json.loads(data)
+        doc = jsonout.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"{source}: not JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:

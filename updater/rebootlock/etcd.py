@@ -11,13 +11,13 @@ changes through compare-and-swap transactions; this module decides nothing else.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import requests
 
+from updater import jsonout
 from updater.errors import TransportError
 from updater.rebootlock import semaphore
 from updater.rebootlock.semaphore import Decision, Holder, Keys, Snapshot
@@ -46,7 +46,7 @@ class EtcdGateway:
                 continue
             data = resp.content[:MAX_RESPONSE]
             try:
-                doc = json.loads(data)
+                doc = jsonout.loads(data)
             except ValueError:
                 doc = None
             if resp.status_code != 200:

@@ -24,6 +24,7 @@ from typing import Any
 
 import requests
 
+from updater import jsonout
 from updater.errors import DataError, TransportError, UpdaterError
 from updater.rebootlock import semaphore
 from updater.rebootlock.etcd import EtcdSemaphore, Grant
@@ -42,7 +43,7 @@ def body(holder: str, group: str) -> dict[str, Any]:
 def parse_body(data: bytes) -> tuple[str, str]:
     """(id, group) of a request body; DataError naming what is wrong."""
     try:
-        doc = json.loads(data)
+        doc = jsonout.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise DataError("the body is not JSON") from None
     params = doc.get("client_params") if isinstance(doc, dict) else None
@@ -68,7 +69,7 @@ class FleetLockClient:
         except requests.RequestException as exc:
             raise TransportError(f"FleetLock {url}: {type(exc).__name__}") from None
         try:
-            doc = json.loads(resp.content[:MAX_BODY]) if resp.content else {}
+            doc = jsonout.loads(resp.content[:MAX_BODY]) if resp.content else {}
         except ValueError:
             doc = {}
         return resp.status_code, doc if isinstance(doc, dict) else {}

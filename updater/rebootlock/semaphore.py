@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from updater import jsonout
 from updater.errors import DataError
 
 DEFAULT_MAX = 1
@@ -173,7 +174,7 @@ def parse_holder(kv: dict[str, Any], keys: Keys) -> Holder:
         raise DataError("etcd: a holder key lies outside the semaphore")
     holder = check_id(key[len(keys.holders):].decode("ascii", errors="replace"))
     try:
-        doc = json.loads(unb64(kv.get("value", "")))
+        doc = jsonout.loads(unb64(kv.get("value", "")))
     except (ValueError, UnicodeDecodeError):
         doc = {}
     since = doc.get("since", "") if isinstance(doc, dict) else ""

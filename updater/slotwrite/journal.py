@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+from updater import jsonout
 from updater.errors import DataError, DeviceError
 
 FILENAME = "slot-write.json"
@@ -46,7 +47,7 @@ class Journal:
     def decode(cls, raw: bytes) -> Journal:
         """Parse a journal; raise DataError for anything this module would not have written."""
         try:
-            value = json.loads(raw)
+            value = jsonout.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DataError(f"resume journal is not JSON: {exc}") from None
         if not isinstance(value, dict) or value.get("format") != FORMAT:
