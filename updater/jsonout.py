@@ -1,7 +1,8 @@
 """One JSON encoder for every ``--json`` output: sorted keys, two-space indent, trailing newline;
 and the one JSON decoder for what the project reads (``loads``: state files, records, answers of
-a lock server, indexes), which turns a document nested too deeply for the decoder's recursion
-into the ``ValueError`` every other malformed document gives."""
+a lock server, indexes), which turns a document nested too deeply for the decoder's recursion,
+or an integer too long to convert, into the ``JSONDecodeError`` every other malformed document
+gives."""
 
 from __future__ import annotations
 
@@ -25,14 +26,19 @@ def line(value: Any) -> str:
 
 def loads(data: bytes | str) -> Any:
     """``json.loads``, except that a document nested deeper than the interpreter's recursion
-    limit (``[[[[...``, a few kilobytes suffice) raises ``json.JSONDecodeError`` like any other
-    malformed input instead of ``RecursionError``: everything read is hostile."""
+    limit (``[[[[...``, a few kilobytes suffice) or holding an integer longer than ``int()``
+    converts (4300 digits) raises ``json.JSONDecodeError`` like any other malformed input,
+    instead of ``RecursionError`` or a bare ``ValueError``: everything read is hostile."""
     import json
 
     try:
         return json.loads(data)
+    except json.JSONDecodeError:
+        raise
     except RecursionError:
         raise json.JSONDecodeError("nested too deeply", "", 0) from None
+    except ValueError as exc:  # an integer of more digits than int() converts (4300)
+        raise json.JSONDecodeError(str(exc), "", 0) from None
 
 
 def bounded_loads(data: bytes, limit: int) -> Any:

@@ -1,11 +1,13 @@
-"""Documents nested past the decoder's recursion: every JSON and TOML reader of the project
-refuses them as it refuses any other malformed input (its own one-line error, or the fallback it
-documents), never with a RecursionError and its traceback.
+"""Documents that break the decoders themselves: nested past their recursion, or holding an
+integer longer than ``int()`` converts. Every JSON and TOML reader of the project refuses them as
+it refuses any other malformed input (its own one-line error, or the fallback it documents),
+never with a traceback.
 
 A few kilobytes of ``[`` are enough: both the C JSON decoder and ``tomllib`` recurse once per
 level and stop at the interpreter's recursion limit with ``RecursionError``, which is neither a
-``ValueError`` nor a decoding error. The first test holds the whole family: no module but
-``updater.jsonout`` calls the JSON decoder itself."""
+``ValueError`` nor a decoding error; an integer of 4301 digits makes the JSON decoder raise a
+plain ``ValueError``, not its ``JSONDecodeError``. The first test holds the whole family: no
+module but ``updater.jsonout`` calls the JSON decoder itself."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from updater.slotwrite.journal import Journal
 PACKAGE = Path(__file__).resolve().parents[2] / "updater"
 DEEP = b"[" * 4000  # within every reader's size bound (the smallest reads 4096 bytes)
 DEEP_OBJECT = b'{"a":' * 4000
+LONG_INTEGER = b'{"a": ' + b"9" * 4301 + b"}"
 
 
 def _calls_json_decoder(tree: ast.AST) -> list[int]:
@@ -57,16 +60,19 @@ def test_the_guard_sees_a_direct_call() -> None:
     assert _calls_json_decoder(ast.parse("from json import loads\n")) == [1]
 
 
-@pytest.mark.parametrize("data", [DEEP, DEEP_OBJECT, DEEP.decode()])
-def test_jsonout_loads_refuses_as_malformed(data: bytes | str) -> None:
-    with pytest.raises(json.JSONDecodeError, match="nested too deeply"):
+@pytest.mark.parametrize(("data", "why"), [
+    (DEEP, "nested too deeply"), (DEEP_OBJECT, "nested too deeply"),
+    (DEEP.decode(), "nested too deeply"), (LONG_INTEGER, "integer string conversion"),
+])  # fmt: skip
+def test_jsonout_loads_refuses_as_malformed(data: bytes | str, why: str) -> None:
+    with pytest.raises(json.JSONDecodeError, match=why):
         jsonout.loads(data)
     assert isinstance(json.JSONDecodeError("x", "", 0), ValueError)  # what callers catch
     assert jsonout.loads(b"[" * 50 + b"]" * 50) is not None  # ordinary nesting still parses
 
 
-@pytest.mark.parametrize("data", [DEEP, DEEP_OBJECT])
-def test_state_files_refuse_deep_documents_with_one_line(data: bytes) -> None:
+@pytest.mark.parametrize("data", [DEEP, DEEP_OBJECT, LONG_INTEGER])
+def test_state_files_refuse_them_with_one_line(data: bytes) -> None:
     with pytest.raises(DataError, match="not JSON"):
         jsonout.bounded_loads(data, 64 * 1024)
     with pytest.raises(DataError, match="^agent state: not JSON"):
@@ -79,13 +85,15 @@ def test_state_files_refuse_deep_documents_with_one_line(data: bytes) -> None:
         fleetlock.parse_body(data)
 
 
-def test_a_deep_release_index_is_refused() -> None:
+@pytest.mark.parametrize("data", [DEEP, LONG_INTEGER])
+def test_such_a_release_index_is_refused(data: bytes) -> None:
     with pytest.raises(VerificationError, match="not JSON"):
-        release.parse_index(DEEP, "stable", "amd64")
+        release.parse_index(data, "stable", "amd64")
 
 
-def test_a_deep_letters_file_is_forgotten(tmp_path: Path) -> None:
-    (tmp_path / fileseam.LETTERS_FILE).write_bytes(DEEP)
+@pytest.mark.parametrize("data", [DEEP, DEEP_OBJECT])  # (it reads 4096 bytes: no long integer)
+def test_such_a_letters_file_is_forgotten(tmp_path: Path, data: bytes) -> None:
+    (tmp_path / fileseam.LETTERS_FILE).write_bytes(data)
     assert fileseam.load_letters(str(tmp_path)) == {}
 
 
