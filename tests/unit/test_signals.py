@@ -62,11 +62,20 @@ def _python_work() -> None:
         pass
 
 
+@pytest.fixture
+def interruptible() -> Iterator[None]:
+    """Ctrl-C raising KeyboardInterrupt, as in an interactive shell; a job started in the
+    background by a non-interactive shell (a CI runner) inherits SIGINT ignored."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.mark.parametrize(("sig", "raised"), [
     (signal.SIGHUP, Interrupted), (signal.SIGTERM, Interrupted), (signal.SIGINT, KeyboardInterrupt),
 ])  # fmt: skip
 def test_a_held_signal_waits_whatever_thread_receives_it(
-    other_thread: None, sig: signal.Signals, raised: type[BaseException]
+    other_thread: None, interruptible: None, sig: signal.Signals, raised: type[BaseException]
 ) -> None:
     """Holding by the main thread's mask alone let the signal reach the other thread, and its
     handler then ran in the main thread in the middle of the held steps."""
@@ -78,7 +87,21 @@ def test_a_held_signal_waits_whatever_thread_receives_it(
             _python_work()
             ran.append("the held steps finished")
     assert ran == ["the held steps finished"]
-    assert all(signal.getsignal(s) is not None for s in signals.DEFERRED)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_held_signal_that_was_ignored_stays_ignored(other_thread: None) -> None:
+    """The hold keeps a signal for the handler from before it: SIG_IGN drops it (a service or
+    a background job whose SIGINT is ignored does not get a KeyboardInterrupt from the hold)."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with signals.deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            _python_work()
+        _python_work()
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_deferred_delivers_to_the_handlers_in_place_after_the_block(other_thread: None) -> None:
