@@ -14,7 +14,8 @@ on it: the initrd reads the hash from the image it mounts.
 
 Before anything irreversible (the kernel loaded, the firmware reboot), a reboot whose next boot
 promotes ``root-new.img`` runs the pre-reboot hooks (``updater.hooks.filestages.before_reboot``;
-a failure: nothing rebooted, the staged image dropped); every command that reboots on this
+a failure: nothing rebooted, the staged image dropped), not again when ``kexec --prepare``
+ran them for this very boot (``updater.fileprepared``); every command that reboots on this
 backend (``update --reboot``, ``reboot``, ``kexec``, ``rollback --reboot``, the agent) comes
 through here with its ``PreReboot``.
 
@@ -110,13 +111,18 @@ def reboot(
     reason = support.blocker() if via is RebootVia.KEXEC else "asked for the firmware"
     method = Method.FIRMWARE if reason else Method.FILE
     ran: tuple[str, ...] = ()
-    if hooks is not None:
+    from updater import fileprepared  # (it imports this module)
+
+    if hooks is not None and fileprepared.hooks_ran(chosen):
+        log(f"the pre-reboot hooks ran when the boot of {chosen.image} was prepared: not again")
+    elif hooks is not None:
         from updater.hooks import filestages
 
         ran = filestages.before_reboot(hooks, directory, dry_run=dry_run)
     if dry_run:
         steps = _steps(image, method, support, force)
         return FileReport(chosen, method, tuple(steps), reason, ran)
+    fileprepared.forget()  # this flow loads its own kernel (updater.fileprepared)
     # From the load to the jump, SIGTERM and SIGHUP raise, so that the kernel is unloaded: one
     # left loaded would turn a later plain reboot into a kexec into a stale choice. During the
     # jump they have their default effect again (systemctl kexec's shutdown sends SIGTERM).

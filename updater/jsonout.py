@@ -41,6 +41,21 @@ def loads(data: bytes | str) -> Any:
         raise json.JSONDecodeError(str(exc), "", 0) from None
 
 
+def read_bounded(path: str, limit: int) -> bytes | None:
+    """A small file's bytes; None when it is missing, DataError naming ``path`` when it holds
+    more than ``limit`` bytes (no more than ``limit + 1`` are read)."""
+    from updater.errors import DataError
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(limit + 1)
+    except FileNotFoundError:
+        return None
+    if len(raw) > limit:
+        raise DataError(f"{path} is larger than {limit} bytes")
+    return raw
+
+
 def bounded_loads(data: bytes, limit: int) -> Any:
     """A small state file's JSON document, read back: DataError when it is larger than
     ``limit`` bytes or not JSON (the caller checks its shape)."""

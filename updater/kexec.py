@@ -206,6 +206,24 @@ def probe_support(proc: str = "/proc", sys: str = "/sys") -> KexecSupport:
     )
 
 
+def unload_or_say(what: str) -> str | None:
+    """Unload the loaded kernel (``what``: how it is called in a message); the reason when that
+    failed, for the caller to say. Never raises: it runs on ways out that must go on."""
+    try:
+        UNLOAD.run()
+    except (UpdaterError, OSError) as exc:
+        return f"could not unload the {what} ({exc})"
+    return None
+
+
+KEXEC_LOADED = "/sys/kernel/kexec_loaded"  # "1" while a kernel is loaded for kexec
+
+
+def kernel_loaded(path: str = KEXEC_LOADED) -> bool:
+    """Whether a kernel is loaded for kexec now (False when the flag cannot be read)."""
+    return _read(Path(path)).strip() == "1"
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text()

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
 RECORD = "/run/updater/kexec-prepared.json"
 STAGE_DIR = "/run/updater/kexec-prepared"
-KEXEC_LOADED = "/sys/kernel/kexec_loaded"
+KEXEC_LOADED = kexec.KEXEC_LOADED
 MAX_RECORD = 64 * 1024
 FORMAT = 1
 
@@ -182,13 +182,9 @@ def hooks_ran(st: state.DiskState, into: slots.Slot) -> bool:
 def read_record() -> Record | None:
     """The record, None when there is none; DataError when it is not one of ours."""
     record_path = RECORD
-    try:
-        with open(record_path, "rb") as f:
-            raw = f.read(MAX_RECORD + 1)
-    except FileNotFoundError:
+    raw = jsonout.read_bounded(record_path, MAX_RECORD)
+    if raw is None:
         return None
-    if len(raw) > MAX_RECORD:
-        raise DataError(f"{record_path} is larger than {MAX_RECORD} bytes")
     try:
         doc = jsonout.loads(raw)
         if doc.pop("format") != FORMAT:
@@ -205,10 +201,7 @@ def read_record() -> Record | None:
 
 
 def kernel_loaded() -> bool:
-    try:
-        return Path(KEXEC_LOADED).read_text().strip() == "1"
-    except OSError:
-        return False
+    return kexec.kernel_loaded(KEXEC_LOADED)
 
 
 def consume(target: Target) -> Consumed:
@@ -253,7 +246,6 @@ class _Stale(UpdaterError):
 
 
 def _unload() -> None:
-    try:
-        kexec.UNLOAD.run()
-    except (UpdaterError, OSError) as exc:
-        log(f"could not unload the prepared kexec kernel ({exc})")
+    failed = kexec.unload_or_say("prepared kexec kernel")
+    if failed:
+        log(failed)

@@ -107,7 +107,7 @@ REBOOT_FLOW = {"updater.bootflow", "updater.bootplan", "updater.prepared", "upda
 # Running hooks: the runner, the ledger, the slot inventory (and the release model it reads).
 HOOKS = {"updater.hooks", "updater.inventory"}
 FILE_BACKEND = {"updater.filebackend", "updater.fileboot", "updater.fileslots",
-                "updater.commands.files"}  # fmt: skip
+                "updater.fileprepared", "updater.commands.files"}  # fmt: skip
 # Writing: atomic files, disk creation, external tools.
 WRITING = {"updater.atomicfile", "updater.layout", "updater.slotimage", "updater.run",
            "subprocess", "tempfile"}  # fmt: skip

@@ -20,6 +20,11 @@ def cmd_kexec(args: argparse.Namespace) -> int:
     if args.prepare or args.consume_prepared:
         if args.dry_run or args.force:
             raise UsageError("--prepare and --consume-prepared take no --dry-run or --force")
+        cfg = file_backend(args)
+        if cfg is not None:
+            from updater.commands import files
+
+            return files.prepare(args, cfg) if args.prepare else files.check_prepared(args, cfg)
         return _prepare(args) if args.prepare else _consume_prepared(args)
     return _reboot(args, RebootVia.KEXEC)
 
@@ -167,13 +172,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                 help="plan, run the pre-reboot hooks (a new slot), stage and load the kernel "
                 "now and consume nothing; the next reboot "
                 "(systemctl reboot or kexec) enters it, and updater-kexec-prepared.service "
-                "counts its try at shutdown (or unloads it if the A/B state changed since)",
+                "counts its try at shutdown (or unloads it if the A/B state changed since); "
+                "on the file backend the initrd counts the boot, and the service keeps the "
+                "kernel only while the directory still boots its image",
             )
             p.add_argument(
                 "--consume-prepared",
                 action="store_true",
                 help="at shutdown (the service runs it): count the prepared kernel's try, or "
-                "unload it when the A/B state changed since it was prepared",
+                "unload it when the A/B state changed since it was prepared (file backend: "
+                "keep it, or unload it when the directory boots another image now)",
             )
         if name == "reboot":
             p.add_argument(

@@ -12,13 +12,16 @@ import this module only when it does.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from updater import filebackend, fileboot, fileslots, kexec
 from updater.commands.common import emit, out
 from updater.config import Config, RebootVia
 from updater.errors import SlotError, UsageError
 from updater.log import log
+
+if TYPE_CHECKING:
+    from updater.fileprepared import Record
 
 ROLES = {fileslots.ROOT: "current", fileslots.NEW: "staged", fileslots.OLD: "previous",
          fileslots.BROKEN: "reverted"}  # fmt: skip
@@ -174,4 +177,56 @@ def reboot(args: argparse.Namespace, cfg: Config, via: RebootVia, *, quiet: bool
                 f"{': ' + report.reason if report.reason else ''}\n"
                 f"kernel  {p.kernel}\ninitrd  {p.initrd or '-'}\ncmdline {p.cmdline}\n"
                 + commands)  # fmt: skip
+    return 0
+
+
+def prepare(args: argparse.Namespace, cfg: Config) -> int:
+    """``kexec --prepare``: plan, run the pre-reboot hooks, load (updater.fileprepared)."""
+    from updater import bootdisk, fileprepared
+    from updater.hooks.prereboot import PreReboot
+
+    if getattr(args, "slot", "auto") != "auto":
+        raise UsageError("--slot does not apply to the file backend: the rules pick the image")
+    d = filebackend.read(cfg.boot.images_dir)
+    record = fileprepared.prepare(d, cfg.boot, bootdisk.read_cmdline("/proc/cmdline"),
+                                  kexec.probe_support(), PreReboot.of(cfg))  # fmt: skip
+    if args.json:
+        emit(prepared_json(record))
+    else:
+        p = record.plan
+        out(f"prepared {p.image} (version {p.version}, {record.method}); the next reboot or "
+            f"systemctl kexec enters it, and its initrd counts the boot\ncmdline {p.cmdline}\n")
+    return 0
+
+
+def prepared_json(record: Record) -> dict[str, Any]:
+    """``kexec --prepare --json`` on the file backend (README)."""
+    p = record.plan
+    return {"prepared": True, "backend": "files", "image": p.image, "version": p.version,
+            "root_hash": p.root_hash, "kernel": p.kernel, "initrd": p.initrd,
+            "cmdline": p.cmdline, "method": record.method,
+            "pre_reboot_hooks": list(record.pre_reboot_hooks or ())}  # fmt: skip
+
+
+def check_prepared(args: argparse.Namespace, cfg: Config) -> int:
+    """``kexec --consume-prepared`` (at shutdown): keep the prepared kernel while the directory
+    still boots its image, else unload it (updater.fileprepared)."""
+    from updater import bootdisk, fileprepared
+
+    def plan_now() -> fileboot.FilePlan:
+        d = filebackend.read(cfg.boot.images_dir)
+        return fileboot.plan(d, cfg.boot, bootdisk.read_cmdline("/proc/cmdline"))
+
+    done = fileprepared.check(plan_now)
+    if args.json:
+        doc: dict[str, Any] = {"action": done.action, "reason": done.reason, "backend": "files"}
+        if done.record is not None:
+            doc["image"], doc["version"] = done.record.plan.image, done.record.plan.version
+        emit(doc)
+    elif done.action == "kept":
+        assert done.record is not None
+        log(f"the prepared kernel of {done.record.plan.image} stays loaded: the directory "
+            "still boots it (its initrd counts the boot)")  # fmt: skip
+    elif done.action == "unloaded":
+        log(f"unloaded the prepared kexec kernel: {done.reason}; rebooting through the firmware")
     return 0

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from updater import config, jsonout, pin
 from updater.commands.common import (
@@ -23,6 +24,8 @@ from updater.commands.common import (
 from updater.config import RebootVia, SlotBackend
 from updater.errors import UpdaterError
 from updater.log import log
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from updater.hooks.prereboot import PreReboot
@@ -93,8 +96,10 @@ class Display:
                 f"rebooting into {data.get('image') or 'USR-' + str(data['slot'])} "
                 f"({data['method']})"
             ),
-            "prepared": lambda: f"prepared the kexec into USR-{data['slot']} ({data['method']}): "
-            "the next reboot enters it",
+            "prepared": lambda: (
+                f"prepared the kexec into {data.get('image') or 'USR-' + str(data['slot'])} "
+                f"({data['method']}): the next reboot enters it"
+            ),
         }.get(kind)
         if text is not None:
             out(text() + "\n")
@@ -172,31 +177,54 @@ def cmd_update(args: argparse.Namespace) -> int:
                                checkpoint=cfg.checkpoint,
                                hooks=stages.PreReboot.of(cfg))  # fmt: skip
         bootflow.reboot(target, req, kexec.probe_support(), announce)
+    elif outcome.status == "updated" and args.prepare_kexec and target is None:
+        _prepare_kexec_files(cfg, stages.PreReboot.of(cfg), emit)
     elif outcome.status == "updated" and args.prepare_kexec:
         _prepare_kexec(args, stages.PreReboot.of(cfg), emit)
     return outcome.exit_code
 
 
 def _prepare_kexec(args: argparse.Namespace, hooks: PreReboot, emit: Any) -> None:
-    """Run the pre-reboot hooks and load the activated slot's kernel now (updater.prepared).
-    A failing hook is the update's error, as before a reboot (the booted slot is back on top);
-    otherwise the update stands, so a failed load is one line, and the next reboot goes through
-    the firmware."""
+    """Run the pre-reboot hooks and load the activated slot's kernel now (updater.prepared)."""
     from updater import kexec, prepared, update
+
+    done = _or_firmware(lambda: prepared.prepare(resolve_target(args), "auto",
+                                                 kexec.probe_support(), hooks))  # fmt: skip
+    if done is not None:
+        plan, record = done
+        for note in plan.notes:
+            log(note)
+        emit(update.Event("prepared", {"slot": plan.slot.letter, "method": record.method}))
+
+
+def _prepare_kexec_files(cfg: config.Config, hooks: PreReboot, emit: Any) -> None:
+    """``_prepare_kexec`` on the file backend (updater.fileprepared): the kernel of
+    root-new.img, loaded now; its initrd counts the boot."""
+    from updater import bootdisk, filebackend, fileprepared, kexec, update
+
+    record = _or_firmware(lambda: fileprepared.prepare(
+        filebackend.read(cfg.boot.images_dir), cfg.boot, bootdisk.read_cmdline("/proc/cmdline"),
+        kexec.probe_support(), hooks))  # fmt: skip
+    if record is not None:
+        emit(update.Event("prepared", {"slot": "files", "image": record.plan.image,
+                                       "method": record.method}))  # fmt: skip
+
+
+def _or_firmware(prepare: Callable[[], T]) -> T | None:
+    """A preparation after an update: a failing pre-reboot hook is the update's error, as
+    before a reboot (the booted slot, or root.img, boots next again); otherwise the update
+    stands, so a failed load is one line (None), and the next reboot goes through the
+    firmware."""
     from updater.hooks.runner import HookFailed
 
     try:
-        plan, record = prepared.prepare(resolve_target(args), "auto", kexec.probe_support(),
-                                        hooks)  # fmt: skip
+        return prepare()
     except HookFailed:
         raise
     except UpdaterError as exc:
         log(f"could not prepare the kexec reboot ({exc.message}); the next reboot goes "
             "through the firmware")  # fmt: skip
-        return
-    for note in plan.notes:
-        log(note)
-    emit(update.Event("prepared", {"slot": plan.slot.letter, "method": record.method}))
+        return None
 
 
 def _reboot_files(cfg: config.Config, via: RebootVia, emit: Any) -> None:
