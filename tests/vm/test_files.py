@@ -8,8 +8,10 @@ repository is served from the host's 127.0.0.1 and reached through QEMU's guestf
    backend: USR-A's image copied into ``root.img`` with its trailer, its kernel and initrd kept
    by root hash, ``[boot] backend = "files"``;
 2. ``updater update`` writes and verifies version 2 into ``root-new.img``;
-3. ``updater kexec``: the initrd promotes it and mounts ``root.img`` through dm-verity on a loop
-   device; version 2 is up, on trial (tries 3 -> 2);
+3. ``updater kexec --prepare`` (nothing counted), then ``systemctl kexec``: the shutdown keeps
+   the prepared kernel (the directory still boots root-new.img), the initrd promotes it and
+   mounts ``root.img`` through dm-verity on a loop device; version 2 is up, on trial (tries
+   3 -> 2: counted once, by the initrd);
 4. ``updater rollback --reboot kexec``: the initrd reverts (``root.img`` -> ``root-broken.img``,
    ``root-old.img`` -> ``root.img``); version 1 is up again;
 5. version 2 staged again, the first rename of the promotion done, then a power cut: the cold
@@ -128,13 +130,18 @@ def test_file_backend_update_kexec_revert_and_a_cut_between_renames(
         assert versions(doc) == {"root.img": "1", "root-new.img": "2"}
         assert doc["next"] == "root-new.img" and doc["tries"] == 3
 
-        # 3. kexec: the initrd promotes and mounts root.img through dm-verity
+        # 3. a prepared kexec: the initrd promotes and mounts root.img through dm-verity
+        text = m.run("updater kexec --prepare --json 2>/dev/null", timeout=300).check().output
+        prepared = json.loads(text[text.index("{"):])
+        assert (prepared["image"], prepared["version"]) == ("root-new.img", "2"), prepared
+        assert m.run("cat /sys/kernel/kexec_loaded").check().output.strip() == "1"
+        assert files_status(m)["tries"] == 3, "the preparation counts nothing"
         since, start = m.console.position(), time.monotonic()
-        m.console.write("updater kexec\n")
+        m.console.write("systemctl kexec\n")
         version, seconds = booted_file(m, since, start)
         assert version == "2"
         shell(m)
-        print(f"vm: file backend: kexec into version 2 in {seconds:.1f} s")
+        print(f"vm: file backend: prepared kexec into version 2 in {seconds:.1f} s")
         doc = files_status(m)
         assert versions(doc) == {"root.img": "2", "root-old.img": "1"} and doc["tries"] == 2
         assert doc["slots"][0] == {**doc["slots"][0], "image": "root.img", "booted": True}
