@@ -270,7 +270,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--prepare-kexec",
         action="store_true",
         help="with --reboot none: load the new slot's kernel right away (kexec --prepare), so "
-        "that the next reboot only counts its try and jumps",
+        "that the next reboot only counts its try and jumps (file backend: root-new.img's "
+        "kernel; its initrd counts the boot)",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per line (README)")
     p.set_defaults(func=cmd_update)
