@@ -12,9 +12,8 @@ on a cold boot, so a prepared kernel entered by any path (``systemctl kexec``, a
 
 What can go wrong is a stale kernel: the directory changed after the preparation (a rollback
 dropped ``root-new.img`` or marked a revert, another release was staged). ``check`` runs at
-shutdown
-(``updater kexec --consume-prepared``, from updater-kexec-prepared.service, as on the GPT
-backend): it plans the boot again from the directory as it is then, and unloads the kernel
+shutdown (``updater kexec --consume-prepared``, from updater-kexec-prepared.service, as on the
+GPT backend): it plans the boot again from the directory as it is then, and unloads the kernel
 unless the plan is the recorded one, so that the reboot goes through the firmware and GRUB's
 ``loopback`` menu chooses by the same rules.
 
