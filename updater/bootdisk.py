@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 from updater.errors import DeviceError
+from updater.records import dataclass
 
 _USR_KEYS = ("verity.usr", "mount.usr", "usr")
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from updater import bootplan, kexec, prepared, slots, state
 from updater.bootplan import BootPlan
@@ -52,6 +51,7 @@ from updater.config import CheckpointSettings, QuiesceSettings, RebootVia
 from updater.errors import SlotError, UpdaterError
 from updater.kexec import KexecSupport, Method, Step
 from updater.log import log
+from updater.records import dataclass, field
 from updater.target import Target
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)

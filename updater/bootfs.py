@@ -32,11 +32,11 @@ import os
 import stat
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from updater import gptformat
 from updater.errors import DataError, DeviceError, UpdaterError
+from updater.records import dataclass
 
 # Writing imports ``updater.atomicfile`` (tempfile) and ``updater.run`` (subprocess) where it
 # happens: most commands only read the boot partitions (start-up time).

@@ -18,12 +18,12 @@ not load kernels, consume tries or reboot (``updater.bootflow``).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from updater import cmdline, espfiles, initrdcpio, kexec, slots
 from updater.cmdline import BootFacts, Delivery, OemConfig
 from updater.errors import DataError, DeviceError, NoBootableSlot, SlotError, VerificationError
+from updater.records import dataclass, field, replace
 from updater.state import DiskState
 from updater.target import Target
 

@@ -25,10 +25,10 @@ import functools
 import re
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from enum import StrEnum
 
 from updater.errors import DataError, UsageError
+from updater.records import dataclass
 
 DEFAULT_CONSOLE = "console=ttyS0,115200n8 console=tty0"
 FIRST_BOOT_MARKERS = ("flatcar/first_boot", "coreos/first_boot")

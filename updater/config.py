@@ -22,12 +22,12 @@ import os
 import re
 import shlex
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 
 from updater.cmdline import Delivery, protected, split_cmdline
 from updater.errors import UsageError
+from updater.records import MISSING, dataclass, field, fields, replace
 
 # The maintenance windows' parser (``updater.agent.schedule``: hashlib, datetime) and the TOML
 # parser are imported when a setting or a file needs them: most commands run on the defaults
@@ -449,7 +449,7 @@ class Setting:
         f = next(f for f in fields(SECTIONS[self.section]) if f.name == self.key)
         if f.default is not MISSING:
             return f.default
-        factory: Callable[[], Any] = f.default_factory  # type: ignore[assignment]
+        factory: Callable[[], Any] = f.default_factory
         return factory()
 
 

@@ -19,11 +19,11 @@ does not choose the release and does not reboot.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from updater import cmdline
 from updater.errors import VerificationError
+from updater.records import dataclass
 from updater.release import Release
 from updater.slotwrite import ImageFacts, Phase, Region, WriteResult, write_image
 

@@ -17,10 +17,10 @@ This module makes no A/B decision and does not touch the GPT (``updater.state`` 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from updater import bootfs, grubenv
 from updater.errors import UpdaterError
+from updater.records import dataclass
 from updater.slots import Slot
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)

@@ -8,9 +8,8 @@ not parse the files beyond the root hash, and it does not write anything.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from updater import bootfs, cmdline
+from updater.records import dataclass, field
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:

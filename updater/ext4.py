@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from updater.errors import DataError
+from updater.records import dataclass
 
 Reader = Callable[[int, int], bytes]  # (offset, length) -> exactly length bytes
 

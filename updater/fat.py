@@ -23,9 +23,9 @@ import array
 import struct
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from updater.errors import DataError
+from updater.records import dataclass
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:

@@ -35,12 +35,12 @@ import re
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from updater import atomicfile, fileslots, grubenv
 from updater.errors import DataError, DeviceError
 from updater.fileslots import BROKEN, MARKER, NEW, OLD, PART, ROOT, TRIES, FileState, Step
+from updater.records import dataclass
 
 TRAILER_SIZE = 4096
 TRAILER_MAGIC = b"UPDATER-FILESLOT 1\n"

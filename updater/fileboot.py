@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from updater import kexec, signals
@@ -37,6 +36,7 @@ from updater.errors import SlotError
 from updater.filebackend import Directory, boot_files
 from updater.kexec import KexecSupport, Method, Step
 from updater.log import log
+from updater.records import dataclass
 
 if TYPE_CHECKING:
     from updater.hooks.prereboot import PreReboot

@@ -26,7 +26,6 @@ pre-reboot hooks again when the preparation of the very same boot ran them (``ho
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from updater import fileboot, jsonout, kexec
@@ -36,6 +35,7 @@ from updater.filebackend import Directory
 from updater.fileboot import FilePlan
 from updater.kexec import KexecSupport
 from updater.log import log
+from updater.records import asdict, dataclass, fields
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:

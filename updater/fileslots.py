@@ -26,8 +26,9 @@ writer do that.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Literal
+
+from updater import records
 
 ROOT = "root.img"
 NEW = "root-new.img"
@@ -39,7 +40,7 @@ TRIES = "tries"
 StepKind = Literal["rename", "remove", "set-tries", "mark-revert"]
 
 
-@dataclasses.dataclass(frozen=True)
+@records.dataclass(frozen=True)
 class FileState:
     """What the image directory holds; ``tries`` is None when no counter."""
 
@@ -48,7 +49,7 @@ class FileState:
     tries: int | None = None
 
 
-@dataclasses.dataclass(frozen=True)
+@records.dataclass(frozen=True)
 class Step:
     kind: StepKind
     src: str = ""
@@ -62,17 +63,17 @@ def apply(state: FileState, step: Step) -> FileState:
     if step.kind == "rename":
         images.discard(step.src)
         images.add(step.dst)  # rename(2) replaces dst atomically
-        return dataclasses.replace(state, images=frozenset(images))
+        return records.replace(state, images=frozenset(images))
     if step.kind == "remove":
         if step.src == MARKER:
-            return dataclasses.replace(state, revert=False)
+            return records.replace(state, revert=False)
         if step.src == TRIES:
-            return dataclasses.replace(state, tries=None)
+            return records.replace(state, tries=None)
         images.discard(step.src)
-        return dataclasses.replace(state, images=frozenset(images))
+        return records.replace(state, images=frozenset(images))
     if step.kind == "set-tries":
-        return dataclasses.replace(state, tries=step.value)
-    return dataclasses.replace(state, revert=True)
+        return records.replace(state, tries=step.value)
+    return records.replace(state, revert=True)
 
 
 def _next(state: FileState, decremented: bool) -> Step | None:

@@ -24,7 +24,6 @@ shares its inode. It does not reboot; the command does, through the file backend
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from updater import deploy, filebackend, fileslots
@@ -32,6 +31,7 @@ from updater.errors import SlotError
 from updater.hooks import filestages, slotmount
 from updater.hooks import runner as hooks
 from updater.hooks.rules import Stage
+from updater.records import replace
 from updater.release import Version, parse_version
 from updater.slotwrite import Region, clear_journal, write_image
 from updater.update import Emit, Event, Outcome, Request, choose, run_hooks

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from updater.errors import UsageError, VerificationError
+from updater.records import dataclass
 
 if TYPE_CHECKING:
     import zstandard

@@ -24,10 +24,10 @@ import struct
 import uuid
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from updater import gptformat
 from updater.errors import GptError
+from updater.records import dataclass
 
 ENTRY_COUNT = 128
 ENTRY_SIZE = 128

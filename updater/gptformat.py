@@ -29,10 +29,10 @@ import struct
 import uuid
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
 from functools import cached_property
 
 from updater.errors import GptError
+from updater.records import dataclass, replace
 
 SIGNATURE = b"EFI PART"
 REVISION = 0x00010000

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from updater import slots as slotmod
 from updater.errors import DataError, UsageError
+from updater.records import dataclass
 
 SIZE = 1024  # GRUB_ENVBLK_DEFCFG size; save_env rewrites the block in place and never grows it
 HEADER = b"# GRUB Environment Block\n"

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from updater.cmdline import BootFacts, facts_env
 from updater.errors import UsageError
+from updater.records import dataclass
 
 MAGIC = b"070701"
 TRAILER = "TRAILER!!!"

@@ -23,11 +23,11 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
 from updater.errors import UpdaterError
+from updater.records import dataclass
 from updater.run import CommandFailed, child_env, run
 
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import dataclass
 
 from updater import slots
 from updater.errors import UsageError
+from updater.records import dataclass
 from updater.run import require_tool, run
 
 MiB = 1 << 20

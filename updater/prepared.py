@@ -36,18 +36,17 @@ lines, and does not jump.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
-from updater import bootplan, jsonout, kexec, slots, state
+from updater import bootplan, jsonout, kexec, records, slots, state
 from updater.bootplan import BootPlan
 from updater.errors import DataError, UpdaterError
 from updater.hooks.prereboot import pre_reboot_due
 from updater.kexec import KexecSupport
 from updater.log import log
+from updater.records import dataclass
 from updater.target import Target
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
@@ -197,7 +196,7 @@ def read_record() -> Record | None:
             or not (hooks is None or (isinstance(hooks, list)
                                       and all(isinstance(h, str) for h in hooks)))):  # fmt: skip
         raise DataError(f"{record_path} is not a prepared-kexec record (field types)")
-    return dataclasses.replace(record, pre_reboot_hooks=None if hooks is None else tuple(hooks))
+    return records.replace(record, pre_reboot_hooks=None if hooks is None else tuple(hooks))
 
 
 def kernel_loaded() -> bool:

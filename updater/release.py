@@ -23,13 +23,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from updater import jsonout
 from updater.config import ARCHES
 from updater.errors import ReleaseError, VerificationError
 from updater.frames import Frame, FrameTable, MiB
+from updater.records import dataclass, field
 from updater.verity import BLOCK_SIZE, VerityParams, hash_area_size
 
 FORMAT = 1

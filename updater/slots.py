@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 from updater.errors import NoBootableSlot, SlotError, UsageError
+from updater.records import dataclass, field
 
 USR_TYPE = uuid.UUID("5dfbf5f4-2848-4bac-aa5e-0d9a20b745a6")  # Flatcar "usr" partition type
 

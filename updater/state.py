@@ -12,11 +12,11 @@ does not read kernels or slot contents (``updater.espfiles``, ``updater.slotimag
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
 
 from updater import gpt, gptformat, grubenv, slots
 from updater.errors import DeviceError, UpdaterError
 from updater.espenv import EspEnv
+from updater.records import dataclass, field, replace
 from updater.slots import Slot
 from updater.target import Target
 

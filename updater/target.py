@@ -17,13 +17,12 @@ the disk again; it reads /proc and /sys; it writes nothing, and it makes no A/B 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from updater import bootdisk, bootfs, gpt, slots
 from updater.config import BootSettings
 from updater.errors import DeviceError, UsageError
 from updater.espenv import COPIES
 from updater.gptformat import GptTable
+from updater.records import dataclass, field
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:

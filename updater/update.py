@@ -25,7 +25,6 @@ refuses it, and ``slots.make_unbootable`` refuses to disable it), and raises typ
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from updater import bootfs, deploy, gpt, gptformat, inventory, release, slots, state
@@ -35,6 +34,7 @@ from updater.hooks import ledger as hook_ledger
 from updater.hooks import runner as hooks
 from updater.hooks import slotmount
 from updater.hooks.rules import Context, Stage
+from updater.records import dataclass, field, replace
 from updater.release import Release, Version
 from updater.slotwrite import Region, clear_journal
 from updater.target import Target

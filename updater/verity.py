@@ -19,9 +19,9 @@ import struct
 from collections.abc import Iterable
 
 from updater.errors import UsageError, VerificationError
-from updater.frozen import Frozen
+from updater.records import dataclass
 
-# Neither ``typing`` nor ``uuid`` (nor ``dataclasses``, see ``updater.frozen``) is imported on the
+# Neither ``typing`` nor ``uuid`` (nor ``dataclasses``, see ``updater.records``) is imported on the
 # way of ``updater verity format``: together they cost about a third of its start-up.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -72,19 +72,18 @@ def blocks_for_size(size: int) -> int:
     return size // BLOCK_SIZE
 
 
-class VerityParams(Frozen):
+@dataclass(frozen=True)
+class VerityParams:
     """Everything that determines the tree; the UUID does not, so it lives in Superblock."""
 
-    __slots__ = ("data_blocks", "salt")
     data_blocks: int
     salt: bytes
 
-    def __init__(self, data_blocks: int, salt: bytes) -> None:
-        if data_blocks < 1:
+    def __post_init__(self) -> None:
+        if self.data_blocks < 1:
             raise UsageError("dm-verity needs at least one data block")
-        if len(salt) > MAX_SALT_SIZE:
-            raise UsageError(f"salt is {len(salt)} bytes, at most {MAX_SALT_SIZE} allowed")
-        self._set(data_blocks=data_blocks, salt=salt)
+        if len(self.salt) > MAX_SALT_SIZE:
+            raise UsageError(f"salt is {len(self.salt)} bytes, at most {MAX_SALT_SIZE} allowed")
 
     @property
     def data_size(self) -> int:
@@ -142,11 +141,11 @@ def uuid4_bytes(random16: bytes) -> bytes:
     return bytes(raw)
 
 
-class Superblock(Frozen):
+@dataclass(frozen=True)
+class Superblock:
     """``volume`` is the UUID's 16 bytes (a ``uuid.UUID`` is taken too): formatting then needs
     no ``uuid`` module, which costs start-up time; ``.uuid`` gives it as a ``uuid.UUID``."""
 
-    __slots__ = ("params", "volume")
     params: VerityParams
     volume: bytes
 
@@ -154,7 +153,8 @@ class Superblock(Frozen):
         raw = volume if isinstance(volume, bytes) else volume.bytes
         if len(raw) != 16:
             raise UsageError(f"a UUID has 16 bytes, not {len(raw)}")
-        self._set(params=params, volume=raw)
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "volume", raw)
 
     @property
     def uuid(self) -> UUID:
@@ -239,14 +239,11 @@ def _pad_to_block(data: bytes) -> bytes:
     return data + b"\0" * (-len(data) % BLOCK_SIZE)
 
 
-class VerityTree(Frozen):
-    __slots__ = ("params", "levels", "root_hash")
+@dataclass(frozen=True)
+class VerityTree:
     params: VerityParams
     levels: tuple[bytes, ...]  # level 0 (data digests) first, each padded to whole blocks
     root_hash: bytes
-
-    def __init__(self, params: VerityParams, levels: tuple[bytes, ...], root_hash: bytes) -> None:
-        self._set(params=params, levels=levels, root_hash=root_hash)
 
     @classmethod
     def from_leaf_digests(cls, params: VerityParams, digests: bytes) -> VerityTree:

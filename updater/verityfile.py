@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Generator, Iterable, Iterator
 
 from updater.errors import DeviceError, UsageError, VerificationError
-from updater.frozen import Frozen
+from updater.records import dataclass
 from updater.verity import (
     BLOCK_SIZE,
     DIGEST_SIZE,
@@ -64,23 +64,12 @@ def random_salt() -> bytes:
     return secrets.token_bytes(DEFAULT_SALT_SIZE)
 
 
-class FormatResult(Frozen):
-    __slots__ = ("params", "root_hash", "hash_offset", "superblock")
+@dataclass(frozen=True)
+class FormatResult:
     params: VerityParams
     root_hash: bytes
     hash_offset: int
     superblock: Superblock | None
-
-    def __init__(
-        self,
-        params: VerityParams,
-        root_hash: bytes,
-        hash_offset: int,
-        superblock: Superblock | None,
-    ) -> None:
-        self._set(
-            params=params, root_hash=root_hash, hash_offset=hash_offset, superblock=superblock
-        )
 
     def to_json(self) -> dict[str, object]:
         """The stable ``updater verity format --json`` contract."""

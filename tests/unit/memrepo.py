@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from updater.cmdline import USRHASH_OFFSETS
 from updater.fetch.bounds import capped, check_start, longer, truncated
 from updater.fetch.client import Endpoint, ReleaseClient
 from updater.fetch.source import StreamingFetcher
+from updater.records import dataclass
 from updater.release import Release, VerityFacts, parse_version
 from updater.repo import publish, repository
 from updater.repo.image import UsrFacts

@@ -12,10 +12,10 @@ import hashlib
 import random
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
 
 from updater import frames
 from updater.errors import TransportError
+from updater.records import dataclass, field, replace
 from updater.slotwrite import ImageFacts
 from updater.verity import BLOCK_SIZE, Superblock, VerityParams, VerityTreeBuilder
 
@@ -37,7 +37,7 @@ class ReleaseImage:
         return self.facts.table.uncompressed_offset(frames_done)
 
     def with_facts(self, **changes: object) -> ReleaseImage:
-        return replace(self, facts=replace(self.facts, **changes))  # type: ignore[arg-type]
+        return replace(self, facts=replace(self.facts, **changes))
 
 
 def make_data(blocks: int, seed: int) -> bytes:

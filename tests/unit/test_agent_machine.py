@@ -3,7 +3,6 @@ machine run by the real slot rules (``tests.unit.agentfakes.FakeMachine``)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -18,6 +17,7 @@ from updater.agent.record import Blocked, LockTicket, Reason, Record, State
 from updater.agent.schedule import parse_waves, parse_window
 from updater.agent.seam import Booted, Offer, SlotView
 from updater.config import RebootStrategy
+from updater.records import replace
 
 NOW = 1_700_000_000.0  # Tuesday 2023-11-14 22:13:20 UTC
 P = policy()

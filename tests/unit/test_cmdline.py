@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from typing import Any
 
@@ -10,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from updater import cmdline
+from updater import cmdline, records
 from updater.cmdline import (
     DEFAULT_CONSOLE,
     BootFacts,
@@ -36,7 +35,7 @@ EC2 = OemConfig(oem_id="ec2", linux_append="flatcar.autologin", linux_console="c
 
 def facts(**changes: Any) -> BootFacts:
     base = BootFacts(letter="B", partuuid=UUID_B, usrhash=HASH_1, first_boot=False, oem=OemConfig())
-    return dataclasses.replace(base, **changes)
+    return records.replace(base, **changes)
 
 
 CASES = [
@@ -448,10 +447,10 @@ def test_strip_keeps_exactly_the_slot_independent_words(state: BootFacts) -> Non
 @given(_facts, _facts)
 def test_keeping_running_args_does_not_grow_the_cmdline(old: BootFacts, new: BootFacts) -> None:
     """A kexec that keeps the running arguments, done twice, gives the same line both times."""
-    old = dataclasses.replace(old, oem=new.oem, extra=new.extra)
+    old = records.replace(old, oem=new.oem, extra=new.extra)
     kept = strip_slot_args(build_cmdline(old))
-    once = build_cmdline(dataclasses.replace(new, extra=kept))
-    twice = build_cmdline(dataclasses.replace(new, extra=strip_slot_args(once)))
+    once = build_cmdline(records.replace(new, extra=kept))
+    twice = build_cmdline(records.replace(new, extra=strip_slot_args(once)))
     assert once == twice == build_cmdline(new)
 
 
@@ -459,7 +458,7 @@ def test_keeping_running_args_does_not_grow_the_cmdline(old: BootFacts, new: Boo
 def test_initrd_delivery_ignores_slot_facts(
     state: BootFacts, letter: str, partuuid: uuid.UUID, first_boot: bool
 ) -> None:
-    other = dataclasses.replace(
+    other = records.replace(
         state,
         letter=letter,
         partuuid=partuuid,

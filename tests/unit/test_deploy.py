@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from updater import deploy
 from updater.errors import SlotError, VerificationError
+from updater.records import replace
 from updater.slotwrite import Region
 
 from .memrepo import MemoryRepo, make_image

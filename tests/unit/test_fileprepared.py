@@ -4,7 +4,6 @@ recorded instead of run (the command-line paths: tests/integration/test_fileprep
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 from updater import fileprepared, kexec
 from updater.errors import DataError, SlotError
 from updater.fileboot import FilePlan
+from updater.records import replace
 
 PLAN = FilePlan("root-new.img", "2", "22" * 32, "/var/lib/images/boot/k", None, "console=tty0")
 GOOD: dict[str, Any] = {

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import struct
 import uuid
-from dataclasses import replace
 
 import pytest
 
 from tests.unit.memdisk import MemDisk
 from updater import gptcreate, gptformat, slots
 from updater.errors import GptError
+from updater.records import replace
 
 ESP = uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
 ROOT = uuid.UUID("3884dd41-8582-4404-b9a8-e9b84f2df50e")
@@ -101,7 +101,7 @@ def test_nothing_is_a_table_until_the_protective_mbr_is_written_last(ss: int) ->
 )
 def test_refuses_entries_no_reader_would_accept(change: dict[str, object], message: str) -> None:
     bad = parts(512)
-    bad[0] = replace(bad[0], **change)  # type: ignore[arg-type]
+    bad[0] = replace(bad[0], **change)
     with pytest.raises(GptError, match=message):
         gptcreate.plan_new_table(gptcreate.Geometry(512, 16384), DISK, bad)
 

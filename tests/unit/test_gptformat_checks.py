@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import replace
 
 import pytest
 
 from updater import gptformat
 from updater.errors import GptError
+from updater.records import replace
 
 from .memdisk import MemDisk, build, flatcar_parts, rewrite_header
 

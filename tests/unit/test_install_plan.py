@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import re
 import uuid
-from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -15,6 +14,7 @@ from updater import gptformat
 from updater.errors import DeviceError
 from updater.install import plan
 from updater.layout import DiskLayout, GiB, MiB
+from updater.records import dataclass, field, replace
 
 # REFERENCE section 4: Flatcar's fixed USR GUIDs; section 1: P1 T0 S1.
 USR_A = uuid.UUID("7130c94a-213a-4e5a-8e26-6cce9662f132")
@@ -57,7 +57,7 @@ def placed(layout: DiskLayout, disk_bytes: int, ss: int = 512) -> plan.DiskPlan:
 
 def facts(**changes: object) -> plan.DiskFacts:
     base = plan.DiskFacts("/dev/vdb", "QEMU disk", "S123", 8 * GiB, 512, True, True, None)
-    return replace(base, **changes)  # type: ignore[arg-type]
+    return replace(base, **changes)
 
 
 def test_layout_has_fresh_guids_but_flatcars_usr_guids() -> None:

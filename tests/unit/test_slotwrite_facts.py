@@ -7,7 +7,6 @@ frame header, built here byte by byte.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import struct
 
@@ -15,7 +14,7 @@ import pytest
 import zstandard
 
 from tests.unit.slotimages import MiB, make_image
-from updater import frames
+from updater import frames, records
 from updater.errors import VerificationError
 from updater.frames import Frame, FrameTable
 from updater.slotwrite.facts import ImageFacts, compress_bound
@@ -24,11 +23,11 @@ GOOD = make_image(data_blocks=300).facts  # 1.2 MiB of data and 16 KiB of hash a
 
 
 def facts(**changes: object) -> ImageFacts:
-    return dataclasses.replace(GOOD, **changes)  # type: ignore[arg-type]
+    return records.replace(GOOD, **changes)
 
 
 def table(**changes: object) -> FrameTable:
-    return dataclasses.replace(GOOD.table, **changes)  # type: ignore[arg-type]
+    return records.replace(GOOD.table, **changes)
 
 
 def test_good_facts_pass_and_identity_covers_every_field() -> None:
@@ -44,7 +43,7 @@ def test_good_facts_pass_and_identity_covers_every_field() -> None:
     ]
     identities = {GOOD.identity(), *(v.identity() for v in variants)}
     assert len(identities) == len(variants) + 1
-    assert GOOD.identity() == dataclasses.replace(GOOD).identity()
+    assert GOOD.identity() == records.replace(GOOD).identity()
 
 
 FIRST, LAST = GOOD.table.frames

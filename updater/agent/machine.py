@@ -16,7 +16,6 @@ implementation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from datetime import datetime, tzinfo
 from enum import StrEnum
 
@@ -24,6 +23,7 @@ from updater.agent import schedule
 from updater.agent.record import RESTING, LockTicket, Reason, Record, State
 from updater.agent.seam import Booted, Offer
 from updater.config import RebootStrategy
+from updater.records import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ Result = Done | Failed | Offered | Busy | Taken | Unhealthy
 
 
 def _to(rec: Record, state: State, f: Facts, **changes: object) -> Record:
-    return replace(rec, state=state, changed=f.now, next_try=None, **changes)  # type: ignore[arg-type]
+    return replace(rec, state=state, changed=f.now, next_try=None, **changes)
 
 
 def _sleep(rec: Record, until: float, why: str) -> Step:

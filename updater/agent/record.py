@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Any
 
 from updater import jsonout
 from updater.agent.schedule import Wave, parse_waves, waves_json
 from updater.errors import DataError
+from updater.records import asdict, dataclass, replace
 
 FORMAT = 1
 MAX_BYTES = 256 * 1024

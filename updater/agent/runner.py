@@ -27,7 +27,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import FrameType
 from typing import Any, Protocol
@@ -41,6 +40,7 @@ from updater.agent.schedule import rfc3339
 from updater.agent.seam import System
 from updater.agent.store import AgentRunning, Store, write_atomic
 from updater.errors import ReleaseError, UpdaterError
+from updater.records import dataclass, field, replace
 
 REBOOT_REQUIRED_TEXT = b"*** System restart required ***\n"
 

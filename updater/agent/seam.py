@@ -29,10 +29,10 @@ Contract of each call (the real implementation must keep it):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from updater.agent.schedule import Wave
+from updater.records import dataclass, field
 
 Progress = Callable[[int, int | None], None]
 

@@ -7,16 +7,13 @@ for the boot path's imports, nor ``updater --help`` for any (start-up time on sm
 
 from __future__ import annotations
 
-from updater.frozen import Frozen
+from updater.records import dataclass
 
 
-class Entry(Frozen):
-    __slots__ = ("module", "help")
+@dataclass(frozen=True)
+class Entry:
     module: str  # updater.commands.<module>
     help: str
-
-    def __init__(self, module: str, help: str) -> None:
-        self._set(module=module, help=help)
 
 
 INDEX: dict[str, Entry] = {

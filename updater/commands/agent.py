@@ -6,13 +6,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from updater import config, jsonout
 from updater.agent import report
 from updater.agent.store import Store
 from updater.errors import UpdaterError, UsageError
+from updater.records import replace
 
 if TYPE_CHECKING:
     from updater.agent.runner import Mode

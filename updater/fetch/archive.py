@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from tuf.api.exceptions import DownloadHTTPError
@@ -27,6 +26,7 @@ from updater.errors import DataError, TransportError
 from updater.fetch.bounds import capped, check_start, longer, truncated
 from updater.fetch.local import pread_chunks
 from updater.fetch.source import StreamingFetcher
+from updater.records import dataclass
 
 SCHEME = "tar"
 MAX_MEMBERS = 100_000

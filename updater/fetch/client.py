@@ -30,7 +30,6 @@ import os
 import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from tuf.api.exceptions import LengthOrHashMismatchError
@@ -45,6 +44,7 @@ from updater.fetch.failures import at_edge
 from updater.fetch.http import HttpFetcher, HttpPolicy
 from updater.fetch.local import LocalFetcher
 from updater.fetch.source import StreamingFetcher, TargetSource
+from updater.records import dataclass
 from updater.release import Release, SignedTarget, Version
 
 MAX_ROOT_SIZE = 512 * 1024  # python-tuf's own bound for root metadata

@@ -26,7 +26,6 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import requests
 import urllib3.exceptions
@@ -37,6 +36,7 @@ from updater import __version__
 from updater.errors import TransportError
 from updater.fetch.bounds import check_start, longer, truncated
 from updater.fetch.source import StreamingFetcher
+from updater.records import dataclass
 
 log = logging.getLogger(__name__)
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from tuf.ngclient.fetcher import FetcherInterface
 
 from updater.fetch.bounds import check_start
 from updater.fetch.failures import at_edge
+from updater.records import dataclass
 
 
 class StreamingFetcher(FetcherInterface):

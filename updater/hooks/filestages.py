@@ -27,7 +27,6 @@ It does not decide when a flow reaches a stage (the flows do) nor what a hook's 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from updater import filebackend, fileslots
@@ -39,6 +38,7 @@ from updater.hooks.rules import Context, Next, Stage
 from updater.hooks.runner import HookFailed, discover, run_stage, stage_dir
 from updater.hooks.stages import REBOOT_FILE, PreReboot, RebootPending, first_boot_once
 from updater.log import log
+from updater.records import dataclass
 
 
 def _version(d: Directory, name: str | None) -> str | None:

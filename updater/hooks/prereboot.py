@@ -10,9 +10,8 @@ means, is ``updater.hooks.stages``'s.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from updater.config import Config, HooksSettings
+from updater.records import dataclass
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from updater import jsonout
 from updater.errors import DataError
 from updater.hooks.prereboot import pre_reboot_due as pre_reboot_due  # re-exported: a rule too
+from updater.records import dataclass
 
 
 class Stage(StrEnum):

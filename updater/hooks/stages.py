@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from updater import inventory, slots, state
@@ -34,6 +33,7 @@ from updater.hooks.prereboot import PreReboot as PreReboot  # re-exported for th
 from updater.hooks.rules import Context, FirstBootStatus, Next, Stage
 from updater.hooks.runner import HookFailed, discover, run_stage, stage_dir
 from updater.log import log
+from updater.records import dataclass
 from updater.target import Target
 
 REBOOT_FILE = "first-boot-reboot"  # in the state directory: $UPDATER_REBOOT_FILE

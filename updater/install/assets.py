@@ -19,11 +19,11 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 from updater import cmdline
 from updater.errors import DataError, UpdaterError, UsageError
+from updater.records import dataclass
 
 DEFAULT_ASSETS = "/usr/share/updater/install"
 MAX_BOOT_LOADER = 64 << 20

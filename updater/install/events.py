@@ -16,10 +16,10 @@ whether the disk was written to at all.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from updater.install.plan import DiskFacts
+from updater.records import dataclass
 from updater.slots import Slot
 
 STEPS = ("clear", "format", "slot", "boot-files", "partition-table", "verify")

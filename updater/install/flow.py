@@ -29,7 +29,6 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +38,7 @@ from updater.install import assets as install_assets
 from updater.install import bootfiles, events, media, partition, plan, probe, verify
 from updater.install.plan import DiskFacts, DiskPlan
 from updater.log import log
+from updater.records import dataclass
 from updater.release import Release
 from updater.slotwrite import Region
 

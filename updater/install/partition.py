@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 from updater.errors import DeviceError, ToolMissing
 from updater.install.plan import DiskPlan, Placed
 from updater.layout import DiskLayout, MiB
+from updater.records import dataclass
 
 
 def _parted() -> ModuleType:

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 
 from updater import gptcreate, gptformat, slots
 from updater.errors import DeviceError, UpdaterError
 from updater.layout import DiskLayout, MiB, PartitionSpec, flatcar_layout
+from updater.records import dataclass, replace
 
 CLEAR = MiB  # bytes cleared at each end of the disk and of every partition
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import replace
 from pathlib import Path
 
 from updater import bootdisk, jsonout
 from updater.errors import DeviceError
 from updater.install import partition
 from updater.install.plan import DiskFacts
+from updater.records import replace
 from updater.run import require_tool, run
 
 Dev = tuple[int, int]

@@ -24,11 +24,11 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
 
 from updater import jsonout
 from updater.config import CheckpointSettings
 from updater.errors import DataError
+from updater.records import dataclass
 
 MANIFEST = "manifest.json"
 RESTORING = "manifest.restoring.json"  # renamed to this before the first criu restore

@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from updater import atomicfile
@@ -28,6 +27,7 @@ from updater.errors import UpdaterError
 from updater.log import log
 from updater.quiesce import checkpoint
 from updater.quiesce.checkpoint import Manifest, Tree
+from updater.records import dataclass
 from updater.run import CommandFailed, run
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"

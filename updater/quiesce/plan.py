@@ -23,10 +23,10 @@ Pure: the mount table comes in as text. Running the steps is ``updater.quiesce.r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
 
 from updater.config import QuiesceSettings
+from updater.records import dataclass
 
 
 class Phase(StrEnum):

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from updater.errors import UpdaterError
 from updater.log import log
 from updater.quiesce.plan import Mount, QStep, QuiescePlan, parse_mounts
+from updater.records import dataclass, field
 from updater.run import run
 
 

@@ -11,7 +11,6 @@ changes through compare-and-swap transactions; this module decides nothing else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +20,7 @@ from updater import jsonout
 from updater.errors import TransportError
 from updater.rebootlock import semaphore
 from updater.rebootlock.semaphore import Decision, Holder, Keys, Snapshot
+from updater.records import dataclass
 
 MAX_RESPONSE = 4 << 20
 ATTEMPTS = 8  # compare-and-swap rounds before giving up under heavy contention

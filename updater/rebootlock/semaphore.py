@@ -22,12 +22,12 @@ from __future__ import annotations
 import base64
 import json
 import re
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from updater import jsonout
 from updater.errors import DataError
+from updater.records import dataclass
 
 DEFAULT_MAX = 1
 MAX_HOLDERS_LIMIT = 1000

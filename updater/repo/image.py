@@ -13,10 +13,10 @@ This module reads files and verifies; it does not compress or write anything.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from updater.cmdline import USRHASH_OFFSETS, usrhash_from_kernel
 from updater.errors import UsageError, VerificationError
+from updater.records import dataclass
 from updater.release import VerityFacts
 from updater.verity import BLOCK_SIZE
 from updater.verityfile import device_size, verify_in_place

@@ -12,10 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
 
 from updater.errors import VerificationError
 from updater.frames import FrameTable, MiB, frame_count
+from updater.records import dataclass
 from updater.verity import BLOCK_SIZE, DIGEST_SIZE, VerityParams, hash_area_size
 
 MAX_FRAME_SIZE = 256 * MiB  # the decoder's window and a frame's download are bounded by this

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from updater import jsonout
 from updater.errors import DataError, DeviceError
+from updater.records import dataclass
 
 FILENAME = "slot-write.json"
 LOCKNAME = "slot-write.lock"

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 from typing import Any
 
 from updater.errors import DeviceError, SlotError
+from updater.records import dataclass
 
 SECTOR = 512  # sysfs counts start and size in 512-byte units whatever the logical block size
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Protocol
 
 from updater.errors import DeviceError
+from updater.records import dataclass
 
 CHUNK_SIZE = 1 << 20
 

@@ -36,13 +36,13 @@ import mmap
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import IO, TypeVar, cast
 
 import zstandard
 
 from updater import frames
 from updater.errors import VerificationError
+from updater.records import dataclass
 from updater.slotwrite.blockio import SlotIO, aligned_buffer
 from updater.slotwrite.facts import ImageFacts
 from updater.slotwrite.source import ByteSource

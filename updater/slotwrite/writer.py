@@ -30,10 +30,10 @@ import fcntl
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from enum import StrEnum
 
 from updater.errors import DataError, DeviceError, VerificationError
+from updater.records import dataclass
 from updater.slotwrite import journal, readback
 from updater.slotwrite.blockio import SlotIO
 from updater.slotwrite.facts import ImageFacts
