@@ -667,11 +667,18 @@ def parse(text: str, source: str = CONFIG_PATH) -> Config:
 
 def decode(data: bytes, source: str) -> str:
     if len(data) > MAX_CONFIG_BYTES:
-        raise UsageError(f"{source}: {len(data)} bytes, more than {MAX_CONFIG_BYTES} allowed")
+        raise UsageError(f"{source}: more than {MAX_CONFIG_BYTES} bytes")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UsageError(f"{source}: not UTF-8 text (byte {exc.start})") from None
+
+
+# Configurations read by this process, by the identity of the file they came from: a command
+# asks for it from several places (the disk, the backend, the hooks), and parsing TOML is not
+# free on a small machine. A rewritten file has a new ctime (and usually size and mtime), so
+# it is read again.
+_LOADED: dict[tuple[str, int, int, int, int, int], Config] = {}
 
 
 def load(path: str | None = None) -> Config:
@@ -688,14 +695,21 @@ def load(path: str | None = None) -> Config:
             "(see updater config --help)",
         )
     try:
-        data = target.read_bytes()
+        with target.open("rb") as f:
+            st = os.fstat(f.fileno())
+            key = (str(target), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            if key in _LOADED:
+                return _LOADED[key]
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         if path:
             raise UsageError(f"{path}: no such configuration file") from None
         return Config()
     except OSError as exc:
         raise UsageError(f"{target}: cannot read: {exc.strerror}") from None
-    return parse(decode(data, str(target)), str(target))
+    loaded = parse(decode(data, str(target)), str(target))
+    _LOADED[key] = loaded
+    return loaded
 
 
 def with_overrides(config: Config, section: str, **values: Any) -> Config:
