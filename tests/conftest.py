@@ -42,13 +42,14 @@ def fast_tmp(tmp_path: Path) -> Iterator[Path]:
 @pytest.fixture(autouse=True)
 def _no_host_run_files(tmp_path_factory: pytest.TempPathFactory,
                        monkeypatch: pytest.MonkeyPatch) -> Path:  # fmt: skip
-    """The prepared-kexec record that the reboot flows read and drop, and the kexec_loaded flag,
-    in a directory of the test instead of the host's /run and /sys (in this process; a test
-    that needs them names its own)."""
-    from updater import fileprepared, prepared
+    """The prepared-kexec record that the reboot flows read and drop, the kexec_loaded flag and
+    the parsed-configuration cache, in a directory of the test instead of the host's /run and
+    /sys (in this process; a test that needs them names its own)."""
+    from updater import config, fileprepared, prepared
 
     run = tmp_path_factory.mktemp("run")
     for module in (prepared, fileprepared):
         monkeypatch.setattr(module, "RECORD", str(run / "kexec-prepared.json"))
         monkeypatch.setattr(module, "KEXEC_LOADED", str(run / "kexec_loaded"))
+    monkeypatch.setattr(config, "CACHE_PATH", str(run / "config.json"))
     return run

@@ -18,6 +18,7 @@ the flows that take a ``Config`` do.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shlex
@@ -637,14 +638,22 @@ def option(section: str, key: str) -> Callable[[str], Any]:
 
 def parse(text: str, source: str = CONFIG_PATH) -> Config:
     """The configuration in ``text`` (TOML). Raises UsageError naming the source on any problem."""
+    return from_document(_toml(text, source), source)
+
+
+def _toml(text: str, source: str) -> dict[str, Any]:
     import tomllib
 
     try:
-        document = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{source}: {exc}") from None
     except RecursionError:  # arrays or inline tables nested past the parser's recursion
         raise UsageError(f"{source}: values nested too deeply") from None
+
+
+def from_document(document: dict[str, Any], source: str) -> Config:
+    """The configuration in a parsed TOML ``document``, validated setting by setting."""
     sections: dict[str, Any] = {}
     for name, table in document.items():
         if name not in SECTIONS:
@@ -674,11 +683,21 @@ def decode(data: bytes, source: str) -> str:
         raise UsageError(f"{source}: not UTF-8 text (byte {exc.start})") from None
 
 
-# Configurations read by this process, by the identity of the file they came from: a command
-# asks for it from several places (the disk, the backend, the hooks), and parsing TOML is not
-# free on a small machine. A rewritten file has a new ctime (and usually size and mtime), so
-# it is read again.
-_LOADED: dict[tuple[str, int, int, int, int, int], Config] = {}
+# Configurations read by this process, by file and content: a command asks for it from several
+# places (the disk, the backend, the hooks), and validating it each time is wasted work.
+_LOADED: dict[tuple[str, bytes], Config] = {}
+
+# The default file's parsed TOML, for the next command. Importing the TOML parser costs more
+# than a third of a short command's start-up on a small machine (``tomllib`` brings ``typing``,
+# ``datetime`` and its patterns: about 0.1 s under emulation), and the file rarely changes. The
+# cache holds the file's text beside the document, and is used only when the text is the very
+# text read now, so it can never stand for another file; it lives in /run (gone at reboot),
+# written by root only, and is read as hostile like everything else: a cache that is not a
+# regular file of root (or of the reader), is writable by others, too large, or not exactly
+# of this shape, is ignored. Validation runs on the document either way.
+CACHE_PATH = "/run/updater/config.json"
+CACHE_FORMAT = "updater-config-cache-1"
+MAX_CACHE_BYTES = 8 * MAX_CONFIG_BYTES
 
 
 def load(path: str | None = None) -> Config:
@@ -696,10 +715,6 @@ def load(path: str | None = None) -> Config:
         )
     try:
         with target.open("rb") as f:
-            st = os.fstat(f.fileno())
-            key = (str(target), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            if key in _LOADED:
-                return _LOADED[key]
             data = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         if path:
@@ -707,9 +722,75 @@ def load(path: str | None = None) -> Config:
         return Config()
     except OSError as exc:
         raise UsageError(f"{target}: cannot read: {exc.strerror}") from None
-    loaded = parse(decode(data, str(target)), str(target))
-    _LOADED[key] = loaded
+    source = str(target)
+    known = _LOADED.get((source, data))
+    if known is not None:
+        return known
+    text = decode(data, source)
+    document = _cached_document(source, text) if path is None else None
+    if document is None:
+        document = _toml(text, source)
+        if path is None:
+            _remember(source, text, document)
+    loaded = from_document(document, source)
+    _LOADED[(source, data)] = loaded
     return loaded
+
+
+def _cached_document(source: str, text: str) -> dict[str, Any] | None:
+    """The parsed document an earlier command left for exactly ``text``, or None."""
+    import stat
+
+    try:
+        with open(CACHE_PATH, "rb", opener=_no_follow) as f:
+            st = os.fstat(f.fileno())
+            if (not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, os.geteuid())
+                    or st.st_mode & 0o022):  # fmt: skip
+                return None
+            data = f.read(MAX_CACHE_BYTES + 1)
+    except OSError:
+        return None
+    if len(data) > MAX_CACHE_BYTES:
+        return None
+    from updater import jsonout
+
+    try:
+        cached = jsonout.loads(data)
+    except ValueError:
+        return None
+    if not (isinstance(cached, dict) and cached.keys() == {"format", "source", "text", "document"}
+            and cached["format"] == CACHE_FORMAT and cached["source"] == source
+            and cached["text"] == text and isinstance(cached["document"], dict)):  # fmt: skip
+        return None
+    document: dict[str, Any] = cached["document"]
+    return document
+
+
+def _remember(source: str, text: str, document: dict[str, Any]) -> None:
+    """Leave ``document`` for the next command, when it can be written as JSON exactly (no
+    dates or times, no infinities) and this process may write the cache; never fails."""
+    import json
+
+    cached = {"format": CACHE_FORMAT, "source": source, "text": text, "document": document}
+    try:
+        data = json.dumps(cached, ensure_ascii=False, allow_nan=False).encode()
+    except (TypeError, ValueError):
+        return
+    if len(data) > MAX_CACHE_BYTES:
+        return
+    temporary = f"{CACHE_PATH}.{os.getpid()}.new"
+    try:
+        os.makedirs(os.path.dirname(CACHE_PATH), mode=0o755, exist_ok=True)
+        with open(temporary, "xb", opener=_no_follow) as f:
+            f.write(data)
+        os.replace(temporary, CACHE_PATH)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+
+
+def _no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW, 0o644)
 
 
 def with_overrides(config: Config, section: str, **values: Any) -> Config:

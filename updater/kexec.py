@@ -20,7 +20,6 @@ This module does not choose slots or build command lines (``updater.slots``, ``u
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Sequence
 from enum import StrEnum
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from updater.errors import UpdaterError
 from updater.records import dataclass
-from updater.run import CommandFailed, child_env, run
+from updater.run import CommandFailed, child_env, run, which
 
 
 @dataclass(frozen=True)
@@ -199,10 +198,10 @@ def probe_support(proc: str = "/proc", sys: str = "/sys") -> KexecSupport:
         lockdown = text.split("[", 1)[1].split("]", 1)[0]
     comm = _read(Path(proc, "1/comm")).strip()
     return KexecSupport(
-        tool=shutil.which("kexec", path=child_env()["PATH"]) is not None,
+        tool=which("kexec", child_env()["PATH"]) is not None,
         load_disabled=disabled,
         lockdown=lockdown,
-        systemd=comm == "systemd" and shutil.which("systemctl") is not None,
+        systemd=comm == "systemd" and which("systemctl") is not None,
     )
 
 

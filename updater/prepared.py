@@ -36,11 +36,9 @@ lines, and does not jump.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
-from updater import bootplan, jsonout, kexec, records, slots, state
+from updater import bootplan, kexec, records, slots, state
 from updater.bootplan import BootPlan
 from updater.errors import DataError, UpdaterError
 from updater.hooks.prereboot import pre_reboot_due
@@ -95,6 +93,11 @@ class Consumed:
 def fingerprint(st: state.DiskState) -> str:
     """The A/B state as the reboot depends on it: every slot's partition, PARTUUID and
     attribute bits (priority, tries, successful and the bits the updater does not own)."""
+    # Imported here, as below: a dry run without a record needs neither (hashlib loads OpenSSL,
+    # about 50 ms under emulation; json about 20 ms).
+    import hashlib
+    import json
+
     rows = sorted((s.partition, str(s.partuuid), s.attributes) for s in st.slots)
     return hashlib.sha256(json.dumps([st.disk, rows]).encode()).hexdigest()
 
@@ -102,6 +105,8 @@ def fingerprint(st: state.DiskState) -> str:
 def _sha256(path: str | None) -> str | None:
     if path is None:
         return None
+    import hashlib  # here: see fingerprint
+
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -136,6 +141,8 @@ def prepare(target: Target, spec: str, support: KexecSupport,
         from updater import atomicfile  # only --prepare writes (start-up time of the rest)
 
         Path(RECORD).parent.mkdir(parents=True, exist_ok=True)
+        import json  # here: see fingerprint
+
         atomicfile.write(RECORD, json.dumps(record.to_json(), sort_keys=True).encode())
     except BaseException:
         kexec.UNLOAD.run()  # a loaded kernel without its record would kexec uncounted
@@ -180,6 +187,8 @@ def hooks_ran(st: state.DiskState, into: slots.Slot) -> bool:
 
 def read_record() -> Record | None:
     """The record, None when there is none; DataError when it is not one of ours."""
+    from updater import jsonout  # here: see fingerprint
+
     record_path = RECORD
     raw = jsonout.read_bounded(record_path, MAX_RECORD)
     if raw is None:

@@ -63,7 +63,7 @@ class Field:
         default: Any,
         default_factory: Any,
         init: bool,
-        repr: bool,  # noqa: A002 - the standard module's name for it
+        repr: bool,  # the standard module's name for it
         compare: bool,
     ) -> None:
         if default is not MISSING and default_factory is not MISSING:
@@ -84,7 +84,7 @@ def field(
     default: Any = MISSING,
     default_factory: Callable[[], Any] | Any = MISSING,
     init: bool = True,
-    repr: bool = True,  # noqa: A002 - the standard module's name for it
+    repr: bool = True,  # the standard module's name for it
     compare: bool = True,
 ) -> Any:
     """Describe one field beyond its default, as the standard ``field()`` does."""
@@ -308,6 +308,6 @@ def _plain(value: Any) -> Any:
         return type(value)((_plain(k), _plain(v)) for k, v in value.items())
     if isinstance(value, (str, bytes, int, float, bool, type(None), frozenset)):
         return value
-    import copy  # noqa: PLC0415 - only for a mutable leaf, never on the start-up path
+    import copy  # here: only for a mutable leaf, never on the start-up path
 
     return copy.deepcopy(value)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -30,7 +29,7 @@ from updater.bootfs import FatPartitionFiles
 from updater.errors import DeviceError
 from updater.install.bootfiles import DIRECTORIES
 from updater.install.plan import Region
-from updater.run import child_env, require_tool, run
+from updater.run import child_env, require_tool, run, which
 
 BLKRRPART = 0x125F  # re-read the partition table (linux/fs.h)
 MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1"}  # mtools doubts the geometry of partitions in images
@@ -71,7 +70,7 @@ def reread(disk: str) -> None:
             ) from None
     finally:
         os.close(fd)
-    if shutil.which("udevadm", path=child_env()["PATH"]):  # no udev: no links to wait for
+    if which("udevadm", child_env()["PATH"]):  # no udev: no links to wait for
         run(["udevadm", "settle", "--timeout=30"], check=False)
 
 
