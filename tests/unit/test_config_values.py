@@ -384,25 +384,25 @@ def test_the_settings_table_matches_the_sections(monkeypatch: pytest.MonkeyPatch
     assert "('update', 'timeout')" not in text
 
 
-def test_a_file_is_parsed_once_per_process_until_it_changes(
+def test_a_file_is_validated_once_per_process_until_it_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "updater.toml"
     path.write_text("[update]\nchannel = 'beta'\n")
-    parsed: list[str] = []
-    real_parse = config.parse
+    validated: list[object] = []
+    real = config.from_document
 
-    def counting_parse(text: str, source: str) -> config.Config:
-        parsed.append(text)
-        return real_parse(text, source)
+    def counting(document: dict[str, object], source: str) -> config.Config:
+        validated.append(document)
+        return real(document, source)
 
-    monkeypatch.setattr(config, "parse", counting_parse)
+    monkeypatch.setattr(config, "from_document", counting)
     first = config.load(str(path))
-    assert config.load(str(path)) is first and len(parsed) == 1
-    # Rewritten in place with a value of the same length: same inode, same size; its ctime
-    # and mtime move on, and the new value is what the next load returns.
+    assert config.load(str(path)) is first and len(validated) == 1
+    # Rewritten in place with a value of the same length: same file, same size; the new
+    # value is what the next load returns.
     path.write_text("[update]\nchannel = 'gamm'\n")
-    assert config.load(str(path)).update.channel == "gamm" and len(parsed) == 2
+    assert config.load(str(path)).update.channel == "gamm" and len(validated) == 2
 
 
 def test_a_huge_file_is_refused_without_reading_it_all(tmp_path: Path) -> None:
