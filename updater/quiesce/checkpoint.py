@@ -21,7 +21,6 @@ Pure: the manifest comes in as bytes. ``updater.quiesce.criu`` runs CRIU and doe
 
 from __future__ import annotations
 
-import json
 import math
 import re
 
@@ -55,6 +54,8 @@ class Manifest:
     trees: tuple[Tree, ...]
 
     def encode(self) -> bytes:
+        import json  # here: a dry run asks only which trees are wanted (start-up time)
+
         doc = {
             "format": FORMAT,
             "boot_id": self.boot_id,
