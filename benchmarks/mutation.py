@@ -66,11 +66,12 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "release": ("updater/release.py", ("test_release",)),
     "frames": ("updater/frames.py", ("test_frames", "test_slotwrite_facts", "test_release")),
     "veritycheck": ("updater/veritycheck.py", ("test_veritycheck",)),
-    "config": ("updater/config.py", ("test_config", "test_config_values")),
+    "config": ("updater/config.py", ("test_config", "test_config_values", "test_config_cache")),
     "agent.schedule": ("updater/agent/schedule.py", ("test_agent_schedule", "test_agent_machine")),
     "agent.machine": ("updater/agent/machine.py", ("test_agent_machine", "test_agent_runner")),
     "rebootlock.semaphore": ("updater/rebootlock/semaphore.py", ("test_rebootlock",)),
     "fileslots": ("updater/fileslots.py", ("test_fileslots",)),
+    "records": ("updater/records.py", ("test_records",)),
 }
 
 # mutmut's exit-code verdicts: a test failure, a timeout or a crash is a detected mutant.

@@ -160,21 +160,31 @@ def _frozen_delattr(self: Any, name: str) -> None:
     raise FrozenInstanceError(f"cannot delete field {name!r}")
 
 
-def _order(compare: Callable[[tuple[Any, ...], tuple[Any, ...]], bool]) -> Any:
-    def method(self: Any, other: object) -> Any:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return compare(_compared(self), _compared(other))
-
-    return method
+def _lt(self: Any, other: object) -> Any:
+    if other.__class__ is not self.__class__:
+        return NotImplemented
+    return _compared(self) < _compared(other)
 
 
-_ORDER = {
-    "__lt__": _order(lambda a, b: a < b),
-    "__le__": _order(lambda a, b: a <= b),
-    "__gt__": _order(lambda a, b: a > b),
-    "__ge__": _order(lambda a, b: a >= b),
-}
+def _le(self: Any, other: object) -> Any:
+    if other.__class__ is not self.__class__:
+        return NotImplemented
+    return _compared(self) <= _compared(other)
+
+
+def _gt(self: Any, other: object) -> Any:
+    if other.__class__ is not self.__class__:
+        return NotImplemented
+    return _compared(self) > _compared(other)
+
+
+def _ge(self: Any, other: object) -> Any:
+    if other.__class__ is not self.__class__:
+        return NotImplemented
+    return _compared(self) >= _compared(other)
+
+
+_ORDER = {"__lt__": _lt, "__le__": _le, "__gt__": _gt, "__ge__": _ge}
 
 
 # -- the decorator -------------------------------------------------------------------------------
@@ -244,10 +254,10 @@ def _process(cls: Any, frozen: bool, order: bool, eq: bool) -> Any:
     if order:
         if not eq:
             raise ValueError("eq must be true if order is true")
-        for name, method in _ORDER.items():
+        for name, compare in _ORDER.items():
             if name in cls.__dict__:
                 raise TypeError(f"cannot overwrite attribute {name} in class {cls.__name__}")
-            setattr(cls, name, method)
+            setattr(cls, name, compare)
     if frozen:
         for name, method in (("__setattr__", _frozen_setattr), ("__delattr__", _frozen_delattr)):
             if name in cls.__dict__:

@@ -198,3 +198,84 @@ def test_an_unwritable_cache_place_changes_nothing(
     monkeypatch.setattr(config, "CACHE_PATH", str(tmp_path / "file" / "config.json"))
     default.write_text(TEXT)
     assert config.load().update.channel == "beta"
+
+
+def test_a_cache_of_exactly_the_bound_is_read_one_more_byte_is_not(
+    default: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    default.write_text(TEXT)
+    good = json.dumps({"format": config.CACHE_FORMAT, "source": str(default), "text": TEXT,
+                       "document": {"update": {"channel": "evil"}}}).encode()  # fmt: skip
+    cache = Path(config.CACHE_PATH)
+    cache.write_bytes(good + b" " * (config.MAX_CACHE_BYTES - len(good)))  # JSON may end in spaces
+    next_command(monkeypatch)
+    assert config.load().update.channel == "evil"
+    cache.write_bytes(good + b" " * (config.MAX_CACHE_BYTES + 1 - len(good)))
+    next_command(monkeypatch)
+    assert config.load().update.channel == "beta"
+
+
+def test_a_cache_of_root_is_taken_by_another_reader_and_execute_bits_do_not_matter(
+    default: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    default.write_text(TEXT)
+    cache = Path(config.CACHE_PATH)
+    doc = {"format": config.CACHE_FORMAT, "source": str(default), "text": TEXT,
+           "document": {"update": {"channel": "evil"}}}  # fmt: skip
+    cache.write_text(json.dumps(doc))
+    cache.chmod(0o645)
+    owner = cache.stat().st_uid
+    monkeypatch.setattr(os, "geteuid", lambda: owner + 1000)
+    next_command(monkeypatch)
+    assert config.load().update.channel == ("evil" if owner == 0 else "beta")
+
+
+def test_the_cache_and_its_directory_are_made_readable_by_all_writable_by_root(
+    default: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(config, "CACHE_PATH", str(tmp_path / "run" / "updater" / "config.json"))
+    default.write_text(TEXT)
+    old = os.umask(0)  # the modes asked for, not what a umask leaves of the defaults
+    try:
+        config.load()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "run" / "updater").stat().st_mode & 0o777 == 0o755
+    assert Path(config.CACHE_PATH).stat().st_mode & 0o777 == 0o644
+
+
+def test_an_explicit_file_never_takes_a_cache_either(
+    default: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    other = tmp_path / "other.toml"
+    other.write_text(TEXT)
+    Path(config.CACHE_PATH).write_text(json.dumps({
+        "format": config.CACHE_FORMAT, "source": str(other), "text": TEXT,
+        "document": {"update": {"channel": "evil"}}}))  # fmt: skip
+    assert config.load(str(other)).update.channel == "beta"
+
+
+def test_problems_of_the_default_file_name_it(default: Path) -> None:
+    default.write_text("[update\n")
+    with pytest.raises(UsageError, match=rf"^{default}: "):
+        config.load()
+    default.write_text("x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(UsageError) as info:
+        config.load()
+    assert info.value.message == f"{default}: values nested too deeply"
+
+
+def test_a_huge_cache_is_not_read_whole(default: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tracemalloc
+
+    default.write_text(TEXT)
+    with Path(config.CACHE_PATH).open("wb") as f:
+        f.truncate(256 << 20)  # sparse: 256 MiB of zeros that reading whole would allocate
+    next_command(monkeypatch)
+    tracemalloc.start()
+    try:
+        assert config.load().update.channel == "beta"
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * config.MAX_CACHE_BYTES

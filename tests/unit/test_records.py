@@ -285,5 +285,119 @@ def test_records_of_two_classes_are_never_equal_nor_ordered() -> None:
         shape = {"__annotations__": {"x": "int"}}
         a: Any = decorator(order=True, frozen=True)(type("A", (), dict(shape)))
         b: Any = decorator(order=True, frozen=True)(type("B", (), dict(shape)))
-        made.append((a(1) == b(1), a(1) != b(1), outcome(partial(operator.lt, a(1), b(2)))))
-    assert made[0] == made[1] == (False, True, ("error", "TypeError"))
+        ordered = [outcome(partial(op, a(1), b(2)))
+                   for op in (operator.lt, operator.le, operator.gt, operator.ge)]  # fmt: skip
+        made.append((a(1) == b(1), a(1) != b(1), *ordered))
+    refused = ("error", "TypeError")
+    assert made[0] == made[1] == (False, True, refused, refused, refused, refused)
+
+
+# -- the messages and corners the side-by-side comparison does not reach --------------------
+
+
+def three() -> Any:
+    """Made in each test that needs it, so that making it is part of the test."""
+
+    @records.dataclass(frozen=True)
+    class Three:
+        a: int
+        b: int = 2
+        c: int = records.field(default=3)
+
+    Three.__qualname__ = "Three"
+    return Three
+
+
+def message(call: Callable[[], object]) -> str:
+    try:
+        call()
+    except (TypeError, ValueError, AttributeError) as e:
+        return f"{type(e).__name__}: {e}"
+    raise AssertionError("no error")
+
+
+def test_every_refusal_says_what_is_wrong() -> None:
+    Three = three()  # noqa: N806 - a class
+    one = Three(1)
+    assert message(lambda: Three(1, 2, 3, 4)) == (
+        "TypeError: Three() takes 3 positional arguments but 4 were given"
+    )
+    missing = message(lambda: Three())
+    assert missing == "TypeError: Three() missing required argument: 'a'"
+    assert message(lambda: Three(1, a=1)) == (
+        "TypeError: Three() got multiple values for argument 'a'"
+    )
+    assert message(lambda: Three(1, d=1)) == (
+        "TypeError: Three() got an unexpected keyword argument 'd'"
+    )
+    assert message(lambda: setattr(one, "a", 2)) == (
+        "FrozenInstanceError: cannot assign to field 'a'"
+    )
+    assert message(lambda: delattr(one, "a")) == "FrozenInstanceError: cannot delete field 'a'"
+    assert message(lambda: records.field(default=1, default_factory=list)) == (
+        "ValueError: cannot specify both default and default_factory"
+    )
+    assert message(lambda: records.asdict(3)) == (
+        "TypeError: asdict() should be called on record instances"
+    )
+    assert message(lambda: records.fields(3)) == (
+        "TypeError: must be called with a record class or instance"
+    )
+    shapes: list[tuple[dict[str, Any], dict[str, bool], str]] = [
+        ({"__annotations__": {"x": "list[int]"}, "x": []}, {},
+         "ValueError: mutable default <class 'list'> for field x is not allowed: "
+         "use default_factory"),
+        ({"__annotations__": {"x": "int", "y": "int"}, "x": 1}, {},
+         "TypeError: non-default argument 'y' follows default argument"),
+        ({"__annotations__": {}}, {"order": True, "eq": False},
+         "ValueError: eq must be true if order is true"),
+        ({"__annotations__": {}, "__lt__": lambda s, o: True}, {"order": True},
+         "TypeError: cannot overwrite attribute __lt__ in class S"),
+        ({"__annotations__": {}, "__setattr__": lambda s, n, v: None}, {"frozen": True},
+         "TypeError: cannot overwrite attribute __setattr__ in class S"),
+    ]  # fmt: skip
+    for body, options, expected in shapes:
+        make = partial(records.dataclass(**options), type("S", (), body))
+        assert message(make) == expected
+
+
+def test_a_field_spec_defaults_to_a_plain_field_and_sets_the_class_default() -> None:
+    Three = three()  # noqa: N806 - a class
+    assert repr(records.MISSING) == "MISSING"
+    assert Three.c == 3 and Three.b == 2  # the class attribute is the default, as the standard
+    f = records.fields(Three)[2]
+    assert (f.name, f.default, f.init, f.repr, f.compare) == ("c", 3, True, True, True)
+    assert repr(Three(1)) == "Three(a=1, b=2, c=3)"
+    assert Three(1) != Three(1, c=4)
+
+
+def test_class_variables_and_classes_without_fields() -> None:
+    import typing
+
+    @records.dataclass(frozen=True)
+    class Counted:
+        total: ClassVar[int] = 0
+        n: int = 1
+
+    # Evaluated annotations (no postponed evaluation) name it typing.ClassVar.
+    evaluated = type("E", (), {"__annotations__": {"k": typing.ClassVar[int], "n": int}})
+    assert [f.name for f in records.fields(records.dataclass(evaluated))] == ["n"]
+    assert [f.name for f in records.fields(Counted)] == ["n"] and Counted().n == 1
+    empty = records.dataclass(frozen=True)(type("Empty", (), {}))
+    assert empty() == empty() and records.asdict(empty()) == {}
+
+
+def test_asdict_keeps_named_tuples_and_copies_mutable_leaves() -> None:
+    from collections import deque, namedtuple
+
+    Point = namedtuple("Point", "x y")
+
+    @records.dataclass(frozen=True)
+    class Holder:
+        point: Any
+        queue: Any
+
+    inner = [1]
+    doc = records.asdict(Holder(Point(three()(1), 2), deque([inner])))
+    assert type(doc["point"]) is Point and doc["point"].x == {"a": 1, "b": 2, "c": 3}
+    assert doc["queue"] == deque([[1]]) and doc["queue"][0] is not inner  # a deep copy
