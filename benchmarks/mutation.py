@@ -72,6 +72,7 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "rebootlock.semaphore": ("updater/rebootlock/semaphore.py", ("test_rebootlock",)),
     "fileslots": ("updater/fileslots.py", ("test_fileslots",)),
     "records": ("updater/records.py", ("test_records",)),
+    "guid": ("updater/guid.py", ("test_guid", "test_gptformat", "test_cmdline")),
 }
 
 # mutmut's exit-code verdicts: a test failure, a timeout or a crash is a detected mutant.

@@ -16,10 +16,9 @@ This module reads /proc, /sys and /dev only; it does not read partition tables.
 from __future__ import annotations
 
 import os
-import uuid
-from pathlib import Path
 
 from updater.errors import DeviceError
+from updater.guid import Guid
 from updater.records import dataclass
 
 _USR_KEYS = ("verity.usr", "mount.usr", "usr")
@@ -34,7 +33,7 @@ class BootedUsr:
     how: str  # "mounted /usr" or "kernel command line", for messages
 
 
-def usr_partuuid(cmdline: str) -> uuid.UUID | None:
+def usr_partuuid(cmdline: str) -> Guid | None:
     """The PARTUUID of the booted /usr named on ``cmdline``, or None when it names none."""
     values: dict[str, str] = {}
     for word in cmdline.split():
@@ -45,7 +44,7 @@ def usr_partuuid(cmdline: str) -> uuid.UUID | None:
         value = values.get(key, "")
         if value.upper().startswith("PARTUUID="):
             try:
-                return uuid.UUID(value.split("=", 1)[1])
+                return Guid(value.split("=", 1)[1])
             except ValueError:
                 return None
     return None
@@ -53,9 +52,14 @@ def usr_partuuid(cmdline: str) -> uuid.UUID | None:
 
 def read_cmdline(path: str = "/proc/cmdline") -> str:
     try:
-        return Path(path).read_text(errors="replace")
+        return _read(path)
     except OSError:
         return ""
+
+
+def _read(path: str) -> str:
+    with open(path, errors="replace") as f:
+        return f.read()
 
 
 def usr_device(mountinfo: str) -> str | None:
@@ -69,57 +73,58 @@ def usr_device(mountinfo: str) -> str | None:
     return found
 
 
-def lower_partition(majmin: str, sys: str = "/sys") -> Path | None:
+def lower_partition(majmin: str, sys: str = "/sys") -> str | None:
     """The sysfs directory of the partition holding block device ``majmin``: the device itself
     when it is a partition, else, through device-mapper's ``slaves``, the single partition
     below it (dm-verity keeps data and hash tree in one). None when it is neither."""
-    node = Path(sys, "dev", "block", majmin)
+    node = os.path.join(sys, "dev", "block", majmin)
     for _ in range(8):  # dm stacked on dm, a few levels at most
         try:
-            real = node.resolve(strict=True)
+            real = os.path.realpath(node, strict=True)
         except OSError:
             return None
-        if (real / "partition").is_file():
+        if os.path.isfile(os.path.join(real, "partition")):
             return real
         try:
-            below = sorted((real / "slaves").iterdir())
+            below = sorted(os.listdir(os.path.join(real, "slaves")))
         except OSError:
             return None
         if len(below) != 1:
             return None  # no lower device, or several (a separate hash device): ambiguous
-        node = below[0]
+        node = os.path.join(real, "slaves", below[0])
     return None
 
 
 def mounted_usr(proc: str = "/proc", sys: str = "/sys", dev: str = "/dev") -> BootedUsr | None:
     """The partition below the mounted /usr and its disk, or None."""
     try:
-        majmin = usr_device(Path(proc, "self", "mountinfo").read_text(errors="replace"))
+        majmin = usr_device(_read(os.path.join(proc, "self", "mountinfo")))
     except OSError:
         return None
     part = lower_partition(majmin, sys) if majmin else None
     if part is None:
         return None
     try:
-        number = int((part / "partition").read_text())
+        number = int(_read(os.path.join(part, "partition")))
     except (OSError, ValueError):
         return None
-    return BootedUsr(str(Path(dev, part.parent.name)), number, "mounted /usr")
+    return BootedUsr(os.path.join(dev, os.path.basename(os.path.dirname(part))), number,
+                     "mounted /usr")  # fmt: skip
 
 
-def disk_of_partuuid(partuuid: uuid.UUID, dev: str = "/dev", sys: str = "/sys") -> BootedUsr:
+def disk_of_partuuid(partuuid: Guid, dev: str = "/dev", sys: str = "/sys") -> BootedUsr:
     """The whole-disk device node (e.g. /dev/vda) holding the partition with ``partuuid``."""
-    link = Path(dev, "disk", "by-partuuid", str(partuuid))
-    if not link.exists():
+    link = os.path.join(dev, "disk", "by-partuuid", str(partuuid))
+    if not os.path.exists(link):
         raise DeviceError(f"no device for PARTUUID {partuuid} ({link} is missing)")
     name = os.path.basename(os.path.realpath(link))
-    sys_part = Path(sys, "class", "block", name)
+    sys_part = os.path.join(sys, "class", "block", name)
     try:
-        number = int((sys_part / "partition").read_text())
+        number = int(_read(os.path.join(sys_part, "partition")))
     except (OSError, ValueError):
         raise DeviceError(f"{name} is not a partition") from None
     parent = os.path.basename(os.path.dirname(os.path.realpath(sys_part)))
-    return BootedUsr(str(Path(dev, parent)), number, "kernel command line")
+    return BootedUsr(os.path.join(dev, parent), number, "kernel command line")
 
 
 def booted_usr(

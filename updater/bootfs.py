@@ -30,18 +30,17 @@ from __future__ import annotations
 
 import os
 import stat
-import uuid
 from collections.abc import Sequence
-from pathlib import Path
 
 from updater import gptformat
 from updater.errors import DataError, DeviceError, UpdaterError
+from updater.guid import Guid
 from updater.records import dataclass
 
 # Writing imports ``updater.atomicfile`` (tempfile) and ``updater.run`` (subprocess) where it
 # happens: most commands only read the boot partitions (start-up time).
 
-ESP_TYPE = uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
+ESP_TYPE = Guid("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
 MAX_FILE = 512 << 20  # a kernel or initrd on an ESP; nothing read from it is larger
 
 
@@ -58,6 +57,11 @@ if TYPE_CHECKING:
             """The file's bytes, or None when it does not exist."""
             ...
 
+        def head(self, rel: str, length: int) -> bytes | None:
+            """The file's first ``length`` bytes (all of it when shorter), or None when it
+            does not exist: what a plan that stages nothing needs of a kernel."""
+            ...
+
         def write(self, rel: str, data: bytes) -> None:
             """Replace the file crash-safely (module docstring); DeviceError where read-only."""
             ...
@@ -68,12 +72,16 @@ class DirFiles:
         self.root = root
         self.description = root
 
-    def _path(self, rel: str) -> Path:
-        return Path(self.root, rel.lstrip("/"))
+    def _path(self, rel: str) -> str:
+        return os.path.join(self.root, rel.lstrip("/"))
 
     def read(self, rel: str) -> bytes | None:
+        return self.head(rel, -1)
+
+    def head(self, rel: str, length: int) -> bytes | None:
         try:
-            return self._path(rel).read_bytes()
+            with open(self._path(rel), "rb") as f:
+                return f.read(length)
         except FileNotFoundError:
             return None
 
@@ -107,14 +115,20 @@ class FatPartitionFiles:
             self._cache[rel] = self._read(rel)
         return self._cache[rel]
 
-    def _read(self, rel: str) -> bytes | None:
+    def head(self, rel: str, length: int) -> bytes | None:
+        if rel in self._cache:
+            whole = self._cache[rel]
+            return None if whole is None else whole[:length]
+        return self._read(rel, length)
+
+    def _read(self, rel: str, head: int | None = None) -> bytes | None:
         from updater import fat  # only the commands that read an ESP in place need it
 
         try:
             if self._volume is None:
                 reader = _RangeReader(self.disk, self.offset, self.size, self.description)
                 self._volume = fat.FatVolume(reader.read)
-            data: bytes | None = self._volume.read(rel, MAX_FILE)
+            data: bytes | None = self._volume.read(rel, MAX_FILE, head)
             return data
         except DataError as exc:
             raise DataError(f"{self.description}: {exc.message}") from exc
@@ -156,6 +170,10 @@ class Ext4PartitionFiles:
             return self._debugfs(rel)
         except DataError as exc:
             raise DataError(f"{self.description}: {exc.message}") from exc
+
+    def head(self, rel: str, length: int) -> bytes | None:
+        data = self.read(rel)  # the OEM partition's files are a few lines
+        return None if data is None else data[:length]
 
     def _debugfs(self, rel: str) -> bytes | None:
         from updater.run import require_tool, run
@@ -213,7 +231,7 @@ def _fsync(path: str) -> None:
 
 
 def _partition(
-    disk: str, table: gptformat.GptTable, label: str, type_guid: uuid.UUID | None
+    disk: str, table: gptformat.GptTable, label: str, type_guid: Guid | None
 ) -> tuple[str, int, int] | None:
     """Where the partition labelled ``label`` (or, failing that, of type ``type_guid``) is read:
     (path, byte offset, size in bytes). On a block device that is the kernel's partition node
@@ -240,21 +258,28 @@ def partition_node(disk: str, number: int, sys: str = "/sys") -> str | None:
     except OSError:
         return None
     name = os.path.basename(os.path.realpath(disk))
-    base = Path(sys, "class", "block", name)
-    for child in base.glob(f"{name}*"):
+    base = os.path.join(sys, "class", "block", name)
+    try:
+        children = sorted(c for c in os.listdir(base) if c.startswith(name))
+    except OSError:
+        return None
+    for child in children:
         try:
-            if int((child / "partition").read_text()) == number:
-                node = Path(os.path.dirname(os.path.realpath(disk)), child.name)
-                return str(node) if node.exists() else None
+            with open(os.path.join(base, child, "partition")) as f:
+                found = int(f.read())
         except (OSError, ValueError):
             continue
+        if found == number:
+            node = os.path.join(os.path.dirname(os.path.realpath(disk)), child)
+            return node if os.path.exists(node) else None
     return None
 
 
 def mount_point(node: str, mounts: str = "/proc/self/mounts") -> str | None:
     """Where the block device ``node`` is mounted, if it is."""
     try:
-        text = Path(mounts).read_text()
+        with open(mounts) as f:
+            text = f.read()
     except OSError:
         return None
     real = os.path.realpath(node)
@@ -293,6 +318,24 @@ def oem_of(disk: str, table: gptformat.GptTable, override: str | None = None) ->
 
 
 Found = tuple[str, bytes] | None  # (relative path, bytes) of a file read, None when none exists
+
+
+class Heads:
+    """``files`` seen through its ``head``: each read gives a file's first ``length`` bytes
+    (``read_first`` groups that only need to know a file is there, or its first bytes)."""
+
+    def __init__(self, files: BootFiles, length: int) -> None:
+        self.files, self.length = files, length
+        self.description = files.description
+
+    def read(self, rel: str) -> bytes | None:
+        return self.files.head(rel, self.length)
+
+    def head(self, rel: str, length: int) -> bytes | None:
+        return self.files.head(rel, min(length, self.length))
+
+    def write(self, rel: str, data: bytes) -> None:
+        raise DeviceError(f"{self.description}: opened to read the first bytes of files only")
 
 
 def read_first(wanted: Sequence[tuple[BootFiles | None, Sequence[str]]]) -> tuple[Found, ...]:

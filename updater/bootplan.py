@@ -17,8 +17,8 @@ not load kernels, consume tries or reboot (``updater.bootflow``).
 
 from __future__ import annotations
 
+import os
 import re
-from pathlib import Path
 
 from updater import cmdline, espfiles, initrdcpio, kexec, slots
 from updater.cmdline import BootFacts, Delivery, OemConfig
@@ -65,6 +65,7 @@ class BootPlan:
     initrd_data: bytes = field(repr=False, compare=False, default=b"")
     notes: tuple[str, ...] = ()
     staged: Staged | None = None
+    whole: bool = True  # False: planned from the kernel's head only; it can name paths, not copy
 
     def image(self) -> kexec.KexecImage:
         if self.staged is None:
@@ -94,12 +95,13 @@ def plan_boot(
     *, copy: bool = False,
 ) -> BootPlan:  # fmt: skip
     """The plan for ``spec`` (``auto``: GRUB's choice), staged in ``stage_dir`` when given
-    (``stage``; ``copy=False`` only names the paths)."""
-    plan = _plan(st, spec, target)
+    (``stage``; ``copy=False`` only names the paths, and then the kernel is read only up to
+    its root hash and the initrd not at all: the plan cannot be staged with copies later)."""
+    plan = _plan(st, spec, target, whole=stage_dir is None or copy)
     return plan if stage_dir is None else stage(plan, stage_dir, copy=copy)
 
 
-def _plan(st: DiskState, spec: str | None, target: Target) -> BootPlan:
+def _plan(st: DiskState, spec: str | None, target: Target, *, whole: bool) -> BootPlan:
     config = target.boot
     slot = pick_slot(st, spec)
     letter = slot.letter
@@ -110,7 +112,7 @@ def _plan(st: DiskState, spec: str | None, target: Target) -> BootPlan:
     esp = target.esp
     if esp is None:
         raise DeviceError(f"{target.disk}: no EFI-SYSTEM partition to boot from")
-    files = espfiles.slot_files(esp, letter, target.oem)  # and the OEM grub.cfg, in one read
+    files = espfiles.slot_files(esp, letter, target.oem, whole=whole)  # and the OEM grub.cfg
     if files.kernel is None:
         raise SlotError(
             f"no kernel for {slot.label} on {esp.description} "
@@ -146,6 +148,7 @@ def _plan(st: DiskState, spec: str | None, target: Target) -> BootPlan:
     return BootPlan(
         slot, files.kernel, files.initrd, facts, config.delivery, line,
         kernel_data=files.kernel_data, initrd_data=files.initrd_data, notes=tuple(notes),
+        whole=files.whole,
     )  # fmt: skip
 
 
@@ -177,24 +180,31 @@ def stage(plan: BootPlan, directory: str, *, copy: bool) -> BootPlan:
     the ESP holds by now). With initrd delivery
     the facts cpio is appended to the initrd (the kernel unpacks concatenated archives).
     ``copy=False`` names the paths without writing anything (``--dry-run``)."""
-    where = Path(directory)
+    if copy and not plan.whole:
+        raise ValueError("a plan made from the kernel's head cannot be staged: plan it whole")
 
-    def local(rel: str) -> Path:
-        return where / rel.replace("/", "_")
+    def local(rel: str) -> str:
+        return os.path.join(directory, rel.replace("/", "_"))
 
-    kernel = str(local(plan.kernel))
-    initrd = initrd_base = str(local(plan.initrd)) if plan.initrd else None
+    kernel = local(plan.kernel)
+    initrd = initrd_base = local(plan.initrd) if plan.initrd else None
     facts_path = None
     if copy:
-        where.mkdir(parents=True, exist_ok=True)
-        local(plan.kernel).write_bytes(plan.kernel_data)
-        if plan.initrd:
-            local(plan.initrd).write_bytes(plan.initrd_data)
+        os.makedirs(directory, exist_ok=True)
+        _write(kernel, plan.kernel_data)
+        if initrd_base:
+            _write(initrd_base, plan.initrd_data)
     if plan.delivery is Delivery.INITRD:
-        facts_path, initrd = str(where / "boot-facts.cpio"), str(where / "initrd-with-facts")
+        facts_path = os.path.join(directory, "boot-facts.cpio")
+        initrd = os.path.join(directory, "initrd-with-facts")
         if copy:
             facts = initrdcpio.facts_initrd(plan.facts)
-            Path(facts_path).write_bytes(facts)
-            Path(initrd).write_bytes(initrdcpio.append_archive(plan.initrd_data, facts))
+            _write(facts_path, facts)
+            _write(initrd, initrdcpio.append_archive(plan.initrd_data, facts))
     image = kexec.KexecImage(kernel, initrd, plan.cmdline)
     return replace(plan, staged=Staged(image, initrd_base, facts_path))
+
+
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import functools
 import re
-import uuid
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 
 from updater.errors import DataError, UsageError
+from updater.guid import Guid
 from updater.records import dataclass
 
 DEFAULT_CONSOLE = "console=ttyS0,115200n8 console=tty0"
@@ -39,6 +39,7 @@ SLOT_KEYS = ("mount.usr", "verity.usr", "verity.usrhash", "usrhash", "root", "BO
 # reads it back): x86_64 in the unused part of the boot sector, arm64 after the 512-byte header.
 USRHASH_OFFSETS = {"x86_64": 0x40, "amd64": 0x40, "arm64": 512, "aarch64": 512}
 USRHASH_LEN = 64
+USRHASH_END = max(USRHASH_OFFSETS.values()) + USRHASH_LEN  # what a kernel's head must hold
 # Keys that no word from the OEM partition, the configuration or the running command line may
 # set: the slot, its verity data and root hash, how / and /usr are mounted, what runs as init,
 # and the first-boot flag. systemd's own names for the same facts are included.
@@ -214,7 +215,7 @@ class BootFacts:
     these strings end up on a kernel command line and in a file the initrd reads."""
 
     letter: str
-    partuuid: uuid.UUID
+    partuuid: Guid
     usrhash: str | None
     first_boot: bool
     oem: OemConfig

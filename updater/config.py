@@ -24,7 +24,6 @@ import re
 import shlex
 from collections.abc import Callable, Mapping
 from enum import StrEnum
-from pathlib import Path
 
 from updater.cmdline import Delivery, protected, split_cmdline
 from updater.errors import UsageError
@@ -706,15 +705,15 @@ def load(path: str | None = None) -> Config:
     A leftover ``boot.conf`` of earlier versions is refused with a pointer to ``[boot]`` rather
     than ignored: its settings (a DELIVERY, an EXTRA_ARGS) would otherwise silently stop applying.
     """
-    target = Path(path or CONFIG_PATH)
-    if path is None and Path(LEGACY_BOOT_CONF).exists():
+    target = path or CONFIG_PATH
+    if path is None and os.path.exists(LEGACY_BOOT_CONF):
         raise UsageError(
             f"{LEGACY_BOOT_CONF} is no longer read",
             hint=f"move its settings to the [boot] section of {CONFIG_PATH} "
             "(see updater config --help)",
         )
     try:
-        with target.open("rb") as f:
+        with open(target, "rb") as f:
             data = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         if path:
@@ -722,7 +721,7 @@ def load(path: str | None = None) -> Config:
         return Config()
     except OSError as exc:
         raise UsageError(f"{target}: cannot read: {exc.strerror}") from None
-    source = str(target)
+    source = target
     known = _LOADED.get((source, data))
     if known is not None:
         return known

@@ -247,11 +247,14 @@ def _run(table: Table, start: int, most: int) -> int:
     return length
 
 
-def chain(table: Table, geo: Geometry, first: int, limit: int) -> list[tuple[int, int]]:
+def chain(
+    table: Table, geo: Geometry, first: int, limit: int, *, prefix: bool = False
+) -> list[tuple[int, int]]:
     """The chain starting at ``first`` as runs of contiguous clusters (start, count), at most
     ``limit`` clusters in all (never more than the cluster count, so a loop always ends as a
     chain too long); DataError on a cluster out of range, a bad-cluster mark, or a chain longer
-    than ``limit``."""
+    than ``limit``. With ``prefix``, only the chain's first ``limit`` clusters are wanted: it
+    ends there without looking further."""
     end = {12: 0xFF8, 16: 0xFFF8, 32: 0x0FFFFFF8}[geo.bits]
     top = geo.clusters + 2
     limit = min(limit, geo.clusters)
@@ -264,6 +267,8 @@ def chain(table: Table, geo: Geometry, first: int, limit: int) -> list[tuple[int
         count = _run(table, cluster, min(limit - total, top - cluster))
         runs.append((cluster, count))
         total += count
+        if prefix and total >= limit:
+            return runs
         last = cluster + count - 1
         nxt = table[last]
         if nxt >= end:
@@ -347,6 +352,11 @@ class FatVolume:
     def _clusters(self, first: int, max_bytes: int) -> list[tuple[int, int]]:
         return chain(self._table, self.geo, first, max_bytes // self.geo.cluster_size + 1)
 
+    def _first_clusters(self, first: int, length: int) -> list[tuple[int, int]]:
+        """The runs holding the first ``length`` bytes of the chain at ``first``."""
+        size = self.geo.cluster_size
+        return chain(self._table, self.geo, first, -(-length // size), prefix=True)
+
     def _cluster_bytes(self, runs: list[tuple[int, int]], length: int) -> bytes:
         """``length`` bytes from the runs of clusters, one read per run."""
         geo, parts, got = self.geo, [], 0
@@ -397,9 +407,10 @@ class FatVolume:
             cluster = found.cluster
         return None
 
-    def read(self, rel: str, max_bytes: int) -> bytes | None:
-        """The file's bytes, None when it does not exist; DataError when it is larger than
-        ``max_bytes``, is a directory, or its chain does not hold its size."""
+    def read(self, rel: str, max_bytes: int, head: int | None = None) -> bytes | None:
+        """The file's bytes (its first ``head`` bytes when given: only their clusters are
+        followed and read), None when it does not exist; DataError when it is larger than
+        ``max_bytes``, is a directory, or its chain does not hold what is read."""
         entry = self.lookup(rel)
         if entry is None:
             return None
@@ -407,9 +418,13 @@ class FatVolume:
             raise DataError(f"FAT: {rel} is a directory")
         if entry.size > max_bytes:
             raise DataError(f"FAT: {rel} is {entry.size} bytes, more than {max_bytes}")
-        if entry.size == 0:
+        length = entry.size if head is None else min(entry.size, head)
+        if length <= 0:
             return b""
-        runs = self._clusters(entry.cluster, entry.size)
-        if sum(n for _, n in runs) * self.geo.cluster_size < entry.size:
+        if length < entry.size:
+            runs = self._first_clusters(entry.cluster, length)
+        else:
+            runs = self._clusters(entry.cluster, length)
+        if sum(n for _, n in runs) * self.geo.cluster_size < length:
             raise DataError(f"FAT: {rel} is {entry.size} bytes, its clusters hold less")
-        return self._cluster_bytes(runs, entry.size)
+        return self._cluster_bytes(runs, length)

@@ -21,12 +21,12 @@ so a cut within the last three writes leaves a disk the installer calls non-empt
 from __future__ import annotations
 
 import struct
-import uuid
 import zlib
 from collections.abc import Sequence
 
 from updater import gptformat
 from updater.errors import GptError
+from updater.guid import Guid
 from updater.records import dataclass
 
 ENTRY_COUNT = 128
@@ -37,8 +37,8 @@ PMBR_TYPE = 0xEE  # "GPT protective" in the MBR partition record
 @dataclass(frozen=True)
 class NewPartition:
     number: int  # 1-based: the entry at index number - 1
-    type_guid: uuid.UUID
-    unique_guid: uuid.UUID
+    type_guid: Guid
+    unique_guid: Guid
     first_lba: int
     last_lba: int
     name: str
@@ -111,7 +111,7 @@ def entry_array(geo: Geometry, partitions: Sequence[NewPartition]) -> bytes:
     return bytes(raw)
 
 
-def header(geo: Geometry, disk_guid: uuid.UUID, entries_crc: int, *, backup: bool) -> bytes:
+def header(geo: Geometry, disk_guid: Guid, entries_crc: int, *, backup: bool) -> bytes:
     my_lba, alternate = (geo.last_lba, 1) if backup else (1, geo.last_lba)
     entries_lba = geo.backup_entries_lba if backup else 2
     fields = [
@@ -138,7 +138,7 @@ def protective_mbr(geo: Geometry) -> bytes:
 
 
 def plan_new_table(
-    geo: Geometry, disk_guid: uuid.UUID, partitions: Sequence[NewPartition]
+    geo: Geometry, disk_guid: Guid, partitions: Sequence[NewPartition]
 ) -> gptformat.WritePlan:
     """The sector writes that create the table, in the order of the module docstring."""
     if geo.sector_size not in (512, 4096) or geo.first_usable >= geo.last_usable:

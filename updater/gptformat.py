@@ -26,12 +26,12 @@ Rules followed (UEFI spec, GRUB's gpt code, cgpt):
 from __future__ import annotations
 
 import struct
-import uuid
 import zlib
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 
 from updater.errors import GptError
+from updater.guid import NIL, Guid
 from updater.records import dataclass, replace
 
 SIGNATURE = b"EFI PART"
@@ -42,7 +42,8 @@ ENTRY_ATTRIBUTES_OFFSET = 48
 ENTRY_NAME_OFFSET = 56
 ENTRY_NAME_BYTES = 72
 MAX_ENTRY_ARRAY_BYTES = 1 << 20  # refuse absurd headers instead of reading gigabytes
-UNUSED_TYPE = uuid.UUID(int=0)
+UNUSED_TYPE = NIL
+_ZERO_GUID = bytes(16)
 
 
 # An interface for the type checker only: a Protocol at run time imports ``typing``.
@@ -68,7 +69,7 @@ class GptHeader:
     alternate_lba: int
     first_usable_lba: int
     last_usable_lba: int
-    disk_guid: uuid.UUID
+    disk_guid: Guid
     entries_lba: int
     num_entries: int
     entry_size: int
@@ -103,8 +104,8 @@ class GptHeader:
 @dataclass(frozen=True)
 class GptEntry:
     index: int  # 0-based position in the array; the partition number is index + 1
-    type_guid: uuid.UUID
-    unique_guid: uuid.UUID
+    type_guid: Guid
+    unique_guid: Guid
     first_lba: int
     last_lba: int
     attributes: int
@@ -230,7 +231,7 @@ def parse_header(sector: bytes, expected_lba: int) -> GptHeader:
         alternate_lba=alt,
         first_usable_lba=first,
         last_usable_lba=last,
-        disk_guid=uuid.UUID(bytes_le=guid),
+        disk_guid=Guid(bytes_le=guid),
         entries_lba=ent_lba,
         num_entries=n,
         entry_size=esize,
@@ -242,6 +243,7 @@ def parse_entries(raw: bytes, entry_size: int, count: int) -> list[GptEntry]:
     out = []
     for i in range(count):
         e = raw[i * entry_size : (i + 1) * entry_size]
+        type_raw, unique_raw = e[0:16], e[16:32]
         first, last, attrs = struct.unpack_from("<QQQ", e, 32)
         name = e[ENTRY_NAME_OFFSET : ENTRY_NAME_OFFSET + ENTRY_NAME_BYTES].decode(
             "utf-16-le", errors="replace"
@@ -249,8 +251,10 @@ def parse_entries(raw: bytes, entry_size: int, count: int) -> list[GptEntry]:
         out.append(
             GptEntry(
                 index=i,
-                type_guid=uuid.UUID(bytes_le=bytes(e[0:16])),
-                unique_guid=uuid.UUID(bytes_le=bytes(e[16:32])),
+                # Most entries of an array are unused, all zero: they share NIL instead of
+                # making two Guids each (start-up time: an array has 128 entries).
+                type_guid=NIL if type_raw == _ZERO_GUID else Guid(bytes_le=type_raw),
+                unique_guid=NIL if unique_raw == _ZERO_GUID else Guid(bytes_le=unique_raw),
                 first_lba=first,
                 last_lba=last,
                 attributes=attrs,

@@ -20,10 +20,10 @@ This module does not choose slots or build command lines (``updater.slots``, ``u
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from enum import StrEnum
-from pathlib import Path
 
 from updater.errors import UpdaterError
 from updater.records import dataclass
@@ -191,12 +191,12 @@ def next_method(support: KexecSupport, tried: Method, cause: str) -> Method:
 
 
 def probe_support(proc: str = "/proc", sys: str = "/sys") -> KexecSupport:
-    disabled = _read(Path(proc, "sys/kernel/kexec_load_disabled")).strip() == "1"
+    disabled = _read(os.path.join(proc, "sys/kernel/kexec_load_disabled")).strip() == "1"
     lockdown = "none"
-    text = _read(Path(sys, "kernel/security/lockdown"))
+    text = _read(os.path.join(sys, "kernel/security/lockdown"))
     if "[" in text:
         lockdown = text.split("[", 1)[1].split("]", 1)[0]
-    comm = _read(Path(proc, "1/comm")).strip()
+    comm = _read(os.path.join(proc, "1/comm")).strip()
     return KexecSupport(
         tool=which("kexec", child_env()["PATH"]) is not None,
         load_disabled=disabled,
@@ -220,12 +220,13 @@ KEXEC_LOADED = "/sys/kernel/kexec_loaded"  # "1" while a kernel is loaded for ke
 
 def kernel_loaded(path: str = KEXEC_LOADED) -> bool:
     """Whether a kernel is loaded for kexec now (False when the flag cannot be read)."""
-    return _read(Path(path)).strip() == "1"
+    return _read(path).strip() == "1"
 
 
-def _read(path: Path) -> str:
+def _read(path: str) -> str:
     try:
-        return path.read_text()
+        with open(path) as f:
+            return f.read()
     except OSError:
         return ""
 

@@ -13,33 +13,33 @@ Other GUIDs are derived from the label so that the same inputs give the same ima
 from __future__ import annotations
 
 import os
-import uuid
 
 from updater import slots
 from updater.errors import UsageError
+from updater.guid import Guid, name_based_guid
 from updater.records import dataclass
 from updater.run import require_tool, run
 
 MiB = 1 << 20
 GiB = 1 << 30
 
-ESP_TYPE = uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
-BIOS_BOOT_TYPE = uuid.UUID("21686148-6449-6e6f-744e-656564454649")
-LINUX_DATA_TYPE = uuid.UUID("0fc63daf-8483-4772-8e79-3d69d8477de4")
-OEM_CONFIG_TYPE = uuid.UUID("c95dc21a-df0e-4340-8d7b-26cbfa9a03e0")
-ROOT_TYPE = uuid.UUID("3884dd41-8582-4404-b9a8-e9b84f2df50e")
-USR_A_UUID = uuid.UUID("7130c94a-213a-4e5a-8e26-6cce9662f132")
-USR_B_UUID = uuid.UUID("e03dd35c-7c2d-4a47-b3fe-27f15780a57c")
-_NAMESPACE = uuid.UUID("4f1b4a6e-9d0e-4c6b-8a4f-2f4b1f0c7a51")  # this project's GUID namespace
+ESP_TYPE = Guid("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
+BIOS_BOOT_TYPE = Guid("21686148-6449-6e6f-744e-656564454649")
+LINUX_DATA_TYPE = Guid("0fc63daf-8483-4772-8e79-3d69d8477de4")
+OEM_CONFIG_TYPE = Guid("c95dc21a-df0e-4340-8d7b-26cbfa9a03e0")
+ROOT_TYPE = Guid("3884dd41-8582-4404-b9a8-e9b84f2df50e")
+USR_A_UUID = Guid("7130c94a-213a-4e5a-8e26-6cce9662f132")
+USR_B_UUID = Guid("e03dd35c-7c2d-4a47-b3fe-27f15780a57c")
+_NAMESPACE = Guid("4f1b4a6e-9d0e-4c6b-8a4f-2f4b1f0c7a51")  # this project's GUID namespace
 
 
 @dataclass(frozen=True)
 class PartitionSpec:
     number: int
     label: str
-    type_guid: uuid.UUID
+    type_guid: Guid
     size: int  # bytes; 0 = the rest of the disk
-    partuuid: uuid.UUID
+    partuuid: Guid
     attributes: int = 0
 
 
@@ -47,7 +47,7 @@ class PartitionSpec:
 class DiskLayout:
     partitions: tuple[PartitionSpec, ...]
     size: int  # whole disk, bytes
-    disk_guid: uuid.UUID
+    disk_guid: Guid
 
     def partition(self, label: str) -> PartitionSpec:
         for p in self.partitions:
@@ -56,8 +56,8 @@ class DiskLayout:
         raise KeyError(label)
 
 
-def _derived(label: str) -> uuid.UUID:
-    return uuid.uuid5(_NAMESPACE, label)
+def _derived(label: str) -> Guid:
+    return name_based_guid(_NAMESPACE, label)
 
 
 def flatcar_layout(

@@ -12,7 +12,6 @@ update because its pin file was damaged. This module does not choose releases
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from updater import jsonout
 from updater.errors import DataError, DeviceError, ReleaseError, UsageError
@@ -50,9 +49,9 @@ def render(version: Version) -> bytes:
 
 
 def load(state_dir: str) -> Version | None:
-    path = Path(state_dir, FILE)
+    path = os.path.join(state_dir, FILE)
     try:
-        with path.open("rb") as f:
+        with open(path, "rb") as f:
             data = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         return None
@@ -68,18 +67,18 @@ def load(state_dir: str) -> Version | None:
 def save(state_dir: str, version: Version) -> None:
     from updater import atomicfile
 
-    Path(state_dir).mkdir(parents=True, exist_ok=True)
-    atomicfile.write(Path(state_dir, FILE), render(version), 0o644)
+    os.makedirs(state_dir, exist_ok=True)
+    atomicfile.write(os.path.join(state_dir, FILE), render(version), 0o644)
 
 
 def clear(state_dir: str) -> bool:
     """Remove the pin, durably; whether there was one."""
-    path = Path(state_dir, FILE)
+    path = os.path.join(state_dir, FILE)
     try:
-        path.unlink()
+        os.unlink(path)
     except FileNotFoundError:
         return False
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:

@@ -36,7 +36,7 @@ lines, and does not jump.
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 from updater import bootplan, kexec, records, slots, state
 from updater.bootplan import BootPlan
@@ -140,7 +140,7 @@ def prepare(target: Target, spec: str, support: KexecSupport,
         )  # fmt: skip
         from updater import atomicfile  # only --prepare writes (start-up time of the rest)
 
-        Path(RECORD).parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(RECORD), exist_ok=True)
         import json  # here: see fingerprint
 
         atomicfile.write(RECORD, json.dumps(record.to_json(), sort_keys=True).encode())
@@ -152,7 +152,10 @@ def prepare(target: Target, spec: str, support: KexecSupport,
 
 def forget() -> None:
     """Drop the record (the kernel itself is unloaded by whoever loads the next one)."""
-    Path(RECORD).unlink(missing_ok=True)
+    try:
+        os.unlink(RECORD)
+    except FileNotFoundError:
+        pass
 
 
 def pre_reboot(hooks: PreReboot | None, target: Target, st: state.DiskState,

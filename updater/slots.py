@@ -16,13 +16,13 @@ refused unless forced, because such a disk stops booting after one bad update. O
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 
 from updater.errors import NoBootableSlot, SlotError, UsageError
+from updater.guid import Guid
 from updater.records import dataclass, field
 
-USR_TYPE = uuid.UUID("5dfbf5f4-2848-4bac-aa5e-0d9a20b745a6")  # Flatcar "usr" partition type
+USR_TYPE = Guid("5dfbf5f4-2848-4bac-aa5e-0d9a20b745a6")  # Flatcar "usr" partition type
 
 PRIORITY_SHIFT = 48
 TRIES_SHIFT = 52
@@ -74,7 +74,7 @@ class Slot:
 
     partition: int  # 1-based partition number
     label: str
-    partuuid: uuid.UUID
+    partuuid: Guid
     attributes: int
 
     @property
@@ -127,15 +127,15 @@ if TYPE_CHECKING:
         @property
         def name(self) -> str: ...
         @property
-        def unique_guid(self) -> uuid.UUID: ...
+        def unique_guid(self) -> Guid: ...
         @property
-        def type_guid(self) -> uuid.UUID: ...
+        def type_guid(self) -> Guid: ...
         @property
         def attributes(self) -> int: ...
 
 
 def slots_of(
-    entries: Iterable[PartitionEntry], type_guid: uuid.UUID = USR_TYPE
+    entries: Iterable[PartitionEntry], type_guid: Guid = USR_TYPE
 ) -> tuple[Slot, ...]:
     """The slots among a table's entries: the partitions of the usr type, in table order."""
     return tuple(

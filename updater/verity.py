@@ -19,14 +19,15 @@ import struct
 from collections.abc import Iterable
 
 from updater.errors import UsageError, VerificationError
+from updater.guid import Guid
 from updater.records import dataclass
 
 # Neither ``typing`` nor ``uuid`` (nor ``dataclasses``, see ``updater.records``) is imported on the
-# way of ``updater verity format``: together they cost about a third of its start-up.
+# way of ``updater verity format``: together they cost about a third of its start-up. UUIDs are
+# ``updater.guid.Guid``s.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Protocol
-    from uuid import UUID
 
     class HashObject(Protocol):
         """What hashlib's sha256 objects offer; a Protocol so that tests may pass any hash."""
@@ -124,32 +125,15 @@ def hash_area_size(params: VerityParams, superblock: bool) -> int:
     return tree_offset(superblock) + params.tree_blocks * BLOCK_SIZE
 
 
-def parse_uuid(text: str) -> bytes:
-    """The 16 bytes of a UUID written as ``uuid.UUID`` reads it (hyphens anywhere, optional
-    braces and ``urn:uuid:`` prefix), without importing ``uuid`` (start-up time)."""
-    digits = text.replace("urn:", "").replace("uuid:", "").strip("{}").replace("-", "")
-    if len(digits) != 32 or not all(c in "0123456789abcdefABCDEF" for c in digits):
-        raise UsageError(f"{text!r} is not a UUID")
-    return bytes.fromhex(digits)
-
-
-def uuid4_bytes(random16: bytes) -> bytes:
-    """A random (version 4, RFC 4122 variant) UUID from 16 random bytes, as ``uuid.uuid4``."""
-    raw = bytearray(random16)
-    raw[6] = raw[6] & 0x0F | 0x40
-    raw[8] = raw[8] & 0x3F | 0x80
-    return bytes(raw)
-
-
 @dataclass(frozen=True)
 class Superblock:
-    """``volume`` is the UUID's 16 bytes (a ``uuid.UUID`` is taken too): formatting then needs
-    no ``uuid`` module, which costs start-up time; ``.uuid`` gives it as a ``uuid.UUID``."""
+    """``volume`` is the UUID's 16 bytes in RFC 4122 order (a ``Guid`` is taken too);
+    ``.uuid`` gives it as a ``Guid``."""
 
     params: VerityParams
     volume: bytes
 
-    def __init__(self, params: VerityParams, volume: UUID | bytes) -> None:
+    def __init__(self, params: VerityParams, volume: Guid | bytes) -> None:
         raw = volume if isinstance(volume, bytes) else volume.bytes
         if len(raw) != 16:
             raise UsageError(f"a UUID has 16 bytes, not {len(raw)}")
@@ -157,10 +141,8 @@ class Superblock:
         object.__setattr__(self, "volume", raw)
 
     @property
-    def uuid(self) -> UUID:
-        import uuid  # here: only text output and tests look at it
-
-        return uuid.UUID(bytes=self.volume)
+    def uuid(self) -> Guid:
+        return Guid(bytes=self.volume)
 
     def encode(self) -> bytes:
         """The 512-byte superblock followed by zeros up to one hash block."""

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable, Generator, Iterable, Iterator
 
 from updater.errors import DeviceError, UsageError, VerificationError
+from updater.guid import Guid, random_guid
 from updater.records import dataclass
 from updater.verity import (
     BLOCK_SIZE,
@@ -36,12 +37,7 @@ from updater.verity import (
     hash_area_size,
     salted_hash,
     tree_offset,
-    uuid4_bytes,
 )
-
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
-if TYPE_CHECKING:
-    from uuid import UUID
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(bytes_done, bytes_total)`` after each chunk of data is read."""
@@ -271,7 +267,7 @@ def format_file(
     data_blocks: int | None = None,
     salt: bytes | None = None,
     superblock: bool = True,
-    volume_uuid: UUID | bytes | None = None,
+    volume_uuid: Guid | bytes | None = None,
     workers: int | None = None,
     progress: Progress | None = None,
 ) -> FormatResult:
@@ -285,7 +281,7 @@ def format_file(
     params = VerityParams(data_blocks, random_salt() if salt is None else salt)
     _check_hash_offset(data_path, hash_path, params.data_size, hash_offset)
     tree = compute_tree(data_path, params, workers=workers, progress=progress)
-    volume = uuid4_bytes(os.urandom(16)) if volume_uuid is None else volume_uuid
+    volume = random_guid(os.urandom(16)) if volume_uuid is None else volume_uuid
     header = Superblock(params, volume) if superblock else None
     area = tree.hash_area(header)
     fd = os.open(hash_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -309,7 +305,7 @@ def format_in_place(
     *,
     salt: bytes | None = None,
     superblock: bool = True,
-    volume_uuid: UUID | bytes | None = None,
+    volume_uuid: Guid | bytes | None = None,
     progress: Progress | None = None,
 ) -> FormatResult:
     """The first ``hash_offset`` bytes of ``path`` are data; the hash area is written right there.

@@ -88,6 +88,9 @@ def test_partition_files_at_an_offset(tmp_path: Path) -> None:
     part = bootfs.Ext4PartitionFiles(str(disk), offset, fs.stat().st_size)
     assert part.read("grub.cfg") == GRUB_CFG
     assert part.read("nothing") is None
+    assert part.head("grub.cfg", 7) == GRUB_CFG[:7]
+    assert part.head("grub.cfg", 1 << 20) == GRUB_CFG
+    assert part.head("nothing", 7) is None
 
 
 def test_damaged_filesystems_fail_with_one_line(tmp_path: Path) -> None:

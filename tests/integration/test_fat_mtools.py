@@ -13,7 +13,7 @@ import pytest
 
 from tests.integration.conftest import need_tools
 from updater import bootfs, fat
-from updater.errors import DataError
+from updater.errors import DataError, DeviceError
 
 pytestmark = pytest.mark.integration
 
@@ -100,6 +100,16 @@ def shown_clusters(image: Path, rel: str) -> list[int]:
     return clusters
 
 
+def counting_reader(fd: int, reads: list[tuple[int, int]]) -> fat.Reader:
+    """A reader of ``fd`` that notes each (offset, length) it is asked for in ``reads``."""
+
+    def reader(offset: int, length: int) -> bytes:
+        reads.append((offset, length))
+        return os.pread(fd, length, offset)
+
+    return reader
+
+
 def test_reads_only_the_fat_windows_of_the_chains(tmp_path: Path) -> None:
     """The test VM's ESP: 128 MiB of FAT32 with 512-byte clusters, a FAT of about 1 MiB. A file
     costs the 4 KiB windows holding its chain's entries and its directories' (each entry and
@@ -112,11 +122,7 @@ def test_reads_only_the_fat_windows_of_the_chains(tmp_path: Path) -> None:
         put(image, rel, data)
     fd = os.open(image, os.O_RDONLY)
     reads: list[tuple[int, int]] = []
-
-    def reader(offset: int, length: int) -> bytes:
-        reads.append((offset, length))
-        return os.pread(fd, length, offset)
-
+    reader = counting_reader(fd, reads)
     try:
         for rel, data in files.items():
             reads.clear()
@@ -225,3 +231,75 @@ def test_truncated_partition(tmp_path: Path) -> None:
     empty.write_bytes(b"")
     with pytest.raises(DataError, match="empty"):
         bootfs.FatPartitionFiles(str(empty), 0).read("late")
+
+
+@pytest.mark.parametrize(("bits", "size_mib", "spc"), [(12, 2, 1), (16, 32, 4), (32, 40, 1)])
+def test_heads_are_prefixes_of_what_mtools_reads(
+    tmp_path: Path, bits: int, size_mib: int, spc: int
+) -> None:
+    """A head read (a dry run's kernel) gives the first bytes of what mtools reads, for every
+    length around cluster edges, across the fragmented file's gap, and past the file's end."""
+    image = make_fs(tmp_path / "esp.img", bits, size_mib, spc)
+    files = fill(image)
+    volume, fd = open_volume(image)
+    cluster = volume.geo.cluster_size
+    try:
+        for rel in files:
+            whole = mtools_read(image, rel)
+            lengths = {0, 1, 63, 64 + 512, cluster - 1, cluster, cluster + 1, 20_000, 20_481,
+                       len(whole) - 1, len(whole), len(whole) + 1, 10 * len(whole) + 7}  # fmt: skip
+            for n in sorted(x for x in lengths if x >= 0):
+                assert volume.read(rel, 1 << 20, n) == whole[:n], (rel, n)
+        assert volume.read("flatcar/missing", 100, 10) is None
+        with pytest.raises(DataError, match="more than"):  # the size bound holds for heads too
+            volume.read("flatcar/vmlinuz-a", 1000, 10)
+        with pytest.raises(DataError, match="is a directory"):
+            volume.read("flatcar", 1000, 10)
+    finally:
+        os.close(fd)
+
+
+def test_a_head_reads_only_its_clusters(tmp_path: Path) -> None:
+    """The head of an 8 MB kernel costs its first cluster or two, not the kernel: at most the
+    boot sector, the FAT windows and the directories besides the bytes asked for."""
+    image = make_fs(tmp_path / "esp.img", 32, 128)
+    _sh("mmd", "-i", str(image), "::/flatcar")
+    kernel = os.urandom(8_000_000)
+    put(image, "flatcar/vmlinuz-a", kernel)
+    fd = os.open(image, os.O_RDONLY)
+    reads: list[tuple[int, int]] = []
+    reader = counting_reader(fd, reads)
+    try:
+        volume = fat.FatVolume(reader)
+        geo = volume.geo
+        reads.clear()
+        assert volume.read("flatcar/vmlinuz-a", 16 << 20, 576) == kernel[:576]
+        data = [(o, n) for o, n in reads if o >= geo.data_offset]
+        assert sum(n for _, n in reads) < 64 * 1024, reads
+        kernel_cluster = shown_clusters(image, "flatcar/vmlinuz-a")[0]
+        start = geo.data_offset + (kernel_cluster - 2) * geo.cluster_size
+        assert (start, 576) in data
+    finally:
+        os.close(fd)
+
+
+def test_partition_heads_and_existence(tmp_path: Path) -> None:
+    """``head`` on the ESP in place: a prefix, the cached whole file's prefix once it was read,
+    None for a missing file; ``Heads`` reads only heads and writes nothing."""
+    esp = make_fs(tmp_path / "esp.img", 16, 20)
+    files = fill(esp)
+    part = bootfs.FatPartitionFiles(str(esp), 0)
+    assert part.head("flatcar/vmlinuz-a", 100) == files["flatcar/vmlinuz-a"][:100]
+    assert part.head("flatcar/none", 100) is None
+    assert part.head("empty", 0) == b"" and part.head("flatcar/vmlinuz-b", 0) == b""
+    assert part.read("flatcar/vmlinuz-b") == files["flatcar/vmlinuz-b"]
+    _patch(esp, 0, b"\0" * 512)  # the volume is parsed and the file cached: no reread
+    assert part.head("flatcar/vmlinuz-b", 5000) == files["flatcar/vmlinuz-b"][:5000]
+    heads = bootfs.Heads(part, 10)
+    assert heads.description == part.description
+    assert heads.read("flatcar/vmlinuz-b") == files["flatcar/vmlinuz-b"][:10]
+    assert heads.head("flatcar/vmlinuz-b", 4) == files["flatcar/vmlinuz-b"][:4]
+    assert heads.head("flatcar/vmlinuz-b", 99) == files["flatcar/vmlinuz-b"][:10]
+    assert heads.read("flatcar/none") is None
+    with pytest.raises(DeviceError, match="first bytes of files only"):
+        heads.write("flatcar/grubenv", b"x")

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import random
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from updater import gpt, gptformat, layout, slotimage, slots, state, target
+from updater.guid import Guid
 
 from ..unit.memdisk import REGIONS, MemDisk, region_lba, rewrite_header, shrink_backup
 from .conftest import CgptField, Cli, loop_device, need_tools, sgdisk_attributes, sha, tool
@@ -20,7 +20,7 @@ from .conftest import CgptField, Cli, loop_device, need_tools, sgdisk_attributes
 pytestmark = pytest.mark.integration
 
 FOREIGN = (1 << 0) | (1 << 2) | (1 << 57) | (1 << 60) | (1 << 63) | (0x5A5A << 20)
-CHROMEOS_KERNEL = uuid.UUID("fe3a2a5d-4f32-41a7-b725-accc3285a309")
+CHROMEOS_KERNEL = Guid("fe3a2a5d-4f32-41a7-b725-accc3285a309")
 
 
 def status(cli: Cli, disk: Path, booted: str = "A") -> dict[str, object]:
@@ -95,8 +95,8 @@ def test_cli_transitions_match_flatcar_and_tools(
     assert sgdisk_attributes(flatcar_disk, 4) & ~slots.OWNED_MASK == FOREIGN
 
 
-def slot_uuid(disk: Path, part: int) -> uuid.UUID:
-    found: uuid.UUID = state.load(target.resolve(str(disk), "A")).slot(part).partuuid
+def slot_uuid(disk: Path, part: int) -> Guid:
+    found: Guid = state.load(target.resolve(str(disk), "A")).slot(part).partuuid
     return found
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from updater import grubenv
+from updater import __version__, grubenv
 
 REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO))
@@ -168,6 +168,23 @@ def test_squashfs_os_release(built: build.BuildResult, version: int) -> None:
     listing = sh("unsquashfs", "-l", usr, "bin/updater", "lib/python3/dist-packages/updater")
     assert "squashfs-root/bin/updater" in listing
     assert "dist-packages/updater/slots.py" in listing
+
+
+def test_entry_script_runs_the_cli_without_a_shell(
+    built: build.BuildResult, tmp_path: Path
+) -> None:
+    """/usr/bin/updater is run by the interpreter itself (no shell, no module runner): the very
+    script from the image, run with the project on the path, answers as the CLI does."""
+    script = tmp_path / "updater"
+    script.write_text(sh("unsquashfs", "-cat", built.usr_v1, "bin/updater"))
+    assert script.read_text().startswith("#!/usr/bin/python3\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, str(script), "--version"], capture_output=True,
+                         text=True, env=env, check=True).stdout  # fmt: skip
+    assert out == f"updater {__version__}\n"
+    bad = subprocess.run([sys.executable, str(script), "no-such-command"], capture_output=True,
+                         text=True, env=env)  # fmt: skip
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 
 def test_esp_contents_and_grubenv(

@@ -10,13 +10,13 @@ from __future__ import annotations
 import gzip
 import os
 import subprocess
-import uuid
 import zlib
 from pathlib import Path
 
 import pytest
 
 from updater.cmdline import BootFacts, OemConfig, facts_env
+from updater.guid import Guid
 from updater.initrdcpio import FACTS_PATH, append_archive, facts_initrd
 
 from .conftest import need_tools
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 FACTS = BootFacts(
     letter="A",
-    partuuid=uuid.UUID("7130c94a-213a-4e5a-8e26-6cce9662f132"),
+    partuuid=Guid("7130c94a-213a-4e5a-8e26-6cce9662f132"),
     usrhash="0123456789abcdef" * 4,
     first_boot=False,
     oem=OemConfig(oem_id="ec2"),

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from updater import bootflow, cli, gpt, kexec, prepared, state, target
+from updater import bootflow, bootplan, cli, gpt, kexec, prepared, state, target
 from updater.kexec import KexecSupport
 
 from .conftest import CgptField, Cli, need_tools, sha
@@ -169,6 +169,45 @@ def test_dry_run_prints_the_plan_and_changes_nothing(
     assert doc["commands"][0] == ["kexec", "-u"] and doc["commands"][-1] == ["systemctl", "kexec"]
     assert f"verity.usrhash={HASH_A}" in doc["cmdline"]
     assert logged(fakes) == [] and sha(boot_disk) == before
+
+
+
+def test_dry_run_reads_the_kernels_head_not_the_kernel(
+    boot_disk: Path, fakes: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], fast_tmp: Path,
+) -> None:  # fmt: skip
+    """With a 1.5 MiB kernel and a 1.5 MiB initrd on the ESP, a dry run reads a small fraction of
+    either (the GPT, the FAT windows and directories, the kernel's first cluster, the OEM
+    grub.cfg); a real plan reads both whole, as the staging needs them."""
+    use(monkeypatch, OK)
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    with gpt.locked(str(boot_disk), writable=False) as d:
+        by = {e.name: e for e in gpt.read_table(d).used_entries()}
+    esp = f"{boot_disk}@@{by['EFI-SYSTEM'].first_lba * 512}"
+    big = 3 << 19  # the test disk's ESP is 4 MiB
+    for name, data in (("vmlinuz-a", kernel(HASH_A) + os.urandom(big)),
+                       ("initrd-a", os.urandom(big))):  # fmt: skip
+        src = fast_tmp / name
+        src.write_bytes(data)
+        subprocess.run(["mcopy", "-o", "-i", esp, str(src), f"::/flatcar/{name}"], check=True,
+                       env=env)  # fmt: skip
+    read: list[int] = []
+    real_pread = os.pread
+
+    def counted(fd: int, length: int, offset: int) -> bytes:
+        data = real_pread(fd, length, offset)
+        read.append(len(data))
+        return data
+
+    monkeypatch.setattr(os, "pread", counted)
+    code, out, _ = run_cli(["--disk", str(boot_disk), "kexec", "--dry-run", "--json"], capsys)
+    assert code == 0 and f"verity.usrhash={HASH_A}" in json.loads(out)["cmdline"]
+    assert 0 < sum(read) < big // 8, sum(read)
+    read.clear()
+    t = target.resolve(str(boot_disk), "A")
+    plan = bootplan.plan_boot(state.load(t), "A", t)
+    assert len(plan.kernel_data) == big + 8192 and len(plan.initrd_data) == big
+    assert sum(read) >= 2 * big
 
 
 @pytest.mark.parametrize(

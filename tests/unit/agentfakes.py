@@ -4,8 +4,8 @@ clock that sleeps by moving time forward."""
 
 from __future__ import annotations
 
+import os
 import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -22,6 +22,7 @@ from updater.agent.seam import Booted, Offer, Progress, SlotView, System
 from updater.agent.store import Store
 from updater.config import RebootStrategy, RebootVia
 from updater.errors import TransportError, VerificationError
+from updater.guid import Guid
 from updater.hooks import rules
 from updater.hooks.rules import LedgerEntry, Next, Verdict
 
@@ -39,7 +40,8 @@ class Crash(BaseException):
 @dataclass
 class FakeMachine:
     table: list[slots.Slot] = field(default_factory=lambda: [
-        slots.Slot(3, "USR-A", uuid.uuid4(), GOOD), slots.Slot(4, "USR-B", uuid.uuid4(), 0)])
+        slots.Slot(3, "USR-A", Guid(bytes=os.urandom(16)), GOOD),
+        slots.Slot(4, "USR-B", Guid(bytes=os.urandom(16)), 0)])
     booted_letter: str = "A"
     versions: dict[str, str] = field(default_factory=lambda: {"A": "1"})
     releases: list[Offer] = field(default_factory=lambda: [Offer("2")])

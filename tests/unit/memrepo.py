@@ -50,7 +50,7 @@ def make_image(version: int, fs_size: int = 5 * BLOCK_SIZE + 100, arch: str = "x
     builder = VerityTreeBuilder(params)
     builder.update(data)
     tree = builder.finish()
-    image = data + tree.hash_area(Superblock(params, uuid.UUID(int=version)))
+    image = data + tree.hash_area(Superblock(params, uuid.UUID(int=version).bytes))
     root_hash = tree.root_hash.hex()
     kernel = bytearray(b"MZ" + bytes(8190))
     at = USRHASH_OFFSETS[arch]

@@ -66,7 +66,7 @@ def make_image(
     builder = VerityTreeBuilder(params)
     builder.update(data)
     tree = builder.finish()
-    header = superblock or Superblock(params, uuid.UUID(int=seed))
+    header = superblock or Superblock(params, uuid.UUID(int=seed).bytes)
     raw = data + tree.hash_area(header)
     chunks = [raw[i : i + 3 * MiB] for i in range(0, len(raw), 3 * MiB)]
     table, compressed = frames.table_of(

@@ -30,6 +30,8 @@ def test_dir_files_read_write_atomically(tmp_path: Path) -> None:
     files.write("flatcar/grubenv", b"one")
     files.write("flatcar/grubenv", b"two")
     assert files.read("flatcar/grubenv") == b"two"
+    assert files.head("flatcar/grubenv", 2) == b"tw" and files.head("flatcar/grubenv", 9) == b"two"
+    assert files.head("flatcar/grubenv", 0) == b"" and files.head("flatcar/none", 2) is None
     assert sorted(p.name for p in (tmp_path / "flatcar").iterdir()) == ["grubenv"]  # no temp left
     # A read-only backend says so instead of writing.
     with pytest.raises(DeviceError, match="read-only"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
@@ -23,9 +22,10 @@ from updater.cmdline import (
     usrhash_from_kernel,
 )
 from updater.errors import DataError, UsageError
+from updater.guid import Guid
 
-UUID_A = uuid.UUID("7130c94a-213a-4e5a-8e26-6cce9662f132")
-UUID_B = uuid.UUID("e03dd35c-7c2d-4a47-b3fe-27f15780a57c")
+UUID_A = Guid("7130c94a-213a-4e5a-8e26-6cce9662f132")
+UUID_B = Guid("e03dd35c-7c2d-4a47-b3fe-27f15780a57c")
 HASH_1 = "0123456789abcdef" * 4
 HASH_2 = "f" * 64
 COMMON = "rootflags=rw mount.usrflags=ro consoleblank=0 root=LABEL=ROOT"
@@ -425,10 +425,11 @@ _oems = st.builds(
     linux_append=st.lists(_word, max_size=3).map(" ".join),
     linux_console=st.sampled_from(["", "console=ttyS0", "console=hvc0 console=tty0"]),
 )
+_guids = st.binary(min_size=16, max_size=16).map(lambda raw: Guid(bytes=raw))
 _facts = st.builds(
     BootFacts,
     letter=st.sampled_from("AB"),
-    partuuid=st.uuids(),
+    partuuid=_guids,
     usrhash=st.none() | st.text("0123456789abcdef", min_size=64, max_size=64),
     first_boot=st.booleans(),
     oem=_oems,
@@ -454,9 +455,9 @@ def test_keeping_running_args_does_not_grow_the_cmdline(old: BootFacts, new: Boo
     assert once == twice == build_cmdline(new)
 
 
-@given(_facts, st.sampled_from("AB"), st.uuids(), st.booleans())
+@given(_facts, st.sampled_from("AB"), _guids, st.booleans())
 def test_initrd_delivery_ignores_slot_facts(
-    state: BootFacts, letter: str, partuuid: uuid.UUID, first_boot: bool
+    state: BootFacts, letter: str, partuuid: Guid, first_boot: bool
 ) -> None:
     other = records.replace(
         state,

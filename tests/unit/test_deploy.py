@@ -26,6 +26,10 @@ class MemEsp:
     def read(self, rel: str) -> bytes | None:
         return self.files.get(rel)
 
+    def head(self, rel: str, length: int) -> bytes | None:
+        data = self.files.get(rel)
+        return None if data is None else data[:length]
+
     def write(self, rel: str, data: bytes) -> None:
         self.files[rel] = data
         self.order.append(rel)

@@ -64,6 +64,12 @@ def test_chains_end_and_fail_cleanly() -> None:
         return fat.chain(fat.decode_fat(bytes(table), geo), geo, 2, limit)
 
     assert chain(10) == [(2, 2), (7, 1)]  # clusters 2, 3 (one run), then 7
+    # only the first clusters wanted: the chain ends there, however it goes on
+    prefix = fat.chain(fat.decode_fat(bytes(table), geo), geo, 2, 1, prefix=True)
+    assert prefix == [(2, 1)]
+    assert fat.chain(fat.decode_fat(bytes(table), geo), geo, 2, 2, prefix=True) == [(2, 2)]
+    assert fat.chain(fat.decode_fat(bytes(table), geo), geo, 2, 3, prefix=True) == [(2, 2), (7, 1)]
+    assert fat.chain(fat.decode_fat(bytes(table), geo), geo, 2, 9, prefix=True) == [(2, 2), (7, 1)]
     with pytest.raises(DataError, match="longer than 2"):
         chain(2)
     for c in range(7, 1007):  # a long contiguous run, found in a few comparisons

@@ -6,28 +6,33 @@ before it), and the tables it refuses to make. sgdisk and libparted read the sam
 from __future__ import annotations
 
 import struct
-import uuid
 
 import pytest
 
 from tests.unit.memdisk import MemDisk
 from updater import gptcreate, gptformat, slots
 from updater.errors import GptError
+from updater.guid import Guid
 from updater.records import replace
 
-ESP = uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
-ROOT = uuid.UUID("3884dd41-8582-4404-b9a8-e9b84f2df50e")
-DISK = uuid.UUID("11111111-2222-4333-8444-555555555555")
+ESP = Guid("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
+ROOT = Guid("3884dd41-8582-4404-b9a8-e9b84f2df50e")
+DISK = Guid("11111111-2222-4333-8444-555555555555")
 A_GOOD = 0x0101000000000000  # REFERENCE section 1: priority 1, tries 0, successful 1
+
+
+def numbered(n: int) -> Guid:
+    """The GUID whose 128-bit value is ``n``, as ``uuid.UUID(int=n)``."""
+    return Guid(f"{n:032x}")
 
 
 def parts(ss: int) -> list[gptcreate.NewPartition]:
     mib = (1 << 20) // ss
     return [
-        gptcreate.NewPartition(1, ESP, uuid.UUID(int=1), mib, 2 * mib - 1, "EFI-SYSTEM"),
-        gptcreate.NewPartition(3, slots.USR_TYPE, uuid.UUID(int=3), 2 * mib, 4 * mib - 1,
+        gptcreate.NewPartition(1, ESP, numbered(1), mib, 2 * mib - 1, "EFI-SYSTEM"),
+        gptcreate.NewPartition(3, slots.USR_TYPE, numbered(3), 2 * mib, 4 * mib - 1,
                                "USR-A", A_GOOD),  # fmt: skip
-        gptcreate.NewPartition(9, ROOT, uuid.UUID(int=9), 4 * mib, 6 * mib - 1, "ROOT"),
+        gptcreate.NewPartition(9, ROOT, numbered(9), 4 * mib, 6 * mib - 1, "ROOT"),
     ]
 
 
@@ -52,7 +57,7 @@ def test_the_table_reads_back_with_gaps_in_the_numbers(ss: int) -> None:
     entries = gptformat.entries_by_number(table.used_entries())
     assert sorted(entries) == [1, 3, 9]
     assert entries[3].name == "USR-A" and entries[3].attributes == A_GOOD
-    assert entries[3].unique_guid == uuid.UUID(int=3) and entries[1].type_guid == ESP
+    assert entries[3].unique_guid == numbered(3) and entries[1].type_guid == ESP
     assert not table.entries()[1].used and not table.entries()[4].used  # 2 and 5 stay empty
 
 
@@ -94,7 +99,7 @@ def test_nothing_is_a_table_until_the_protective_mbr_is_written_last(ss: int) ->
         ({"number": 129}, "out of range"),
         ({"first_lba": 1}, "outside the usable"),
         ({"last_lba": 10**9}, "outside the usable"),
-        ({"type_guid": uuid.UUID(int=0)}, "unused type"),
+        ({"type_guid": numbered(0)}, "unused type"),
         ({"name": "x" * 37}, "longer than 36"),
         ({"attributes": 1 << 64}, "does not fit"),
     ],

@@ -482,7 +482,9 @@ def test_entries_of_a_larger_entry_size_and_unused_ones() -> None:
     raw = entry_bytes(b"X\0", size=256) + bytes(256)
     first, second = gptformat.parse_entries(raw, 256, 2)
     assert first.name == "X" and first.used and first.number == 1
-    assert not second.used and second.number == 2 and second.type_guid.int == 0
+    assert not second.used and second.number == 2 and second.type_guid.bytes_le == bytes(16)
+    # all-zero GUIDs are the one shared value, not made anew per entry (start-up time)
+    assert second.type_guid is second.unique_guid is gptformat.UNUSED_TYPE
     d = disk()
     t = gptformat.read_table(d)
     assert [e.number for e in t.used_entries()] == [1, 2, 3, 4] and len(t.entries()) == 128

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 
 import pytest
 
 from updater import grubenv, slots
 from updater.errors import DataError, UsageError
+from updater.guid import Guid
 
 # Flatcar's USR-A and USR-B partition GUIDs (build_library/disk_layout.json).
-USR_A_UUID = uuid.UUID("7130c94a-213a-4e5a-8e26-6cce9662f132")
-USR_B_UUID = uuid.UUID("e03dd35c-7c2d-4a47-b3fe-27f15780a57c")
+USR_A_UUID = Guid("7130c94a-213a-4e5a-8e26-6cce9662f132")
+USR_B_UUID = Guid("e03dd35c-7c2d-4a47-b3fe-27f15780a57c")
 
 HASH_A = "a" * 64
 HASH_B = "0123456789abcdef" * 4
@@ -172,7 +173,7 @@ def test_reconcile_preserves_foreign_bits() -> None:
 
 
 def test_other_partitions_are_not_slots() -> None:
-    table = [usr(3, "USR-A", 1, 0, True), slots.Slot(5, "USR-C2", uuid.uuid4(), 0)]
+    table = [usr(3, "USR-A", 1, 0, True), slots.Slot(5, "USR-C2", Guid(bytes=os.urandom(16)), 0)]
     values = grubenv.slot_vars(table, {})
     assert "usr_a_priority" in values and not any(k.startswith("usr_c") for k in values)
     assert values["usr_sync"].startswith("3:0101000000000000,5:")
@@ -298,7 +299,7 @@ def test_render_refusal_texts_and_what_is_allowed() -> None:
 
 
 def test_slot_vars_skip_partitions_without_a_letter_and_name_a_bad_hash() -> None:
-    table = [slots.Slot(2, "ROOT", uuid.uuid4(), 0), usr(3, "USR-A", 1, 0, True)]
+    table = [slots.Slot(2, "ROOT", Guid(bytes=os.urandom(16)), 0), usr(3, "USR-A", 1, 0, True)]
     values = grubenv.slot_vars(table, {})
     assert values["usr_a_partition"] == "3"
     with pytest.raises(UsageError) as info:
@@ -309,7 +310,7 @@ def test_slot_vars_skip_partitions_without_a_letter_and_name_a_bad_hash() -> Non
 def test_reconcile_goes_on_past_slots_it_cannot_read() -> None:
     """A partition without a slot letter, and a slot whose tries are junk or missing, do not
     stop the decrement of the slots after them from being carried back."""
-    table = [slots.Slot(2, "USR-1", uuid.uuid4(), 0), usr(3, "USR-A", 1, 2, False),
+    table = [slots.Slot(2, "USR-1", Guid(bytes=os.urandom(16)), 0), usr(3, "USR-A", 1, 2, False),
              usr(4, "USR-B", 2, 2, False)]  # fmt: skip
     env = grubenv.slot_vars(table, {})
     env["usr_a_tries"] = "junk"

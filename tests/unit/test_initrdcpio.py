@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import stat
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -13,6 +12,7 @@ from hypothesis import strategies as st
 
 from updater.cmdline import BootFacts, OemConfig, facts_env
 from updater.errors import UsageError
+from updater.guid import Guid
 from updater.initrdcpio import (
     CpioEntry,
     _header,
@@ -27,7 +27,7 @@ FIELDS = (
 ).split()
 FACTS = BootFacts(
     letter="B",
-    partuuid=uuid.UUID("e03dd35c-7c2d-4a47-b3fe-27f15780a57c"),
+    partuuid=Guid("e03dd35c-7c2d-4a47-b3fe-27f15780a57c"),
     usrhash="ab" * 32,
     first_boot=True,
     oem=OemConfig(oem_id="qemu"),

@@ -4,16 +4,16 @@ line through the project's encoder, shaped like ``update --json``'s, and the lin
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 
 from updater import jsonout, slots
+from updater.guid import Guid
 from updater.install import events
 from updater.install.plan import DiskFacts
 
 FACTS = DiskFacts("/dev/vda", "Virtio Block Device", "abc", 8 << 30, 512, True, True, None)
-A = slots.Slot(3, "USR-A", uuid.UUID("7130c94a-213a-4e5a-8e26-6cce9662f132"), 0x0101 << 48)
+A = slots.Slot(3, "USR-A", Guid("7130c94a-213a-4e5a-8e26-6cce9662f132"), 0x0101 << 48)
 
 
 def test_json_lines_carry_the_documented_keys() -> None:

@@ -12,13 +12,14 @@ import pytest
 
 from updater import gptformat
 from updater.errors import DeviceError
+from updater.guid import Guid
 from updater.install import plan
 from updater.layout import DiskLayout, GiB, MiB
 from updater.records import dataclass, field, replace
 
 # REFERENCE section 4: Flatcar's fixed USR GUIDs; section 1: P1 T0 S1.
-USR_A = uuid.UUID("7130c94a-213a-4e5a-8e26-6cce9662f132")
-USR_B = uuid.UUID("e03dd35c-7c2d-4a47-b3fe-27f15780a57c")
+USR_A = Guid("7130c94a-213a-4e5a-8e26-6cce9662f132")
+USR_B = Guid("e03dd35c-7c2d-4a47-b3fe-27f15780a57c")
 USR_A_ATTRS = 0x0101000000000000
 
 
@@ -40,7 +41,7 @@ class SparseDisk:
 
 def counting() -> DiskLayout:
     numbers = itertools.count(1)
-    return plan.install_layout(lambda: uuid.UUID(int=next(numbers)))
+    return plan.install_layout(lambda: Guid(f"{next(numbers):032x}"))
 
 
 def placed(layout: DiskLayout, disk_bytes: int, ss: int = 512) -> plan.DiskPlan:
@@ -66,9 +67,12 @@ def test_layout_has_fresh_guids_but_flatcars_usr_guids() -> None:
     assert by_label["USR-A"].partuuid == USR_A and by_label["USR-B"].partuuid == USR_B
     assert by_label["USR-A"].attributes == USR_A_ATTRS and by_label["USR-B"].attributes == 0
     others = {p.partuuid for p in layout.partitions if not p.label.startswith("USR-")}
-    assert others | {layout.disk_guid} == {uuid.UUID(int=n) for n in range(1, 7)}
+    assert others | {layout.disk_guid} == {Guid(f"{n:032x}") for n in range(1, 7)}
     assert [p.number for p in layout.partitions] == [1, 2, 3, 4, 6, 7, 9]
     assert plan.install_layout().disk_guid != plan.install_layout().disk_guid
+    # By default fresh random GUIDs, as uuid.uuid4 makes them (version 4, RFC 4122 variant).
+    fresh = uuid.UUID(bytes=plan.install_layout().partition("ROOT").partuuid.bytes)
+    assert (fresh.version, fresh.variant) == (4, uuid.RFC_4122)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from updater import bootflow, bootplan, contracts, gptformat, kexec, slots, state
+from updater import bootflow, bootplan, contracts, gptformat, kexec, records, slots, state
 from updater.cmdline import Delivery
 from updater.config import BootSettings
 from updater.errors import NoBootableSlot, SlotError, VerificationError
@@ -121,9 +121,16 @@ class MemFiles:
 
     def __init__(self, files: dict[str, bytes]) -> None:
         self.files = files
+        self.reads: list[str] = []
 
     def read(self, rel: str) -> bytes | None:
+        self.reads.append(rel)
         return self.files.get(rel)
+
+    def head(self, rel: str, length: int) -> bytes | None:
+        self.reads.append(f"{rel}[:{length}]")
+        data = self.files.get(rel)
+        return None if data is None else data[:length]
 
     def write(self, rel: str, data: bytes) -> None:
         self.files[rel] = data
@@ -211,3 +218,26 @@ def test_stage_initrd_delivery_appends_facts_archive() -> None:
     doc = contracts.reboot(bootflow.Report(Method.FILE, (), plan.slot, plan))
     assert doc["initrd"] == ["/run/x/flatcar_initrd-a", "/run/x/boot-facts.cpio"]
     assert doc["slot"] == "A" and doc["partition"] == 3
+
+
+@pytest.mark.parametrize("delivery", list(Delivery))
+def test_a_plan_that_copies_nothing_reads_the_kernels_head_only(delivery: Delivery) -> None:
+    """A dry run plans from the kernel's first bytes (its root hash is at 0x40 on x86_64, 512
+    on arm64) and only asks whether the initrd exists; the plan is the same as a whole read's,
+    and it cannot be staged with copies (the staged kernel must be the one the hash came from)."""
+    st = disk_state((1, 0, True), (0, 0, False))
+    cfg = BootSettings(delivery=delivery)
+    dry_esp, whole_esp = esp(), esp()
+    dry = bootplan.plan_boot(st, "A", target(dry_esp, settings=cfg), "/run/x", copy=False)
+    whole = bootplan.plan_boot(st, "A", target(whole_esp, settings=cfg))
+    assert not dry.whole and whole.whole
+    assert dry == records.replace(whole, staged=dry.staged, whole=False)
+    assert dry.cmdline == whole.cmdline
+    assert dry.kernel_data == kernel(HASH_A)[: 512 + 64] and dry.initrd_data == b""
+    assert whole.kernel_data == kernel(HASH_A) and whole.initrd_data == b"I"
+    assert {"flatcar/vmlinuz-a[:576]", "flatcar/initrd-a[:0]"} <= set(dry_esp.reads)
+    assert not {"flatcar/vmlinuz-a", "flatcar/initrd-a"} & set(dry_esp.reads)
+    assert {"flatcar/vmlinuz-a", "flatcar/initrd-a"} <= set(whole_esp.reads)
+    with pytest.raises(ValueError, match="cannot be staged"):
+        bootplan.stage(dry, "/run/x", copy=True)
+    assert dry.image() == bootplan.stage(whole, "/run/x", copy=False).image()

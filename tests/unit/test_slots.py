@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from updater import slots
 from updater.errors import NoBootableSlot, SlotError, UsageError
+from updater.guid import Guid
 from updater.slots import Slot, encode
 
 # The bits the slot engine owns, from the ChromeOS/Flatcar layout (priority 48-51, tries 52-55,
@@ -23,9 +24,13 @@ def bits(p: int, t: int, s: bool, extra: int = 0) -> int:
     return extra | p << 48 | t << 52 | int(s) << 56
 
 
+def new_guid() -> Guid:
+    return Guid(bytes=os.urandom(16))
+
+
 def mk(part: int, p: int, t: int, s: bool, label: str | None = None, extra: int = 0) -> Slot:
     name = label or f"USR-{chr(ord('A') + part - 3)}"
-    return Slot(part, name, uuid.uuid4(), bits(p, t, s, extra))
+    return Slot(part, name, new_guid(), bits(p, t, s, extra))
 
 
 def pts(ss: list[Slot] | tuple[Slot, ...]) -> list[tuple[int, int, bool]]:
@@ -236,7 +241,7 @@ def test_mark_bad_guard() -> None:
     only = slots.apply(ss, t.changes)
     with pytest.raises(SlotError, match="^refusing to mark USR-A bad: no other slot could boot$"):
         slots.mark_bad(only, 3)
-    unnamed = [Slot(3, "", uuid.uuid4(), bits(1, 0, True))]
+    unnamed = [Slot(3, "", new_guid(), bits(1, 0, True))]
     with pytest.raises(SlotError, match="^refusing to mark 3 bad"):
         slots.mark_bad(unnamed, 3)
     with pytest.raises(UsageError, match="^partition 5 is not a slot$"):
@@ -271,7 +276,7 @@ def test_resolve_part_specs() -> None:
         with pytest.raises(UsageError, match=f"^no slot named {bad!r} \\(slots: 3=USR-A, 4=USR-B"):
             slots.resolve(ss, bad)
     with pytest.raises(UsageError, match=r"\(slots: 3=\?\)"):
-        slots.resolve([Slot(3, "", uuid.uuid4(), 0)], "x")
+        slots.resolve([Slot(3, "", new_guid(), 0)], "x")
     with pytest.raises(UsageError, match=r"\(slots: none\)"):
         slots.resolve([], "x")
 
@@ -452,7 +457,7 @@ def test_resolve_roles() -> None:
 
 @pytest.mark.parametrize("label", ["USR-1", "USR-\n", "USR-é", "USR-"])
 def test_a_label_names_a_letter_only_when_it_is_one(label: str) -> None:
-    assert Slot(3, label, uuid.uuid4(), 0).letter is None
+    assert Slot(3, label, new_guid(), 0).letter is None
 
 
 @pytest.mark.parametrize("tries", [1, 2, 3])
@@ -513,8 +518,8 @@ def _refusal(call: object) -> tuple[str, str, str | None]:
 ONE_TRIAL = [mk(3, 1, 0, False, "USR-A"), mk(4, 2, 1, False, "USR-B")]
 A_GOOD_B_TRIAL = [mk(3, 1, 0, True, "USR-A"), mk(4, 2, 1, False, "USR-B")]
 UNNAMED = [
-    Slot(3, "", uuid.uuid4(), bits(1, 0, True)),
-    Slot(4, "", uuid.uuid4(), bits(0, 0, False)),
+    Slot(3, "", new_guid(), bits(1, 0, True)),
+    Slot(4, "", new_guid(), bits(0, 0, False)),
 ]
 
 
@@ -668,13 +673,13 @@ def test_slots_of_keeps_each_entry_field() -> None:
     class Entry:
         number: int
         name: str
-        unique_guid: uuid.UUID
-        type_guid: uuid.UUID
+        unique_guid: Guid
+        type_guid: Guid
         attributes: int
 
-    usr = uuid.UUID("5dfbf5f4-2848-4bac-aa5e-0d9a20b745a6")
-    g = [uuid.uuid4() for _ in range(3)]
-    entries = [Entry(1, "EFI", g[0], uuid.uuid4(), 5), Entry(3, "USR-A", g[1], usr, 7),
+    usr = Guid("5dfbf5f4-2848-4bac-aa5e-0d9a20b745a6")
+    g = [new_guid() for _ in range(3)]
+    entries = [Entry(1, "EFI", g[0], new_guid(), 5), Entry(3, "USR-A", g[1], usr, 7),
                Entry(4, "USR-B", g[2], usr, 9)]  # fmt: skip
     assert slots.slots_of(entries) == (Slot(3, "USR-A", g[1], 7), Slot(4, "USR-B", g[2], 9))
     assert slots.slots_of(entries, type_guid=entries[0].type_guid) == (Slot(1, "EFI", g[0], 5),)

@@ -324,7 +324,7 @@ def test_lying_superblock_is_found_at_read_back(
 ) -> None:
     import uuid
 
-    image = make_image(superblock=Superblock(lie, uuid.UUID(int=1)))
+    image = make_image(superblock=Superblock(lie, uuid.UUID(int=1).bytes))
     with pytest.raises(VerificationError, match=message):
         write(MemorySource(image.compressed), image, slot, fast_tmp)
     assert frames_done(fast_tmp) is None

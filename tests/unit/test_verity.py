@@ -21,6 +21,7 @@ import pytest
 from updater import verityfile
 from updater.commands import verity as verity_command
 from updater.errors import DeviceError, UsageError, VerificationError
+from updater.guid import Guid
 from updater.verity import (
     BLOCK_SIZE,
     Superblock,
@@ -32,9 +33,7 @@ from updater.verity import (
     digest_blocks,
     hash_area_size,
     parse_salt,
-    parse_uuid,
     salted_hash,
-    uuid4_bytes,
 )
 
 SALTS = [b"", b"\x01", bytes(range(32)), bytes(range(256))]
@@ -174,30 +173,11 @@ def test_parse_salt() -> None:
             parse_salt(bad)
 
 
-def test_uuids_parse_and_generate_as_the_uuid_module_does() -> None:
-    rng = random.Random(8)
-    for _ in range(50):
-        raw = rng.randbytes(16)
-        u = uuid.UUID(bytes=raw)
-        for text in (str(u), u.hex, u.hex.upper(), "{" + str(u) + "}", u.urn):
-            assert parse_uuid(text) == uuid.UUID(text).bytes == raw
-        made = uuid.UUID(bytes=uuid4_bytes(raw))
-        assert made == uuid.UUID(bytes=raw, version=4)
-        assert (made.version, made.variant) == (4, uuid.RFC_4122)
-    # X at either end (braces are the only characters stripped) and X among 32 characters
-    # (not a hex digit): the uuid module refuses each, and so must parse_uuid, with its error.
-    for bad in ["", "nope", "0" * 31, "0" * 33, "g" * 32, "0" * 16 + " " + "0" * 16,
-                "X" + "0" * 32, "0" * 32 + "X", "0" * 31 + "X", "X" + "0" * 31]:
-        with pytest.raises(ValueError):
-            uuid.UUID(bad)
-        with pytest.raises(UsageError):
-            parse_uuid(bad)
-
-
 def test_a_superblock_takes_a_uuid_or_its_16_bytes() -> None:
     params = VerityParams(8, b"x")
-    volume = uuid.UUID(int=0x0BADC0DE)
+    volume = Guid("00000000-0000-0000-0000-00000badc0de")
     assert Superblock(params, volume) == Superblock(params, volume.bytes)
+    assert Superblock(params, volume.bytes).volume == bytes(12) + b"\x0b\xad\xc0\xde"
     assert Superblock(params, volume.bytes).uuid == volume
     with pytest.raises(UsageError):
         Superblock(params, b"short")
@@ -205,7 +185,7 @@ def test_a_superblock_takes_a_uuid_or_its_16_bytes() -> None:
 
 def test_superblock_round_trip_and_field_offsets() -> None:
     params = VerityParams(123456789, bytes(range(7)))
-    volume = uuid.uuid4()
+    volume = Guid(bytes=os.urandom(16))
     raw = Superblock(params, volume).encode()
     assert len(raw) == 4096 and raw[512:] == bytes(3584)
     assert Superblock.decode(raw) == Superblock(params, volume)
@@ -231,7 +211,7 @@ def test_superblock_round_trip_and_field_offsets() -> None:
     ],
 )
 def test_superblock_decode_rejects(offset: int, value: bytes, field: str) -> None:
-    raw = bytearray(Superblock(VerityParams(8, b"x"), uuid.uuid4()).encode())
+    raw = bytearray(Superblock(VerityParams(8, b"x"), os.urandom(16)).encode())
     raw[offset : offset + len(value)] = value
     with pytest.raises(VerificationError, match=field):
         Superblock.decode(raw)
@@ -317,6 +297,21 @@ def test_cli_arguments() -> None:
     )
 
 
+def test_the_uuid_option_reads_uuids_as_the_uuid_module_does(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    u = uuid.UUID(bytes=random.Random(8).randbytes(16))
+    for text in (str(u), u.hex, u.hex.upper(), "{" + str(u) + "}", u.urn):
+        args = parse("format", "d.img", "--hash-file", "h", "--uuid", text)
+        assert args.uuid == Guid(bytes=u.bytes)
+    with pytest.raises(SystemExit):
+        parse("format", "d.img", "--hash-file", "h", "--uuid", "0" * 31 + "X")
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "updater verity format: error: argument --uuid: '0000000000000000000000000000000X' is "
+        "not a UUID (32 hexadecimal digits, hyphens optional)"
+    )
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -392,7 +387,7 @@ def _message(call: object) -> tuple[str, str | None]:
 
 
 def _sb(offset: int, value: bytes) -> bytes:
-    raw = bytearray(Superblock(VerityParams(8, b"x"), uuid.UUID(int=1)).encode())
+    raw = bytearray(Superblock(VerityParams(8, b"x"), uuid.UUID(int=1).bytes).encode())
     raw[offset : offset + len(value)] = value
     return bytes(raw)
 
@@ -423,8 +418,6 @@ def _sb(offset: int, value: bytes) -> bytes:
          ("got 1 data digests for 2 blocks", None)),
         (lambda: digest_blocks(salted_hash(b""), bytes(100)),
          ("100 bytes is not a whole number of 4096-byte blocks", None)),
-        (lambda: parse_uuid("0" * 31 + "X"), ("'0000000000000000000000000000000X' is not a UUID",
-                                              None)),
         (lambda: Superblock(VerityParams(8, b""), b"short"), ("a UUID has 16 bytes, not 5", None)),
     ],
 )  # fmt: skip
@@ -436,7 +429,7 @@ def test_superblock_limits_themselves_decode() -> None:
     raw = _sb(80, struct.pack("<H", 256))
     raw = raw[:88] + bytes(range(256)) + raw[344:]
     sb = Superblock.decode(raw)
-    assert sb.params.salt == bytes(range(256)) and sb.uuid == uuid.UUID(int=1)
+    assert sb.params.salt == bytes(range(256)) and str(sb.uuid) == str(uuid.UUID(int=1))
     assert Superblock.decode(_sb(72, struct.pack("<Q", 1))).params.data_blocks == 1
     assert Superblock.decode(memoryview(_sb(0, b"verity"))).params.data_blocks == 8
 
@@ -462,12 +455,12 @@ def test_check_hash_area_a_self_consistent_tree_with_junk_padding(
 def test_hash_area_without_a_superblock_is_the_tree() -> None:
     tree = tree_of(make_data(3, seed=2), b"")
     assert tree.hash_area(None) == tree.tree_bytes()
-    sb = Superblock(tree.params, uuid.UUID(int=1))
+    sb = Superblock(tree.params, uuid.UUID(int=1).bytes)
     assert tree.hash_area(sb) == sb.encode() + tree.tree_bytes()
 
 
 def test_superblock_of_exactly_512_bytes_decodes() -> None:
-    raw = Superblock(VerityParams(8, b"x"), uuid.UUID(int=1)).encode()[:512]
+    raw = Superblock(VerityParams(8, b"x"), uuid.UUID(int=1).bytes).encode()[:512]
     assert Superblock.decode(raw).params.data_blocks == 8
 
 
@@ -484,7 +477,7 @@ def test_superblock_of_exactly_512_bytes_decodes() -> None:
     ],
 )  # fmt: skip
 def test_superblock_field_refusal_texts(offset: int, value: bytes, message: str) -> None:
-    raw = bytearray(Superblock(VerityParams(8, b"x"), uuid.UUID(int=1)).encode())
+    raw = bytearray(Superblock(VerityParams(8, b"x"), uuid.UUID(int=1).bytes).encode())
     raw[offset : offset + len(value)] = value
     with pytest.raises(VerificationError) as info:
         Superblock.decode(raw)

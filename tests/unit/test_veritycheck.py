@@ -34,7 +34,7 @@ def tree_for(blocks: int, seed: int = 0) -> tuple[VerityParams, VerityTree, byte
     rng = random.Random(seed)
     params = VerityParams(blocks, SALT)
     tree = VerityTree.from_leaf_digests(params, rng.randbytes(32 * blocks))
-    area = bytearray(tree.hash_area(Superblock(params, uuid.UUID(int=seed))))
+    area = bytearray(tree.hash_area(Superblock(params, uuid.UUID(int=seed).bytes)))
     return params, tree, area
 
 
@@ -141,7 +141,7 @@ def test_data_blocks_against_their_leaves() -> None:
         hashlib.sha256(SALT + data[i : i + 4096]).digest() for i in range(0, len(data), 4096)
     )
     tree = VerityTree.from_leaf_digests(params, digests)
-    area = tree.hash_area(Superblock(params, uuid.UUID(int=0)))
+    area = tree.hash_area(Superblock(params, uuid.UUID(int=0).bytes))
     stored = veritycheck.leaf_digests(params, tree.root_hash, Reads(area), 128, 172)
     assert stored == digests[128 * 32 :]
     veritycheck.check_data(digest_blocks(salted, data[128 * 4096 :]), stored, 128)
@@ -155,7 +155,7 @@ def test_single_data_block_has_no_tree_and_the_root_is_its_digest() -> None:
     block = os.urandom(BLOCK_SIZE)
     params = VerityParams(1, SALT)
     root = hashlib.sha256(SALT + block).digest()
-    area = Superblock(params, uuid.UUID(int=0)).encode()
+    area = Superblock(params, uuid.UUID(int=0).bytes).encode()
     walk(params, area, root)
     stored = veritycheck.leaf_digests(params, root, Reads(area), 0, 1)
     veritycheck.check_data(digest_blocks(salted_hash(SALT), block), stored, 0)

@@ -21,11 +21,11 @@ import hashlib
 import hmac
 import math
 import re
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
 from updater.errors import DataError
+from updater.guid import Guid
 from updater.records import dataclass
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -37,8 +37,8 @@ MAX_WAVES = 64
 # App-specific ids derived from /etc/machine-id, as sd_id128_get_machine_app_specific() does
 # (HMAC-SHA256 keyed with the machine id over an application id), so that neither the seed nor
 # the lock holder id reveals the machine id itself.
-WAVE_APP_ID = uuid.UUID("b7c4e1d2-5a3f-4e8b-9c6d-0f1e2a3b4c5d")
-HOLDER_APP_ID = uuid.UUID("3e9a7c51-8d24-4b6f-a0e3-5c7d9b1f2a48")
+WAVE_APP_ID = Guid("b7c4e1d2-5a3f-4e8b-9c6d-0f1e2a3b4c5d")
+HOLDER_APP_ID = Guid("3e9a7c51-8d24-4b6f-a0e3-5c7d9b1f2a48")
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ def wave_start(waves: Sequence[Wave], seed: int) -> float | None:
     return waves[-1].start
 
 
-def _app_specific(machine_id: str, app: uuid.UUID) -> bytes:
+def _app_specific(machine_id: str, app: Guid) -> bytes:
     text = machine_id.strip()
     if not re.fullmatch(r"[0-9a-fA-F]{32}", text):
         raise DataError("the machine id is not 32 hexadecimal digits (see machine-id(5))")

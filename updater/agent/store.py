@@ -19,12 +19,13 @@ import contextlib
 import fcntl
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 from updater.errors import DeviceError, UpdaterError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from updater.agent.record import Record
 
 STATE_FILE = "agent.json"
@@ -39,24 +40,24 @@ def write_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> None:
     node_exporter and status readers that are not root can read what the agent writes."""
     from updater import atomicfile
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
     atomicfile.write(path, data, mode)
 
 
 class Store:
     def __init__(self, state_dir: str) -> None:
-        self.dir = Path(state_dir)
-        self.path = self.dir / STATE_FILE
+        self.dir = state_dir
+        self.path = os.path.join(state_dir, STATE_FILE)
 
     def exists(self) -> bool:
-        return self.path.exists()
+        return os.path.exists(self.path)
 
     def load(self) -> Record:
         """The record; a fresh one when the agent never ran. DataError when it is damaged."""
         from updater.agent import record
 
         try:
-            with self.path.open("rb") as f:
+            with open(self.path, "rb") as f:
                 data = f.read(record.MAX_BYTES + 1)
         except FileNotFoundError:
             return record.Record()
@@ -75,8 +76,8 @@ class Store:
         write_atomic(self.path, record.dumps(rec))
 
     def _open(self, name: str) -> int:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        return os.open(self.dir / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        os.makedirs(self.dir, exist_ok=True)
+        return os.open(os.path.join(self.dir, name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:

@@ -11,8 +11,9 @@ import sys
 
 from updater.commands import INDEX
 from updater.errors import UsageError
+from updater.guid import Guid
 from updater.jsonout import dumps
-from updater.verity import BLOCK_SIZE, DIGEST_SIZE, VerityParams, parse_salt, parse_uuid
+from updater.verity import BLOCK_SIZE, DIGEST_SIZE, VerityParams, parse_salt
 from updater.verityfile import FormatResult, format_file, verify_file
 
 FORMAT_DESCRIPTION = """\
@@ -73,11 +74,11 @@ def _root_hash(text: str) -> bytes:
     return value
 
 
-def _uuid(text: str) -> bytes:
+def _uuid(text: str) -> Guid:
     try:
-        return parse_uuid(text)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(exc.message) from None
+        return Guid(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:

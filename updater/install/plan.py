@@ -18,18 +18,23 @@ asks libparted to place the layout (``Placed``), and the flow carries out the ``
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Callable, Sequence
 
 from updater import gptcreate, gptformat, slots
 from updater.errors import DeviceError, UpdaterError
+from updater.guid import Guid, random_guid
 from updater.layout import DiskLayout, MiB, PartitionSpec, flatcar_layout
 from updater.records import dataclass, replace
 
 CLEAR = MiB  # bytes cleared at each end of the disk and of every partition
 
 
-def install_layout(new_guid: Callable[[], uuid.UUID] = uuid.uuid4) -> DiskLayout:
+def _fresh_guid() -> Guid:
+    return random_guid(os.urandom(16))
+
+
+def install_layout(new_guid: Callable[[], Guid] = _fresh_guid) -> DiskLayout:
     """Flatcar's layout with this disk's own GUIDs (see the module docstring)."""
     base = flatcar_layout()
     parts = tuple(
