@@ -62,7 +62,9 @@ print(json.dumps({{"kernel": image.kernel, "initrd": image.initrd, "cmdline": im
                   "slot": plan.slot.label}}))
 """
 
-# Runs in the guest: medians of wall time per command, each a fresh process.
+# Runs in the guest: medians of wall time per command, each a fresh process. The commands take
+# turns (one run of each per round, after one warm-up round): the emulated machine's speed drifts
+# by a fifth within one boot, which a block of runs per command would turn into its ratio.
 STARTUP_SCRIPT = """
 import json, statistics, subprocess, sys, time
 runs = int(sys.argv[1])
@@ -72,16 +74,14 @@ commands = {
     "updater status": ["updater", "status"],
     "updater kexec --dry-run": ["updater", "kexec", "--dry-run"],
 }
-out = {}
-for name, argv in commands.items():
-    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-    times = []
-    for _ in range(runs):
+times = {name: [] for name in commands}
+for round in range(runs + 1):
+    for name, argv in commands.items():
         start = time.monotonic()
         subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-        times.append(time.monotonic() - start)
-    out[name] = statistics.median(times)
-print(json.dumps(out))
+        if round:
+            times[name].append(time.monotonic() - start)
+print(json.dumps({name: statistics.median(t) for name, t in times.items()}))
 """
 
 

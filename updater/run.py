@@ -9,10 +9,8 @@ match (``kexec.classify`` reads strerror texts), plus what the caller passes exp
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
-import signal
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -168,5 +166,9 @@ def _run_session(
 
 
 def _kill_session(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+    import signal  # loaded already by subprocess; a command that runs nothing does not need it
+
+    try:
         os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -35,9 +35,11 @@ MAX_MANIFEST_BYTES = 64 * 1024
 MAX_TREES = 64
 FORMAT = 1
 
-_BOOT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_NAME = re.compile(r"(pidfile:/|unit:)[ -~]{1,300}")
-_IMAGES = re.compile(r"[0-9]{1,2}")
+# Patterns, compiled when a manifest is read (``re``'s cache), not by every reboot that imports
+# this module to ask which trees are wanted (start-up time).
+_BOOT_ID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_NAME = r"(pidfile:/|unit:)[ -~]{1,300}"
+_IMAGES = r"[0-9]{1,2}"
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def decode(data: bytes, source: str) -> Manifest:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise DataError(f"{source}: not a format {FORMAT} checkpoint manifest")
     boot_id, dumped_at, trees = doc.get("boot_id"), doc.get("dumped_at"), doc.get("trees")
-    if not (isinstance(boot_id, str) and _BOOT_ID.fullmatch(boot_id)):
+    if not (isinstance(boot_id, str) and re.fullmatch(_BOOT_ID, boot_id)):
         raise DataError(f"{source}: boot_id is not a boot id: {boot_id!r}")
     if not (isinstance(dumped_at, int | float) and not isinstance(dumped_at, bool)
             and math.isfinite(dumped_at) and dumped_at > 0):  # fmt: skip
@@ -88,11 +90,11 @@ def decode(data: bytes, source: str) -> Manifest:
         if not isinstance(item, dict):
             raise DataError(f"{source}: a tree is not an object: {item!r}")
         name, pid, images = item.get("name"), item.get("pid"), item.get("images")
-        if not (isinstance(name, str) and _NAME.fullmatch(name)):
+        if not (isinstance(name, str) and re.fullmatch(_NAME, name)):
             raise DataError(f"{source}: bad tree name {name!r}")
         if not (isinstance(pid, int) and not isinstance(pid, bool) and 1 < pid < 1 << 22):
             raise DataError(f"{source}: bad pid {pid!r} of {name}")
-        if not (isinstance(images, str) and _IMAGES.fullmatch(images)):
+        if not (isinstance(images, str) and re.fullmatch(_IMAGES, images)):
             raise DataError(f"{source}: bad images directory {images!r} of {name}")
         out.append(Tree(name, pid, images))
     if len({t.images for t in out}) != len(out):
