@@ -285,7 +285,7 @@ repo = "http://10.0.2.100"
 
 # /usr/bin/updater: the interpreter runs the entry point directly, as an installed package's
 # console script does. A shell wrapper running `python3 -m updater` costs a shell's start and
-# the module runner's imports (contextlib, importlib.util) on every command: about 50 ms a
+# the module runner's imports (contextlib, importlib.util) on every command: about 45 ms a
 # command under emulation (issue 12's start-up goal).
 ENTRY_SCRIPT = """#!/usr/bin/python3
 import sys

@@ -705,7 +705,7 @@ def load(path: str | None = None) -> Config:
     A leftover ``boot.conf`` of earlier versions is refused with a pointer to ``[boot]`` rather
     than ignored: its settings (a DELIVERY, an EXTRA_ARGS) would otherwise silently stop applying.
     """
-    target = path or CONFIG_PATH
+    source = path or CONFIG_PATH
     if path is None and os.path.exists(LEGACY_BOOT_CONF):
         raise UsageError(
             f"{LEGACY_BOOT_CONF} is no longer read",
@@ -713,15 +713,14 @@ def load(path: str | None = None) -> Config:
             "(see updater config --help)",
         )
     try:
-        with open(target, "rb") as f:
+        with open(source, "rb") as f:
             data = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         if path:
             raise UsageError(f"{path}: no such configuration file") from None
         return Config()
     except OSError as exc:
-        raise UsageError(f"{target}: cannot read: {exc.strerror}") from None
-    source = target
+        raise UsageError(f"{source}: cannot read: {exc.strerror}") from None
     known = _LOADED.get((source, data))
     if known is not None:
         return known

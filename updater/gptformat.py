@@ -43,7 +43,7 @@ ENTRY_NAME_OFFSET = 56
 ENTRY_NAME_BYTES = 72
 MAX_ENTRY_ARRAY_BYTES = 1 << 20  # refuse absurd headers instead of reading gigabytes
 UNUSED_TYPE = NIL
-_ZERO_GUID = bytes(16)
+_ZERO_GUID = NIL.bytes_le
 
 
 # An interface for the type checker only: a Protocol at run time imports ``typing``.
