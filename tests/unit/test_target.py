@@ -11,6 +11,7 @@ import pytest
 
 from updater import bootdisk, bootfs, slots, state, target
 from updater.errors import DeviceError, SlotError, UsageError
+from updater.guid import Guid
 from updater.layout import USR_A_UUID, USR_B_UUID
 
 from .memdisk import image_file
@@ -169,3 +170,13 @@ def test_as_resolved_follows_every_change_through_the_target(tmp_path: Path) -> 
         state.change(t, decide)
         assert state.as_resolved(t) == state.load(t)
         assert state.as_resolved(t).next == state.load(t).next
+
+
+def test_a_partuuid_on_the_command_line_must_be_a_uuid_as_the_kernel_writes_it() -> None:
+    """The kernel finds PARTUUID= by its own text; what only int(text, 16) would read (a sign,
+    underscores, spaces, other scripts' digits) names no partition, and neither does junk."""
+    good = "7130c94a-213a-4e5a-8e26-6cce9662f132"
+    assert bootdisk.usr_partuuid(f"root=LABEL=ROOT mount.usr=PARTUUID={good.upper()}") == Guid(good)
+    assert bootdisk.usr_partuuid(f"verity.usr=PARTUUID={good} usr=/dev/vda3") == Guid(good)
+    for bad in ("+" + good[1:], good.replace("-", "_"), "\u0663" + good[1:], "not-a-uuid", ""):
+        assert bootdisk.usr_partuuid(f"mount.usr=PARTUUID={bad}") is None, bad
